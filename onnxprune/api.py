@@ -1,0 +1,163 @@
+"""The Python API the CLI is a thin layer over:
+
+    import onnxprune
+    result = onnxprune.prune("in.onnx", ratio=0.3)
+    onnxprune.save(result.model, "out.onnx")
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .analyze import Analysis, analyze
+from .cost import total_macs, total_params
+from .errors import OnnxPruneError, VerificationError
+from .graph import build_view, random_feeds
+from .io import custom_ops, load_model, normalize, parse_input_shapes, save_model, validate_model
+from .oracle import compare_models, masked_model
+from .report import GroupReport, ModelStats, Progress, Report
+from .rewrite import rewrite
+from .score import score_groups
+from .select import select_by_ratio
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    report: Report
+    analysis: Analysis
+    kept: dict[int, np.ndarray]
+
+
+def _as_model(model) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, "<in-memory model>"
+    return load_model(model), str(model)
+
+
+def _shapes(input_shapes):
+    if input_shapes is None or isinstance(input_shapes, dict):
+        return input_shapes
+    return parse_input_shapes(list(input_shapes))
+
+
+def analyze_model(model, *, input_shapes=None, exclude=None, progress: Progress | None = None) -> Analysis:
+    """Load (path or ModelProto), normalize and find channel groups."""
+    progress = progress or Progress(False)
+    progress.start("load")
+    m, src = _as_model(model)
+    validate_model(m, src)
+    progress.start("normalize")
+    norm = normalize(m)
+    progress.start("analyze")
+    view = build_view(norm, _shapes(input_shapes))
+    a = analyze(view, exclude=exclude)
+    progress.done()
+    return a
+
+
+def group_reports(analysis: Analysis, kept: dict[int, np.ndarray] | None = None) -> list[GroupReport]:
+    out = []
+    for g in analysis.groups:
+        k = kept.get(g.id) if kept else None
+        out.append(GroupReport(
+            id=g.id, name=g.name, channels=g.size, kept=len(k) if k is not None else g.size,
+            frozen=not g.prunable, frozen_channels=int(g.frozen.sum()), reasons=list(g.reasons),
+            depthwise=g.depthwise, members=[f"{m.tensor}:{m.axis}" for m in g.members],
+            kept_indices=[int(i) for i in k] if k is not None else None))
+    return out
+
+
+def model_stats(model: onnx.ModelProto, input_shapes) -> ModelStats:
+    v = build_view(model, input_shapes)
+    return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model.ByteSize())
+
+
+def measure(models: list[onnx.ModelProto], input_shapes, *, provider="cpu", threads=None,
+            time_budget_s: float = 6.0) -> list[float]:
+    """Median latency (ms) of each model, measured side by side in one process."""
+    from .latency import measure_latencies
+
+    feeds = random_feeds(models[0], seed=0, input_shapes=input_shapes)
+    stats = measure_latencies([m.SerializeToString() for m in models], feeds, provider=provider,
+                              threads=threads, time_budget_s=time_budget_s)
+    return [s.median_ms for s in stats]
+
+
+def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_rank: bool = False,
+          scorer: str = "l2", exclude: list[str] | None = None, input_shapes=None, verify: bool = True,
+          latency: bool = True, provider: str = "cpu", threads: int | None = None,
+          progress: Progress | None = None) -> PruneResult:
+    """Remove `ratio` of the channels of every prunable channel group (lowest scores first).
+
+    The result is verified against the mask oracle unless ``verify=False``; a mismatch raises
+    :class:`VerificationError` and no model is returned.
+    """
+    progress = progress or Progress(False)
+    progress.start("load")
+    m, src = _as_model(model)
+    validate_model(m, src)
+    progress.start("normalize")
+    norm = normalize(m)
+    progress.start("analyze")
+    shapes = _shapes(input_shapes)
+    view = build_view(norm, shapes)
+    analysis = analyze(view, exclude=exclude)
+    progress.start("score", scorer)
+    scores = score_groups(analysis, scorer)
+    kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank)
+    progress.start("rewrite")
+    pruned = rewrite(analysis, kept)
+    try:
+        onnx.checker.check_model(pruned, full_check=True)
+    except Exception as e:
+        raise OnnxPruneError(f"internal error: the rewritten model fails the ONNX checker: {str(e).splitlines()[0]}") from None
+
+    report = Report(input=src, output=None,
+                    settings=dict(ratio=ratio, ratio_dw=ratio_dw, global_rank=global_rank, scorer=scorer,
+                                  exclude=exclude or [], input_shapes=view.input_shapes, provider=provider,
+                                  threads=threads),
+                    baseline=model_stats(norm, view.input_shapes))
+    report.baseline.file_bytes = m.ByteSize()
+    progress.start("stats")
+    report.pruned = model_stats(pruned, view.input_shapes)
+    report.groups = group_reports(analysis, kept)
+    customs = custom_ops(norm)
+    if customs:
+        report.notes.append(f"custom op(s) {', '.join(customs)}: groups touching them are frozen")
+
+    if verify:
+        progress.start("verify")
+        if customs:
+            raise OnnxPruneError(
+                f"cannot verify: ONNX Runtime has no kernel for custom op(s) {', '.join(customs)}; "
+                "rerun with --no-verify to write the model unverified")
+        feeds = [random_feeds(view, seed=s) for s in range(3)]
+        res = compare_models(masked_model(analysis, kept), pruned, feeds)
+        report.verification = dict(passed=res.passed, max_abs_diff=res.max_abs_diff, tolerance=res.tolerance,
+                                   output_scale=res.scale, inputs=len(feeds), per_output=res.per_output)
+        if not res.passed:
+            raise VerificationError(
+                f"verification failed: pruned model differs from the masked original by {res.max_abs_diff:.3e} "
+                f"(tolerance {res.tolerance:.3e}); nothing written")
+    else:
+        report.verification = dict(skipped="--no-verify")
+
+    if latency:
+        progress.start("latency", f"({provider})")
+        if customs:
+            report.baseline.latency_note = "not measured: custom ops have no ONNX Runtime kernel"
+        else:
+            base_ms, pruned_ms = measure([m, pruned], view.input_shapes, provider=provider, threads=threads)
+            report.baseline.latency_ms, report.pruned.latency_ms = base_ms, pruned_ms
+            report.baseline.latency_note = f"median, {provider}, side by side in one process"
+    progress.done()
+    report.timings_s = dict(progress.timings)
+    return PruneResult(pruned, report, analysis, kept)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path=None) -> None:
+    save_model(model, path, input_path=input_path)

@@ -1,0 +1,153 @@
+"""Command line: a thin layer over onnxprune.api.
+
+    onnxprune prune in.onnx out.onnx --ratio 0.3 --report r.json
+    onnxprune in.onnx out.onnx --ratio 0.3          # same, the form deployment scripts use
+    onnxprune analyze in.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import OnnxPruneError
+
+COMMANDS = ("prune", "analyze")
+
+
+def _common(p):
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="fix symbolic input dims for analysis, verification and timing (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="freeze channels touched by nodes whose name or op type matches (glob; repeatable)")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
+                   help="ONNX Runtime execution provider for latency (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for latency (default: all cores)")
+    p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="onnxprune", description="Structured pruning for ONNX models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prune", help="prune channels and write a slimmer model")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--ratio", type=float, default=None, help="fraction of channels removed per group (0..1)")
+    p.add_argument("--ratio-dw", type=float, default=None,
+                   help="ratio for groups that pass through depthwise convs (DEPrune DW/PW setting)")
+    p.add_argument("--global", dest="global_rank", action="store_true",
+                   help="rank channels across groups (scores normalized by group mean) instead of per group")
+    p.add_argument("--scorer", default="l2", choices=["l1", "l2"], help="channel importance (default l2)")
+    p.add_argument("--report", metavar="JSON", help="write the full report as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip the mask-oracle check")
+    _common(p)
+    a = sub.add_parser("analyze", help="print channel groups, MACs, params and baseline latency")
+    a.add_argument("input")
+    a.add_argument("--json", metavar="FILE", help="write groups and stats as JSON")
+    a.add_argument("-v", "--verbose", action="store_true", help="list members of every group")
+    _common(a)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "prune")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prune":
+            return _prune(args)
+        return _analyze(args)
+    except OnnxPruneError as e:
+        print(f"onnxprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a traceback wall for users; --debug shows it
+        if getattr(args, "debug", False):
+            raise
+        msg = str(e).strip().splitlines()
+        print(f"onnxprune: internal error: {type(e).__name__}: {msg[0] if msg else ''} (rerun with --debug)",
+              file=sys.stderr)
+        return 1
+
+
+def _prune(args) -> int:
+    from .api import prune, save
+    from .io import _same_path
+    from .report import Progress
+    from pathlib import Path
+
+    if args.ratio is None:
+        raise OnnxPruneError("nothing to do: give --ratio (e.g. --ratio 0.3)")
+    for r in (args.ratio, args.ratio_dw):
+        if r is not None and not 0.0 <= r < 1.0:
+            raise OnnxPruneError(f"ratio must be in [0, 1), got {r}")
+    if _same_path(Path(args.output), Path(args.input)):
+        raise OnnxPruneError("output path is the input path: refusing to overwrite the input model")
+    out_dir = Path(args.output).resolve().parent
+    if not out_dir.is_dir():
+        raise OnnxPruneError(f"output folder does not exist: {out_dir}")
+    progress = Progress(enabled=not args.quiet)
+    res = prune(args.input, ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
+                scorer=args.scorer, exclude=_split(args.exclude), input_shapes=args.input_shape,
+                verify=not args.no_verify, latency=not args.no_latency, provider=args.provider,
+                threads=args.threads, progress=progress)
+    save(res.model, args.output, input_path=args.input)
+    res.report.output = str(args.output)
+    res.report.pruned.file_bytes = os.path.getsize(args.output)
+    if args.report:
+        res.report.write_json(args.report)
+    print(f"pruned {args.input} -> {args.output}")
+    print(res.report.summary())
+    return 0
+
+
+def _analyze(args) -> int:
+    import json
+
+    from .api import analyze_model, group_reports, measure, model_stats
+    from .io import custom_ops
+    from .report import Progress, _si
+
+    progress = Progress(enabled=not args.quiet)
+    a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), progress=progress)
+    view = a.view
+    stats = model_stats(view.model, view.input_shapes)
+    if not args.no_latency and not custom_ops(view.model):
+        progress.start("latency", f"({args.provider})")
+        stats.latency_ms = measure([view.model], view.input_shapes, provider=args.provider, threads=args.threads)[0]
+        progress.done()
+    groups = group_reports(a)
+    print(f"{args.input}: {len(view.nodes)} nodes, inputs {view.input_shapes}")
+    lat = f"{stats.latency_ms:.3f} ms (median, {args.provider})" if stats.latency_ms is not None else "not measured"
+    print(f"MACs {_si(stats.macs)}  params {_si(stats.params)}  latency {lat}")
+    n_frozen = sum(g.frozen for g in groups)
+    print(f"channel groups: {len(groups)} ({len(groups) - n_frozen} prunable, {n_frozen} frozen)")
+    w = max([len(g.name) for g in groups] + [4])
+    print(f"  {'id':>3}  {'name'.ljust(w)}  {'ch':>5}  {'members':>7}  status")
+    for g in groups:
+        status = "frozen: " + "; ".join(g.reasons) if g.frozen else (
+            "prunable" + (" (dw)" if g.depthwise else "") +
+            (f", {g.frozen_channels} channels frozen: {'; '.join(g.reasons)}" if g.frozen_channels else ""))
+        print(f"  {g.id:>3}  {g.name.ljust(w)}  {g.channels:>5}  {len(g.members):>7}  {status}")
+        if args.verbose:
+            print("       " + ", ".join(g.members))
+    for k, why in sorted(a.opaque.items()):
+        print(f"  opaque: {view.node_label(k)}: {why}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(input=args.input, stats=stats.__dict__, groups=[g.__dict__ for g in groups],
+                           opaque={view.node_label(k): w for k, w in a.opaque.items()}), f, indent=1)
+    return 0
+
+
+def _split(patterns):
+    return [p for s in patterns for p in s.split(",") if p]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

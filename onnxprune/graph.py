@@ -1,0 +1,161 @@
+"""A read-only view of a normalized model for the analyzer: producers, consumers, constants, shapes.
+
+Shapes come from ONNX shape inference on a copy with concrete input shapes; tensors that inference
+leaves unknown are measured by one ONNX Runtime run with them exposed as outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import OnnxPruneError
+from .io import custom_ops, graph_input_shapes, opset_version, with_fixed_input_shapes
+
+ONNX_TO_NP = {k: helper.tensor_dtype_to_np_dtype(k) for k in (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64,
+    onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.BOOL,
+    onnx.TensorProto.INT16)}
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+@dataclass
+class GraphView:
+    model: onnx.ModelProto
+    input_shapes: dict[str, list[int]]
+    nodes: list[onnx.NodeProto] = field(init=False)
+    producer: dict[str, int] = field(init=False)
+    consumers: dict[str, list[tuple[int, int]]] = field(init=False)
+    consts: dict[str, np.ndarray] = field(init=False)
+    shapes: dict[str, tuple[int, ...]] = field(init=False)
+    dtypes: dict[str, int] = field(init=False)
+    inputs: list[str] = field(init=False)
+    outputs: list[str] = field(init=False)
+    opset: int = field(init=False)
+
+    def __post_init__(self):
+        g = self.model.graph
+        self.nodes = list(g.node)
+        self.opset = opset_version(self.model)
+        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.inputs = [i.name for i in g.input if i.name not in self.consts]
+        self.outputs = [o.name for o in g.output]
+        self.producer, self.consumers = {}, {}
+        for k, n in enumerate(self.nodes):
+            for t in n.output:
+                if t:
+                    self.producer[t] = k
+            for s, t in enumerate(n.input):
+                if t:
+                    self.consumers.setdefault(t, []).append((k, s))
+        self._infer_shapes()
+
+    # --- shapes -------------------------------------------------------------------------------
+    def _infer_shapes(self):
+        fixed = with_fixed_input_shapes(self.model, self.input_shapes)
+        self.shapes, self.dtypes = {}, {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+        except Exception:
+            inferred = fixed
+        g = inferred.graph
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            tt = vi.type.tensor_type
+            if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+                self.shapes[vi.name] = tuple(d.dim_value for d in tt.shape.dim)
+            if tt.elem_type:
+                self.dtypes[vi.name] = tt.elem_type
+        for name, arr in self.consts.items():
+            self.shapes[name] = tuple(arr.shape)
+        missing = [t for n in self.nodes for t in n.output if t and t not in self.shapes]
+        if missing and not custom_ops(self.model):
+            self._measure_shapes(fixed, missing)
+
+    def _measure_shapes(self, fixed: onnx.ModelProto, missing: list[str]):
+        import onnxruntime as ort
+
+        m = onnx.ModelProto()
+        m.CopyFrom(fixed)
+        have = {o.name for o in m.graph.output}
+        for t in missing:
+            if t not in have:
+                m.graph.output.append(helper.make_empty_tensor_value_info(t))
+        try:
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            so.log_severity_level = 3
+            sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            feeds = random_feeds(self, seed=0)
+            outs = sess.run(missing, feeds)
+        except Exception:
+            return  # rules that need a missing shape treat the node as opaque
+        for t, v in zip(missing, outs):
+            self.shapes[t] = tuple(np.asarray(v).shape)
+
+    # --- helpers for rules --------------------------------------------------------------------
+    def shape(self, t: str) -> tuple[int, ...] | None:
+        return self.shapes.get(t)
+
+    def const(self, t: str) -> np.ndarray | None:
+        return self.consts.get(t)
+
+    def node_label(self, k: int) -> str:
+        n = self.nodes[k]
+        return f"{n.op_type} '{n.name}'" if n.name else f"{n.op_type} #{k}"
+
+    def nx_graph(self) -> nx.DiGraph:
+        """Op graph (node indices) for ordering and reporting."""
+        g = nx.DiGraph()
+        g.add_nodes_from(range(len(self.nodes)))
+        for t, k in self.producer.items():
+            for c, _ in self.consumers.get(t, []):
+                g.add_edge(k, c, tensor=t)
+        return g
+
+
+def random_feeds(view_or_model, seed: int = 0, input_shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs for a model: floats ~ N(0,1); integer inputs that index an embedding table get
+    valid indices, other integer inputs (masks, flags) get ones."""
+    view = view_or_model if isinstance(view_or_model, GraphView) else None
+    model = view.model if view else view_or_model
+    shapes = view.input_shapes if view else graph_input_shapes(model, input_shapes)
+    consts = view.consts if view else {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in model.graph.input:
+        if i.name in consts:
+            continue
+        et = i.type.tensor_type.elem_type
+        dtype = helper.tensor_dtype_to_np_dtype(et)
+        shape = shapes[i.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[i.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[i.name] = np.ones(shape, dtype=bool)
+        else:
+            high = _embedding_rows(model, i.name, consts)
+            feeds[i.name] = (rng.integers(0, high, size=shape) if high else np.ones(shape)).astype(dtype)
+    return feeds
+
+
+def _embedding_rows(model, name, consts) -> int | None:
+    for n in model.graph.node:
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == name and n.input[0] in consts:
+            return consts[n.input[0]].shape[attr(n, "axis", 0)]
+    return None
+
+
+def build_view(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> GraphView:
+    shapes = graph_input_shapes(model, input_shapes)
+    if not model.graph.node:
+        raise OnnxPruneError("model has no nodes")
+    return GraphView(model, shapes)

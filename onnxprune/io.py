@@ -1,0 +1,261 @@
+"""Load, validate, normalize and save ONNX models.
+
+Normalization makes exporter variety disappear before analysis: weights held in Constant nodes or
+behind Identity/Cast/DequantizeLinear of constants become initializers, IR<4 graphs that list
+initializers as inputs lose those inputs, and shape computations on static dims are folded.
+Symbolic dims are kept: the written model must accept what the original accepted.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from .errors import OnnxPruneError
+
+STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file with its external data; every failure becomes one clear line."""
+    p = Path(path)
+    if not p.exists():
+        raise OnnxPruneError(f"input file not found: {p}")
+    if p.is_dir():
+        raise OnnxPruneError(f"input path is a directory, not an ONNX file: {p}")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise OnnxPruneError(f"{p} is not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'parse error'})") from None
+    if not model.graph.node and not model.graph.output:
+        raise OnnxPruneError(f"{p} is not an ONNX model (empty or not a ModelProto)")
+    _load_external(model, p.parent)
+    return model
+
+
+def _load_external(model: onnx.ModelProto, base: Path) -> None:
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    missing = []
+    for t in _all_tensors(model):
+        if uses_external_data(t):
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc is None or not (base / loc).exists():
+                missing.append(loc or "?")
+    if missing:
+        raise OnnxPruneError(
+            f"external data file(s) missing next to the model: {', '.join(sorted(set(missing)))} (expected in {base})")
+    try:
+        load_external_data_for_model(model, str(base))
+    except Exception as e:
+        raise OnnxPruneError(f"cannot read external data: {e}") from None
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+
+
+def validate_model(model: onnx.ModelProto, name: str = "model") -> None:
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise OnnxPruneError(f"{name} fails the ONNX checker: {msg[0] if msg else type(e).__name__}") from None
+
+
+def custom_ops(model: onnx.ModelProto) -> list[str]:
+    return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    return 1
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a normalized copy (see module doc). Names of inputs/outputs and metadata are kept."""
+    import onnx_graphsurgeon as gs
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    # IR < 4 (old Caffe2 exports): initializers also listed as graph inputs. Treat them as weights.
+    init_names = {t.name for t in g.initializer}
+    keep_inputs = [i for i in g.input if i.name not in init_names]
+    if len(keep_inputs) != len(g.input):
+        del g.input[:]
+        g.input.extend(keep_inputs)
+        if m.ir_version < 4:
+            m.ir_version = 4
+    try:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = gs.import_onnx(m)
+        if not custom_ops(m):
+            # Folding runs ONNX Runtime on constant subgraphs; a custom op would make every fold fail.
+            graph.fold_constants(error_ok=True)
+        else:
+            graph.fold_constants(error_ok=True, should_exclude_node=lambda n: n.domain not in STANDARD_DOMAINS)
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        out = gs.export_onnx(graph, do_type_check=False)
+    _copy_model_fields(model, out)
+    out.graph.ClearField("value_info")
+    return out
+
+
+def _copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    """graphsurgeon drops some ModelProto fields; restore them so the output stays the user's model."""
+    dst.ir_version = max(src.ir_version, 4) if src.ir_version else dst.ir_version
+    dst.producer_name = src.producer_name
+    dst.producer_version = src.producer_version
+    dst.domain = src.domain
+    dst.model_version = src.model_version
+    dst.doc_string = src.doc_string
+    dst.graph.name = src.graph.name
+    dst.graph.doc_string = src.graph.doc_string
+    del dst.metadata_props[:]
+    dst.metadata_props.extend(src.metadata_props)
+    del dst.opset_import[:]
+    dst.opset_import.extend(src.opset_import)
+    if src.functions and not dst.functions:
+        dst.functions.extend(src.functions)
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
+    """Parse ``name=1x3x224x224`` entries (a bare ``1x3x224x224`` applies to a single-input model)."""
+    out: dict[str, list[int]] = {}
+    for s in specs or []:
+        name, _, dims = s.rpartition("=")
+        try:
+            shape = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise OnnxPruneError(f"bad --input-shape '{s}': expected name=1x3x224x224") from None
+        if any(d <= 0 for d in shape):
+            raise OnnxPruneError(f"bad --input-shape '{s}': dims must be positive")
+        out[name] = shape
+    return out
+
+
+def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """Concrete shapes for every graph input: user overrides, else static dims, else a default.
+
+    Defaults for symbolic dims: batch (dim 0) -> 1; spatial dims of a rank-4 image input -> 224;
+    any other symbolic dim (e.g. sequence length) -> 16.
+    """
+    overrides = dict(overrides or {})
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if "" in overrides:
+        if len(inputs) != 1:
+            raise OnnxPruneError("--input-shape without a name needs a single-input model")
+        overrides[inputs[0].name] = overrides.pop("")
+    unknown = set(overrides) - {i.name for i in inputs}
+    if unknown:
+        raise OnnxPruneError(f"--input-shape names unknown input(s): {', '.join(sorted(unknown))}; inputs are: {', '.join(i.name for i in inputs)}")
+    shapes = {}
+    for i in inputs:
+        dims = i.type.tensor_type.shape.dim
+        if i.name in overrides:
+            if len(overrides[i.name]) != len(dims):
+                raise OnnxPruneError(f"--input-shape {i.name}: rank {len(overrides[i.name])} but the model input has rank {len(dims)}")
+            for k, (d, o) in enumerate(zip(dims, overrides[i.name])):
+                if d.HasField("dim_value") and d.dim_value != o:
+                    raise OnnxPruneError(f"--input-shape {i.name}: dim {k} is fixed to {d.dim_value} in the model, got {o}")
+            shapes[i.name] = list(overrides[i.name])
+            continue
+        shape = []
+        for k, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            elif k == 0:
+                shape.append(1)
+            elif len(dims) == 4 and k >= 2:
+                shape.append(224)
+            else:
+                shape.append(16)
+        shapes[i.name] = shape
+    return shapes
+
+
+def with_fixed_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for i in m.graph.input:
+        if i.name in shapes:
+            dims = i.type.tensor_type.shape.dim
+            for d, v in zip(dims, shapes[i.name]):
+                d.Clear()
+                d.dim_value = v
+    return m
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> None:
+    """Write atomically: a temp file in the same folder, renamed into place, so a failure leaves nothing.
+
+    Models over ~1.8 GB are written with external data (``<name>.data``) as protobuf cannot hold them.
+    """
+    p = Path(path)
+    if input_path is not None and _same_path(p, Path(input_path)):
+        raise OnnxPruneError("output path is the input path: refusing to overwrite the input model")
+    if p.exists() and p.is_dir():
+        raise OnnxPruneError(f"output path is a directory: {p}")
+    if not p.parent.exists():
+        raise OnnxPruneError(f"output folder does not exist: {p.parent}")
+    big = model.ByteSize() > 1_800_000_000 if _safe_bytesize(model) else True
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    os.close(fd)
+    data_name = p.name + ".data"
+    tmp_data = None
+    try:
+        if big:
+            tmp_data = p.parent / f".{data_name}.tmp"
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=1024)
+            # the location stored in the model must be the final name
+            m2 = onnx.load(tmp, load_external_data=False)
+            for t in _all_tensors(m2):
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = data_name
+            onnx.save_model(m2, tmp)
+            os.replace(tmp_data, p.parent / data_name)
+        else:
+            onnx.save_model(model, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        for f in (tmp, tmp_data):
+            if f and os.path.exists(f):
+                os.unlink(f)
+        raise
+
+
+def _safe_bytesize(model) -> bool:
+    try:
+        model.ByteSize()
+        return True
+    except Exception:
+        return False
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def tensor_array(t: TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(t)

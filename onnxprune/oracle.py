@@ -1,0 +1,161 @@
+"""The mask oracle: the original model with removed channels zeroed where they enter a node that
+mixes channels (Conv/Gemm/MatMul inputs), and with channel-axis normalizations (LayerNorm over C,
+Softmax/Reduce over C) computed over the kept channels only. A correct rewrite equals it exactly
+(to float tolerance) on any input."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .analyze import Analysis
+from .errors import OnnxPruneError
+from .rewrite import kept_positions
+
+
+def masked_model(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
+    view = analysis.view
+    pos = kept_positions(analysis, kept)
+    m = onnx.ModelProto()
+    m.CopyFrom(view.model)
+    g = m.graph
+    new_nodes, inits = [], []
+    masked: dict[tuple[str, int], str] = {}
+    uid = [0]
+
+    def name(base):
+        uid[0] += 1
+        return f"__oracle_{uid[0]}_{base}"
+
+    def mask_of(t, a):
+        if (t, a) in masked:
+            return masked[(t, a)]
+        r = len(view.shape(t))
+        mshape = [1] * r
+        mshape[a] = view.shape(t)[a]
+        mk = np.zeros(view.shape(t)[a], dtype=bool)
+        mk[pos[(t, a)]] = True
+        mn, zn, out = name("mask"), name("zero"), name(t)
+        inits.append(numpy_helper.from_array(mk.reshape(mshape), mn))
+        inits.append(numpy_helper.from_array(np.zeros((), dtype=_np_dtype(view, t)), zn))
+        new_nodes.append(helper.make_node("Where", [mn, t, zn], [out], name=name("Where")))
+        masked[(t, a)] = out
+        return out
+
+    for k, node in enumerate(list(g.node)):
+        res = analysis.node_results.get(k)
+        node = onnx.NodeProto()
+        node.CopyFrom(g.node[k])
+        if res is not None:
+            for (t, a) in res.mixes:
+                if (t, a) in pos and t not in view.consts:
+                    node.input[:] = [mask_of(t, a) if i == t else i for i in node.input]
+            norms = [(t, a) for (t, a) in res.normalizes if (t, a) in pos]
+            if norms:
+                new_nodes.extend(_over_kept(view, node, norms, pos, inits, name))
+                continue
+        new_nodes.append(node)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(inits)
+    g.ClearField("value_info")
+    return m
+
+
+def _np_dtype(view, t):
+    et = view.dtypes.get(t, onnx.TensorProto.FLOAT)
+    return helper.tensor_dtype_to_np_dtype(et)
+
+
+def _over_kept(view, node, norms, pos, inits, name):
+    """Gather kept channels before the node, run it, scatter outputs back (zeros elsewhere)."""
+    nodes = []
+    (t, a), = norms[:1]
+    idx = pos[(t, a)]
+    n_in = view.shape(t)[a]
+    iname = name("idx")
+    inits.append(numpy_helper.from_array(idx.astype(np.int64), iname))
+    new_inputs = list(node.input)
+    for slot, inp in enumerate(node.input):
+        if not inp:
+            continue
+        s = view.shape(inp)
+        if inp == t:
+            g_out = name("gathered")
+            nodes.append(helper.make_node("Gather", [inp, iname], [g_out], axis=a, name=name("Gather")))
+            new_inputs[slot] = g_out
+        elif inp in view.consts and (inp, len(s) - (len(view.shape(t)) - a)) in pos:
+            pa = len(s) - (len(view.shape(t)) - a)  # a per-channel parameter (LayerNorm scale/bias)
+            arr = np.take(view.consts[inp], pos[(inp, pa)], axis=pa)
+            cn = name(inp)
+            inits.append(numpy_helper.from_array(arr, cn))
+            new_inputs[slot] = cn
+    node.input[:] = new_inputs
+    outs = list(node.output)
+    scatter = []
+    for j, o in enumerate(outs):
+        if o and view.shape(o) is not None and len(view.shape(o)) == len(view.shape(t)) \
+                and view.shape(o)[a] == n_in and (o, a) in pos:
+            tmp = name(o)
+            node.output[j] = tmp
+            scatter.append((tmp, o))
+    nodes.append(node)
+    for tmp, o in scatter:
+        # positions of kept channels -> their rank; removed ones -> index of an appended zero slice
+        src = np.full(n_in, len(idx), dtype=np.int64)
+        src[idx] = np.arange(len(idx))
+        sname, z1, zz, cat = name("src"), name("z1"), name("zz"), name("cat")
+        inits.append(numpy_helper.from_array(src, sname))
+        st, en, ax = name("st"), name("en"), name("ax")
+        inits += [numpy_helper.from_array(np.array([0], np.int64), st),
+                  numpy_helper.from_array(np.array([1], np.int64), en),
+                  numpy_helper.from_array(np.array([a], np.int64), ax)]
+        nodes.append(helper.make_node("Slice", [tmp, st, en, ax], [z1], name=name("Slice")))
+        nodes.append(helper.make_node("Sub", [z1, z1], [zz], name=name("Sub")))
+        nodes.append(helper.make_node("Concat", [tmp, zz], [cat], axis=a, name=name("Concat")))
+        nodes.append(helper.make_node("Gather", [cat, sname], [o], axis=a, name=name("Gather")))
+    return nodes
+
+
+@dataclass
+class VerifyResult:
+    max_abs_diff: float
+    scale: float
+    tolerance: float
+    passed: bool
+    per_output: dict[str, float]
+
+
+def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds_list: list[dict],
+                   rel_tol: float = 1e-4) -> VerifyResult:
+    """Run both on the same inputs; pass when max |diff| <= rel_tol x max |reference output|."""
+    ref_s, cand_s = _session(reference, "masked original"), _session(candidate, "pruned model")
+    names = [o.name for o in reference.graph.output]
+    worst, scale, per = 0.0, 0.0, {}
+    for feeds in feeds_list:
+        r = ref_s.run(names, feeds)
+        c = cand_s.run(names, feeds)
+        for n, a, b in zip(names, r, c):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            if a.shape != b.shape:
+                raise OnnxPruneError(f"verification failed: output '{n}' has shape {b.shape}, expected {a.shape}")
+            d = float(np.max(np.abs(a - b))) if a.size else 0.0
+            per[n] = max(per.get(n, 0.0), d)
+            worst = max(worst, d)
+            scale = max(scale, float(np.max(np.abs(a))) if a.size else 0.0)
+    scale = scale if scale > 0 else 1.0
+    tol = rel_tol * scale
+    return VerifyResult(worst, scale, tol, bool(worst <= tol), per)
+
+
+def _session(model: onnx.ModelProto, what: str):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise OnnxPruneError(f"ONNX Runtime cannot run the {what}: {str(e).strip().splitlines()[0]}") from None

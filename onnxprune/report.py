@@ -1,0 +1,137 @@
+"""Results that cross stages and what the user reads: JSON report and terminal summary."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ModelStats:
+    macs: int
+    params: int
+    file_bytes: int | None = None
+    latency_ms: float | None = None
+    latency_note: str = ""
+
+
+@dataclass
+class GroupReport:
+    id: int
+    name: str
+    channels: int
+    kept: int
+    frozen: bool
+    frozen_channels: int
+    reasons: list[str]
+    depthwise: bool
+    members: list[str]
+    kept_indices: list[int] | None = None
+
+
+@dataclass
+class Report:
+    input: str
+    output: str | None
+    settings: dict
+    baseline: ModelStats
+    pruned: ModelStats | None = None
+    groups: list[GroupReport] = field(default_factory=list)
+    verification: dict | None = None
+    timings_s: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+            f.write("\n")
+
+    def summary(self) -> str:
+        b, p = self.baseline, self.pruned
+        lines = []
+        n_prunable = sum(1 for g in self.groups if not g.frozen)
+        n_pruned = sum(1 for g in self.groups if g.kept < g.channels)
+        lines.append(f"channel groups: {len(self.groups)} ({n_prunable} prunable, {len(self.groups) - n_prunable} frozen), "
+                     f"{n_pruned} pruned")
+        rows = [("", "original", "pruned", "ratio")]
+
+        def row(label, a, c, fmt):
+            if a is None or c is None:
+                rows.append((label, fmt(a) if a is not None else "-", fmt(c) if c is not None else "-", ""))
+            else:
+                rows.append((label, fmt(a), fmt(c), f"{c / a:.3f}" if a else ""))
+        if p is not None:
+            row("MACs", b.macs, p.macs, _si)
+            row("params", b.params, p.params, _si)
+            row("file", b.file_bytes, p.file_bytes, _bytes)
+            row("latency", b.latency_ms, p.latency_ms, lambda v: f"{v:.3f} ms")
+        else:
+            rows += [("MACs", _si(b.macs), "", ""), ("params", _si(b.params), "", ""),
+                     ("latency", f"{b.latency_ms:.3f} ms" if b.latency_ms is not None else "-", "", "")]
+        w = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            lines.append("  " + "  ".join(s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(r)).rstrip())
+        if b.latency_note or (p and p.latency_note):
+            lines.append(f"  latency: {(p.latency_note if p and p.latency_note else b.latency_note)}")
+        if self.verification:
+            v = self.verification
+            if v.get("skipped"):
+                lines.append(f"verification: skipped ({v['skipped']})")
+            else:
+                lines.append(f"verification: {'passed' if v['passed'] else 'FAILED'} (max |diff| {v['max_abs_diff']:.2e} "
+                             f"<= {v['tolerance']:.2e} = 1e-4 x output scale, {v['inputs']} random inputs)")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        return "\n".join(lines)
+
+
+def _si(v) -> str:
+    if v is None:
+        return "-"
+    for unit, d in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= d:
+            return f"{v / d:.2f}{unit}"
+    return str(v)
+
+
+def _bytes(v) -> str:
+    if v is None:
+        return "-"
+    for unit, d in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if v >= d:
+            return f"{v / d:.2f} {unit}"
+    return f"{v} B"
+
+
+class Progress:
+    """Stage lines on stderr with elapsed time; quiet when asked. Keeps stdout for results."""
+
+    def __init__(self, enabled: bool = True, stream=None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.timings: dict[str, float] = {}
+        self._t0 = None
+        self._name = None
+
+    def start(self, name: str, detail: str = ""):
+        self._end()
+        self._name, self._t0 = name, time.perf_counter()
+        if self.enabled:
+            self.stream.write(f"  {name}{' ' + detail if detail else ''} ...")
+            self.stream.flush()
+
+    def _end(self):
+        if self._name is not None:
+            dt = time.perf_counter() - self._t0
+            self.timings[self._name] = round(self.timings.get(self._name, 0.0) + dt, 4)
+            if self.enabled:
+                self.stream.write(f" {dt:.2f}s\n")
+                self.stream.flush()
+            self._name = None
+
+    def done(self):
+        self._end()

@@ -1,0 +1,92 @@
+"""Ops that work on spatial axes only: pooling, Pad, Resize/Upsample, DepthToSpace is not here."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Opaque, OpRule, RuleResult, read_ints, register
+
+
+def _channel_passthrough(node, ctx, x, y, allowed=(0, 1)):
+    res = RuleResult()
+    for a in sorted(set(ctx.live_axes(x)) | set(ctx.live_axes(y))):
+        if a not in allowed:
+            raise Opaque(f"{node.op_type} works on axis {a}, which carries channels")
+        res.relate((x, a), (y, a))
+    return res
+
+
+@register
+class Pool(OpRule):
+    op_types = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool",
+                "MaxRoiPool")
+
+    def relate(self, node, ctx):
+        if len(node.output) > 1 and node.output[1]:
+            raise Opaque("MaxPool indices output")
+        return _channel_passthrough(node, ctx, node.input[0], node.output[0])
+
+
+@register
+class Pad(OpRule):
+    op_types = ("Pad",)
+
+    def relate(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        r = ctx.rank(x)
+        pads = read_ints(node, ctx, "pads", 1, [0] * (2 * r))
+        axes = read_ints(node, ctx, "axes", 3, None) if len(node.input) > 3 and node.input[3] else None
+        axes = [a + r if a < 0 else a for a in axes] if axes else list(range(r))
+        padded = {ax for i, ax in enumerate(axes) if pads[i] or pads[i + len(axes)]}
+        res = RuleResult()
+        for a in sorted(set(ctx.live_axes(x)) | set(ctx.live_axes(y))):
+            if a in padded:
+                raise Opaque("Pad pads a channel axis")
+            res.relate((x, a), (y, a))
+        return res
+
+
+@register
+class Resize(OpRule):
+    """Channel axes must keep scale 1; a `sizes` input carries the channel count and is rewritten."""
+    op_types = ("Resize", "Upsample")
+
+    def relate(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        sx, sy = ctx.shape(x), ctx.shape(y)
+        res = RuleResult()
+        for a in sorted(set(ctx.live_axes(x)) | set(ctx.live_axes(y))):
+            if sx[a] != sy[a]:
+                raise Opaque("Resize scales a channel axis")
+            res.relate((x, a), (y, a))
+        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] and res.relations:
+            if not ctx.is_const(node.input[3]):
+                raise Opaque("Resize sizes computed at run time")
+        return res
+
+    def rewrite(self, node, rctx):
+        if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
+            x = node.inputs[0].name
+            sizes = np.array(rctx.view.const(node.inputs[3].name)).copy()
+            r = len(rctx.view.shape(x))
+            ax = read_ints(node_proto(node), rctx.view, "axes", None, None)
+            axes = [a + r if a < 0 else a for a in ax] if ax else list(range(r))
+            changed = False
+            for i, a in enumerate(axes):
+                if rctx.kept(x, a) is not None:
+                    sizes[i] = rctx.size(x, a)
+                    changed = True
+            if changed:
+                rctx.set_input_const(3, sizes)
+
+
+def node_proto(gs_node):
+    """A tiny shim so attribute readers work on graphsurgeon nodes."""
+    import onnx
+
+    n = onnx.helper.make_node(gs_node.op, [], [], name=gs_node.name)
+    for k, v in gs_node.attrs.items():
+        try:
+            n.attribute.append(onnx.helper.make_attribute(k, v))
+        except Exception:
+            pass
+    return n

@@ -1,0 +1,68 @@
+"""Which channels to keep, given scores: per-group ratios (with a DEPrune-style depthwise ratio) or
+one global ranking. Frozen channels are always kept and no group is pruned to zero."""
+from __future__ import annotations
+
+import numpy as np
+
+from .analyze import ChannelGroup
+
+
+def n_remove(size: int, n_free: int, ratio: float) -> int:
+    """Channels to remove from a group of `size` at `ratio`, never all of them, never frozen ones."""
+    return int(max(0, min(int(round(ratio * size)), n_free, size - 1)))
+
+
+def lowest_free(scores: np.ndarray, frozen: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k lowest-scoring unfrozen channels (ties broken by index, deterministic)."""
+    free = np.flatnonzero(~frozen)
+    order = free[np.lexsort((free, scores[free]))]
+    return np.sort(order[:k])
+
+
+def keep_from_removed(size: int, removed: np.ndarray) -> np.ndarray:
+    mask = np.ones(size, dtype=bool)
+    mask[removed] = False
+    return np.flatnonzero(mask)
+
+
+def select_by_ratio(groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float,
+                    ratio_dw: float | None = None, global_rank: bool = False) -> dict[int, np.ndarray]:
+    """Kept canonical channels per group id (only groups that lose channels appear)."""
+    for r in (ratio, ratio_dw):
+        if r is not None and not 0.0 <= r < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {r}")
+    groups = [g for g in groups if g.prunable and g.id in scores]
+    if global_rank:
+        return _select_global(groups, scores, ratio)
+    kept = {}
+    for g in groups:
+        r = ratio_dw if (g.depthwise and ratio_dw is not None) else ratio
+        k = n_remove(g.size, int((~g.frozen).sum()), r)
+        if k:
+            kept[g.id] = keep_from_removed(g.size, lowest_free(scores[g.id], g.frozen, k))
+    return kept
+
+
+def _select_global(groups, scores, ratio):
+    """One ranking across groups; scores are divided by their group mean so layers of different
+    magnitude compete fairly (raw magnitudes would empty whole low-magnitude layers)."""
+    entries = []
+    for g in groups:
+        s = scores[g.id]
+        norm = s / (s.mean() if s.mean() > 0 else 1.0)
+        for c in np.flatnonzero(~g.frozen):
+            entries.append((norm[c], g.id, c))
+    total = sum(g.size for g in groups)
+    budget = int(round(ratio * total))
+    entries.sort()
+    left = {g.id: g.size for g in groups}
+    removed = {g.id: [] for g in groups}
+    for _, gid, c in entries:
+        if budget <= 0:
+            break
+        if left[gid] > 1:
+            removed[gid].append(c)
+            left[gid] -= 1
+            budget -= 1
+    sizes = {g.id: g.size for g in groups}
+    return {gid: keep_from_removed(sizes[gid], np.array(r, dtype=np.int64)) for gid, r in removed.items() if r}
