@@ -99,7 +99,7 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     progress = progress or Progress(False)
     progress.start("load")
     m, src = _as_model(model)
-    validate_model(m, src)
+    checker_note = validate_model(m, src)
     progress.start("normalize")
     norm = normalize(m)
     progress.start("analyze")
@@ -122,6 +122,8 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
                                   threads=threads),
                     baseline=model_stats(norm, view.input_shapes))
     report.baseline.file_bytes = m.ByteSize()
+    if checker_note:
+        report.notes.append(checker_note)
     progress.start("stats")
     report.pruned = model_stats(pruned, view.input_shapes)
     report.groups = group_reports(analysis, kept)

@@ -56,17 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "prune")
     args = build_parser().parse_args(argv)
+    from .report import Progress
+
+    args.progress = Progress(enabled=not args.quiet)
     try:
         if args.command == "prune":
             return _prune(args)
         return _analyze(args)
     except OnnxPruneError as e:
+        args.progress.abort()
         print(f"onnxprune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        args.progress.abort()
         print("onnxprune: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # never a traceback wall for users; --debug shows it
+        args.progress.abort()
         if getattr(args, "debug", False):
             raise
         msg = str(e).strip().splitlines()
@@ -78,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
 def _prune(args) -> int:
     from .api import prune, save
     from .io import _same_path
-    from .report import Progress
     from pathlib import Path
 
     if args.ratio is None:
@@ -91,7 +96,7 @@ def _prune(args) -> int:
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
         raise OnnxPruneError(f"output folder does not exist: {out_dir}")
-    progress = Progress(enabled=not args.quiet)
+    progress = args.progress
     res = prune(args.input, ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
                 scorer=args.scorer, exclude=_split(args.exclude), input_shapes=args.input_shape,
                 verify=not args.no_verify, latency=not args.no_latency, provider=args.provider,
@@ -111,9 +116,9 @@ def _analyze(args) -> int:
 
     from .api import analyze_model, group_reports, measure, model_stats
     from .io import custom_ops
-    from .report import Progress, _si
+    from .report import _si
 
-    progress = Progress(enabled=not args.quiet)
+    progress = args.progress
     a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), progress=progress)
     view = a.view
     stats = model_stats(view.model, view.input_shapes)

@@ -135,3 +135,10 @@ class Progress:
 
     def done(self):
         self._end()
+
+    def abort(self):
+        """End a half-written stage line so an error message starts on its own line."""
+        if self._name is not None and self.enabled:
+            self.stream.write(" failed\n")
+            self.stream.flush()
+        self._name = None

@@ -1,0 +1,146 @@
+"""Bad input must give one clear line, a non-zero exit and nothing at the output path; the input is
+never modified. Uses small models built with onnx.helper so no fixtures are needed."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def conv_net(path, custom=False, external=False):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["a"], ["b"], name="relu")]
+    if custom:
+        nodes.append(helper.make_node("Mystery", ["b"], ["c"], domain="com.example", name="mystery"))
+        nodes.append(helper.make_node("Conv", ["c", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"))
+    else:
+        nodes.append(helper.make_node("Conv", ["b", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.example", 1)] if custom else [])
+    m = helper.make_model(g, opset_imports=opsets)
+    if external:
+        onnx.save_model(m, str(path), save_as_external_data=True, location=os.path.basename(path) + ".data",
+                        size_threshold=0)
+    else:
+        onnx.save_model(m, str(path))
+    return path
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "onnxprune.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def assert_clean_failure(r, out):
+    assert r.returncode != 0
+    err = [l for l in r.stderr.splitlines() if l.startswith("onnxprune:")]
+    assert len(err) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(out)
+    assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith("." + os.path.basename(out))]
+
+
+def test_prune_writes_verified_model_without_prune_word(tmp_path):
+    src = conv_net(tmp_path / "in.onnx")
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    out = tmp_path / "out.onnx"
+    r = run_cli(src, out, "--ratio", "0.5", "--no-latency", "--report", tmp_path / "r.json", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "verification: passed" in r.stdout
+    m = onnx.load(str(out))
+    w1 = next(t for t in m.graph.initializer if t.name == "w1")
+    assert list(w1.dims) == [4, 3, 3, 3]
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest  # input untouched
+    import json
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["verification"]["passed"] is True
+    assert rep["pruned"]["macs"] < rep["baseline"]["macs"]
+    g = [g for g in rep["groups"] if g["kept"] < g["channels"]]
+    assert len(g) == 1 and g[0]["channels"] == 8 and len(g[0]["kept_indices"]) == 4
+
+
+def test_not_onnx(tmp_path):
+    src = tmp_path / "in.onnx"
+    src.write_text("hello, I am not a model\n" * 10)
+    out = tmp_path / "out.onnx"
+    assert_clean_failure(run_cli("prune", src, out, "--ratio", "0.3"), str(out))
+
+
+def test_truncated(tmp_path):
+    full = conv_net(tmp_path / "full.onnx").read_bytes()
+    src = tmp_path / "in.onnx"
+    src.write_bytes(full[: len(full) // 2])
+    out = tmp_path / "out.onnx"
+    assert_clean_failure(run_cli("prune", src, out, "--ratio", "0.3"), str(out))
+
+
+def test_missing_external_data(tmp_path):
+    src = conv_net(tmp_path / "in.onnx", external=True)
+    os.remove(str(src) + ".data")
+    out = tmp_path / "out.onnx"
+    r = run_cli("prune", src, out, "--ratio", "0.3")
+    assert_clean_failure(r, str(out))
+    assert "external data" in r.stderr
+
+
+def test_external_data_loads(tmp_path):
+    src = conv_net(tmp_path / "in.onnx", external=True)
+    out = tmp_path / "out.onnx"
+    r = run_cli("prune", src, out, "--ratio", "0.5", "--no-latency", "-q")
+    assert r.returncode == 0, r.stderr
+
+
+def test_output_equals_input(tmp_path):
+    src = conv_net(tmp_path / "in.onnx")
+    before = src.read_bytes()
+    r = run_cli("prune", src, src, "--ratio", "0.3")
+    assert r.returncode != 0 and "input" in r.stderr
+    assert src.read_bytes() == before
+
+
+def test_missing_input_file(tmp_path):
+    out = tmp_path / "out.onnx"
+    assert_clean_failure(run_cli("prune", tmp_path / "nope.onnx", out, "--ratio", "0.3"), str(out))
+
+
+def test_custom_op_freezes_and_refuses_unverifiable(tmp_path):
+    src = conv_net(tmp_path / "in.onnx", custom=True)
+    out = tmp_path / "out.onnx"
+    r = run_cli("prune", src, out, "--ratio", "0.5", "--no-latency")
+    assert_clean_failure(r, str(out))
+    assert "--no-verify" in r.stderr
+    r = run_cli("analyze", src, "--no-latency", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "Mystery" in r.stdout and "frozen" in r.stdout
+    r = run_cli("prune", src, out, "--ratio", "0.5", "--no-latency", "--no-verify", "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    import json
+    rep = json.loads((tmp_path / "r.json").read_text())
+    frozen = [g for g in rep["groups"] if g["frozen"]]
+    assert any("Mystery" in why for g in frozen for why in g["reasons"])
+    assert rep["verification"] == {"skipped": "--no-verify"}
+
+
+def test_bad_ratio_and_missing_ratio(tmp_path):
+    src = conv_net(tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    assert_clean_failure(run_cli("prune", src, out, "--ratio", "1.5"), str(out))
+    assert_clean_failure(run_cli("prune", src, out), str(out))
+
+
+def test_input_shape_errors(tmp_path):
+    src = conv_net(tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    r = run_cli("prune", src, out, "--ratio", "0.3", "--input-shape", "nope=1x3x8x8")
+    assert_clean_failure(r, str(out))
+    r = run_cli("prune", src, out, "--ratio", "0.3", "--input-shape", "x=1x3x9x9")
+    assert_clean_failure(r, str(out))
