@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ratio for groups that pass through depthwise convs (DEPrune DW/PW setting)")
     p.add_argument("--global", dest="global_rank", action="store_true",
                    help="rank channels across groups (scores normalized by group mean) instead of per group")
-    p.add_argument("--scorer", default="l2", choices=["l1", "l2"], help="channel importance (default l2)")
+    from .score import SCORERS
+
+    p.add_argument("--scorer", default="l2", choices=sorted(SCORERS), help="channel importance (default l2)")
     p.add_argument("--report", metavar="JSON", help="write the full report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the mask-oracle check")
     _common(p)

@@ -1,15 +1,45 @@
-"""Channel importance per canonical channel of each group, from raw initializers.
+"""Channel importance per canonical channel of each prunable group.
 
-Every weight slice a group owns (producer filters, BN/affine vectors, consumer input slices, bias
-entries) contributes to the channel it maps to.
+Scorers live in one registry: ``@register_scorer("name")`` on a function ``(ScoreContext) ->
+{group id: scores}``. Weight-based scorers read the raw initializers: every weight slice a group
+owns (producer filters, BN/affine vectors, consumer input slices, bias entries) contributes to the
+channel it maps to. Data-driven scorers get calibration feeds in the context.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from .analyze import Analysis, ChannelGroup, Member
+from .errors import OnnxPruneError
 
-SCORERS = ("l1", "l2")
+
+@dataclass
+class ScoreContext:
+    analysis: Analysis
+    calib: list[dict[str, np.ndarray]] | None = None  # batches of model inputs, for data-driven scorers
+    seed: int = 0
+    cache: dict = field(default_factory=dict)  # scorers may share work (e.g. activation statistics)
+
+    @property
+    def groups(self) -> list[ChannelGroup]:
+        return self.analysis.prunable_groups
+
+
+Scorer = Callable[[ScoreContext], dict[int, np.ndarray]]
+SCORERS: dict[str, Scorer] = {}
+NEEDS_CALIB: set[str] = set()
+
+
+def register_scorer(name: str, needs_calib: bool = False):
+    def deco(fn: Scorer) -> Scorer:
+        SCORERS[name] = fn
+        if needs_calib:
+            NEEDS_CALIB.add(name)
+        return fn
+    return deco
 
 
 def slice_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
@@ -34,8 +64,19 @@ def magnitude_scores(analysis: Analysis, group: ChannelGroup, p: int) -> np.ndar
     return s if p == 1 else np.sqrt(s)
 
 
-def score_groups(analysis: Analysis, scorer: str = "l2") -> dict[int, np.ndarray]:
+@register_scorer("l1")
+def l1_scores(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    return {g.id: magnitude_scores(ctx.analysis, g, 1) for g in ctx.groups}
+
+
+@register_scorer("l2")
+def l2_scores(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    return {g.id: magnitude_scores(ctx.analysis, g, 2) for g in ctx.groups}
+
+
+def score_groups(analysis: Analysis, scorer: str = "l2", *, calib=None, seed: int = 0) -> dict[int, np.ndarray]:
     if scorer not in SCORERS:
-        raise ValueError(f"unknown scorer '{scorer}' (choose from {', '.join(SCORERS)})")
-    p = 1 if scorer == "l1" else 2
-    return {g.id: magnitude_scores(analysis, g, p) for g in analysis.prunable_groups}
+        raise OnnxPruneError(f"unknown scorer '{scorer}' (choose from {', '.join(sorted(SCORERS))})")
+    if scorer in NEEDS_CALIB and not calib:
+        raise OnnxPruneError(f"scorer '{scorer}' needs calibration data: pass --calib FILE")
+    return SCORERS[scorer](ScoreContext(analysis, calib=calib, seed=seed))
