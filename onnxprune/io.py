@@ -101,7 +101,9 @@ def opset_version(model: onnx.ModelProto) -> int:
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a normalized copy (see module doc). Names of inputs/outputs and metadata are kept."""
     import onnx_graphsurgeon as gs
+    import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # constant folding runs ORT; its optimizer chatter is noise here
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
