@@ -39,6 +39,7 @@ class ChannelGroup:
     reasons: list[str] = field(default_factory=list)
     depthwise: bool = False  # passes through a depthwise conv (DEPrune's DW ratio applies)
     name: str = ""
+    kind: str = "channels"  # channels | heads | head_dim | embed (transformer residual stream)
 
     @property
     def prunable(self) -> bool:
@@ -66,9 +67,13 @@ class Analysis:
         return [g for g in self.groups if g.prunable]
 
 
-def analyze(view: GraphView, exclude: list[str] | None = None, max_passes: int = 8) -> Analysis:
+def analyze(view: GraphView, exclude: list[str] | None = None, max_passes: int = 8, *,
+            heads: bool = False, embed_dim: bool = False) -> Analysis:
+    """Find channel groups. `heads`: split attention projections by head (whole heads become the
+    channels of their group) instead of by head_dim; `embed_dim`: allow pruning transformer
+    residual streams (off by default: every block, norm and embedding shrinks with it)."""
     live: dict[str, set[int]] = {}
-    ctx = RuleContext(view, live)
+    ctx = RuleContext(view, live, options=dict(heads=heads, embed_dim=embed_dim))
     order = list(range(len(view.nodes)))
     excluded = {k for k in order if exclude and _excluded(view.nodes[k], exclude)}
     results: dict[int, RuleResult] = {}
@@ -93,6 +98,7 @@ def analyze(view: GraphView, exclude: list[str] | None = None, max_passes: int =
                      if view.shape(t) is not None and sp[1] < len(view.shape(t))})
     freeze = _unclaimed(view, spaces, results, opaque, excluded)
     groups, space_group = _build_groups(view, spaces, results, freeze)
+    _classify(view, groups, space_group, embed_dim=embed_dim)
     return Analysis(view, groups, results, opaque, space_group)
 
 
@@ -207,6 +213,66 @@ def _build_groups(view, spaces, results, freeze):
         g.name = _group_name(view, g)
         groups.append(g)
     return groups, space_group
+
+
+PASS_THROUGH = {"Reshape", "Transpose", "Gather", "Split", "Slice", "Squeeze", "Unsqueeze", "Add", "Mul", "Div",
+                "Identity", "Cast"}
+
+
+def _classify(view, groups, space_group, *, embed_dim: bool) -> None:
+    """Label attention groups and apply the transformer defaults: head_dim is never pruned (whole
+    heads are, with heads=True) and the residual stream only with embed_dim=True."""
+    def grp(t, a):
+        g = space_group.get((t, a))
+        return groups[g] if g is not None else None
+
+    attn = [n for n in view.nodes if n.op_type == "MatMul" and not any(i in view.consts for i in n.input)]
+    for n in attn:
+        a, b, y = n.input[0], n.input[1], n.output[0]
+        sa, sb, sy = view.shape(a), view.shape(b), view.shape(y)
+        if not (sa and sb and sy):
+            continue
+        for t, ax in ((a, len(sa) - 1), (b, len(sb) - 2), (b, len(sb) - 1), (y, len(sy) - 1)):
+            g = grp(t, ax)
+            if g is not None and g.kind == "channels":
+                g.kind = "head_dim"
+        for o in range(len(sy) - 2):
+            g = grp(y, o)
+            if g is not None:
+                g.kind = "heads"
+        for src in (a, b):
+            proj = _projection_input(view, src)
+            if proj is not None and grp(*proj) is not None and grp(*proj).kind == "channels":
+                grp(*proj).kind = "embed"
+    for g in groups:
+        if g.kind == "head_dim" and not g.frozen.all():
+            g.frozen[:] = True
+            g.reasons.append("attention head_dim is kept (remove whole heads with heads=True / --heads)")
+        if g.kind == "embed" and not embed_dim and not g.frozen.all():
+            g.frozen[:] = True
+            g.reasons.append("transformer residual stream: pruned only with embed_dim=True / --embed-dim")
+
+
+def _projection_input(view, t, depth=0):
+    """Follow an attention operand back through layout ops to the weight MatMul/Gemm that made it;
+    return that projection's input space (its contracted axis)."""
+    k = view.producer.get(t)
+    if k is None or depth > 12:
+        return None
+    n = view.nodes[k]
+    if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in view.consts:
+        s = view.shape(n.input[0])
+        if s is None:
+            return None
+        trans_a = n.op_type == "Gemm" and attr(n, "transA", 0)
+        return (n.input[0], 0 if trans_a else len(s) - 1)
+    if n.op_type in PASS_THROUGH:
+        for i in n.input:
+            if i and i not in view.consts:
+                r = _projection_input(view, i, depth + 1)
+                if r is not None:
+                    return r
+    return None
 
 
 def _group_name(view, g: ChannelGroup) -> str:

@@ -44,7 +44,8 @@ def _shapes(input_shapes):
     return parse_input_shapes(list(input_shapes))
 
 
-def analyze_model(model, *, input_shapes=None, exclude=None, progress: Progress | None = None) -> Analysis:
+def analyze_model(model, *, input_shapes=None, exclude=None, heads: bool = False, embed_dim: bool = False,
+                  progress: Progress | None = None) -> Analysis:
     """Load (path or ModelProto), normalize and find channel groups."""
     progress = progress or Progress(False)
     progress.start("load")
@@ -54,7 +55,7 @@ def analyze_model(model, *, input_shapes=None, exclude=None, progress: Progress 
     norm = normalize(m)
     progress.start("analyze")
     view = build_view(norm, _shapes(input_shapes))
-    a = analyze(view, exclude=exclude)
+    a = analyze(view, exclude=exclude, heads=heads, embed_dim=embed_dim)
     progress.done()
     return a
 
@@ -66,7 +67,7 @@ def group_reports(analysis: Analysis, kept: dict[int, np.ndarray] | None = None)
         out.append(GroupReport(
             id=g.id, name=g.name, channels=g.size, kept=len(k) if k is not None else g.size,
             frozen=not g.prunable, frozen_channels=int(g.frozen.sum()), reasons=list(g.reasons),
-            depthwise=g.depthwise, members=[f"{m.tensor}:{m.axis}" for m in g.members],
+            depthwise=g.depthwise, kind=g.kind, members=[f"{m.tensor}:{m.axis}" for m in g.members],
             kept_indices=[int(i) for i in k] if k is not None else None))
     return out
 
@@ -88,7 +89,8 @@ def measure(models: list[onnx.ModelProto], input_shapes, *, provider="cpu", thre
 
 
 def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_rank: bool = False,
-          scorer: str = "l2", exclude: list[str] | None = None, input_shapes=None, verify: bool = True,
+          scorer: str = "l2", exclude: list[str] | None = None, input_shapes=None, heads: bool = False,
+          embed_dim: bool = False, verify: bool = True,
           latency: bool = True, provider: str = "cpu", threads: int | None = None,
           progress: Progress | None = None) -> PruneResult:
     """Remove `ratio` of the channels of every prunable channel group (lowest scores first).
@@ -105,7 +107,7 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     progress.start("analyze")
     shapes = _shapes(input_shapes)
     view = build_view(norm, shapes)
-    analysis = analyze(view, exclude=exclude)
+    analysis = analyze(view, exclude=exclude, heads=heads, embed_dim=embed_dim)
     progress.start("score", scorer)
     scores = score_groups(analysis, scorer)
     kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank)
@@ -118,7 +120,8 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
 
     report = Report(input=src, output=None,
                     settings=dict(ratio=ratio, ratio_dw=ratio_dw, global_rank=global_rank, scorer=scorer,
-                                  exclude=exclude or [], input_shapes=view.input_shapes, provider=provider,
+                                  exclude=exclude or [], heads=heads, embed_dim=embed_dim,
+                                  input_shapes=view.input_shapes, provider=provider,
                                   threads=threads),
                     baseline=model_stats(norm, view.input_shapes))
     report.baseline.file_bytes = m.ByteSize()

@@ -20,6 +20,10 @@ def _common(p):
                    help="fix symbolic input dims for analysis, verification and timing (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="freeze channels touched by nodes whose name or op type matches (glob; repeatable)")
+    p.add_argument("--heads", action="store_true",
+                   help="transformers: prune whole attention heads (q/k/v/out blocks and Reshape head counts)")
+    p.add_argument("--embed-dim", action="store_true",
+                   help="transformers: also prune the residual stream (hidden dim) - off by default")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider for latency (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for latency (default: all cores)")
@@ -101,6 +105,7 @@ def _prune(args) -> int:
     progress = args.progress
     res = prune(args.input, ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
                 scorer=args.scorer, exclude=_split(args.exclude), input_shapes=args.input_shape,
+                heads=args.heads, embed_dim=args.embed_dim,
                 verify=not args.no_verify, latency=not args.no_latency, provider=args.provider,
                 threads=args.threads, progress=progress)
     save(res.model, args.output, input_path=args.input)
@@ -121,7 +126,8 @@ def _analyze(args) -> int:
     from .report import _si
 
     progress = args.progress
-    a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), progress=progress)
+    a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), heads=args.heads,
+                      embed_dim=args.embed_dim, progress=progress)
     view = a.view
     stats = model_stats(view.model, view.input_shapes)
     if not args.no_latency and not custom_ops(view.model):
@@ -138,7 +144,7 @@ def _analyze(args) -> int:
     print(f"  {'id':>3}  {'name'.ljust(w)}  {'ch':>5}  {'members':>7}  status")
     for g in groups:
         status = "frozen: " + "; ".join(g.reasons) if g.frozen else (
-            "prunable" + (" (dw)" if g.depthwise else "") +
+            "prunable" + (" (dw)" if g.depthwise else "") + (f" ({g.kind})" if g.kind != "channels" else "") +
             (f", {g.frozen_channels} channels frozen: {'; '.join(g.reasons)}" if g.frozen_channels else ""))
         print(f"  {g.id:>3}  {g.name.ljust(w)}  {g.channels:>5}  {len(g.members):>7}  {status}")
         if args.verbose:

@@ -26,6 +26,7 @@ class GroupReport:
     frozen_channels: int
     reasons: list[str]
     depthwise: bool
+    kind: str
     members: list[str]
     kept_indices: list[int] | None = None
 

@@ -54,9 +54,9 @@ class ReshapeLike(OpRule):
             if lin and lout:
                 cands = [(lin[0], lout[0])]
             elif lin:
-                cands = [(lin[0], b) for b in sorted(outs, key=lambda b: -sy[b]) if sy[b] > 1]
+                cands = [(lin[0], b) for b in _split_preference(outs, sy, ctx)]
             else:
-                cands = [(a, lout[0]) for a in sorted(ins, key=lambda a: -sx[a]) if sx[a] > 1]
+                cands = [(a, lout[0]) for a in _split_preference(ins, sx, ctx)]
             for a, b in cands:
                 pairs = block_pairs(sx, sy, a, b)
                 if pairs is not None:
@@ -92,6 +92,16 @@ class ReshapeLike(OpRule):
                 if v[off] != -1:
                     v[off] = n
                     rctx.set_input_const(slot, v, node=concat)
+
+
+def _split_preference(axes, shape, ctx):
+    """When a channel axis is split into several (channel shuffle, attention heads), which piece
+    carries the channels: by default the largest (finest groups: shuffle columns, head_dim); with
+    the `heads` option the piece before the last one (the head axis of (..., heads, head_dim))."""
+    axes = [a for a in axes if shape[a] > 1]
+    if ctx.options.get("heads") and len(axes) >= 2:
+        return [axes[-2]] + [a for a in axes if a != axes[-2]]
+    return sorted(axes, key=lambda a: -shape[a])
 
 
 def _shape_entry(view, shape_t, index):
