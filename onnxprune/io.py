@@ -131,6 +131,11 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         out = gs.export_onnx(graph, do_type_check=False)
     _copy_model_fields(model, out)
     out.graph.ClearField("value_info")
+    # Neither shape inference nor ONNX Runtime can give shapes past a custom op: keep what the
+    # model itself declares for custom-op outputs, so the graph after them can still be analyzed.
+    custom_outs = {t for n in out.graph.node if n.domain not in STANDARD_DOMAINS for t in n.output}
+    out.graph.value_info.extend(vi for vi in model.graph.value_info
+                                if vi.name in custom_outs and vi.type.tensor_type.HasField("shape"))
     return out
 
 
@@ -210,10 +215,20 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
 def with_fixed_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    params: dict[str, int] = {}  # symbolic dim name -> its value, from the inputs that use it
     for i in m.graph.input:
         if i.name in shapes:
             dims = i.type.tensor_type.shape.dim
             for d, v in zip(dims, shapes[i.name]):
+                if d.HasField("dim_param") and d.dim_param:
+                    params.setdefault(d.dim_param, v)
+                d.Clear()
+                d.dim_value = v
+    # declared shapes elsewhere (e.g. of custom-op outputs) that use the same symbols get the values too
+    for vi in list(m.graph.value_info) + list(m.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in params:
+                v = params[d.dim_param]
                 d.Clear()
                 d.dim_value = v
     return m

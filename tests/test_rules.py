@@ -1,0 +1,460 @@
+"""One mask-oracle test per op rule, on small ONNX graphs built with onnx.helper (no torch).
+
+Each case puts the op between real convs/gemms so its channels are prunable, prunes at 0.5 and
+asserts through ``assert_prunes`` (tests/helpers.py) that: the group under test is found with the
+expected size and is prunable; channels were really removed and weights shrank; the mask oracle
+passed; the pruned model passes the full ONNX checker, runs in ONNX Runtime and differs from the
+unmasked original. Cases that cannot be pruned soundly are asserted frozen, with a reason.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from helpers import GraphBuilder, assert_prunes, group_at
+
+from onnxprune import analyze, analyze_model, prune
+from onnxprune.graph import build_view
+from onnxprune.io import normalize
+
+IMG = {"x": [2, 3, 8, 8]}
+
+
+def stem(b, cout=8, name="conv0", act=True):
+    """x (N,3,8,8) -> Conv 3->cout [-> Relu]"""
+    x = b.input("x", [3, 8, 8])
+    h = b.conv(x, 3, cout, name=name)
+    return b.op("Relu", [h]) if act else h
+
+
+def head(b, h, cin, name="head"):
+    """a final Conv to 4 channels: its output is the (frozen) model output"""
+    return b.conv(h, cin, 4, name=name)
+
+
+def weight_shape(model, name):
+    return next(tuple(t.dims) for t in model.graph.initializer if t.name == name)
+
+
+# --- 1. Conv-BN-Relu-Conv ------------------------------------------------------------------------
+
+def test_conv_bn_relu_conv_no_bias():
+    b = GraphBuilder()
+    x = b.input("x", [3, 8, 8])
+    h = b.conv(x, 3, 8, bias=False, name="conv1")
+    h = b.op("Relu", [b.bn(h, 8, name="bn1")])
+    h = b.op("Relu", [b.conv(h, 8, 6, name="conv2")])
+    y = head(b, h, 6)
+    res = assert_prunes(b.model([y]), [("conv1_out", 1), ("conv2_out", 1)], IMG, sizes=[8, 6],
+                        frozen=[("head_out", 1), ("x", 1)])
+    # BN parameters and the bias-less conv's weight were sliced together
+    assert weight_shape(res.model, "bn1.scale") == (4,)
+    assert weight_shape(res.model, "conv1.weight") == (4, 3, 3, 3)
+    assert weight_shape(res.model, "conv2.weight") == (3, 4, 3, 3)
+    assert "model output" in " ".join(group_at(res.analysis, "head_out", 1).reasons)
+
+
+# --- 2. residual Add -----------------------------------------------------------------------------
+
+def test_residual_add_two_convs_and_identity_skip():
+    b = GraphBuilder()
+    h = stem(b, 8)
+    p = b.conv(h, 8, 8, name="conv_a")
+    q = b.conv(h, 8, 8, name="conv_b")
+    s = b.op("Add", [p, q], name="add_pq")
+    r = b.op("Add", [s, h], name="add_skip")
+    y = head(b, b.op("Relu", [r]), 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    a = res.analysis
+    g = group_at(a, "conv0_out", 1)
+    # the two convs feeding the Add and the skip are one group
+    assert group_at(a, "conv_a_out", 1) is g and group_at(a, "conv_b_out", 1) is g
+    for w in ("conv0.weight", "conv_a.weight", "conv_b.weight"):
+        assert weight_shape(res.model, w)[0] == 4
+    assert weight_shape(res.model, "conv_a.weight")[1] == 4
+
+
+# --- 3. depthwise Conv -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mult", [1, 2])
+def test_depthwise_conv(mult):
+    b = GraphBuilder()
+    h = stem(b, 8)
+    d = b.op("Relu", [b.conv(h, 8, 8 * mult, group=8, name="dw")])
+    y = head(b, d, 8 * mult)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    g = group_at(res.analysis, "conv0_out", 1)
+    assert g.depthwise
+    assert group_at(res.analysis, "dw_out", 1) is g  # in and out coupled
+    dw = next(n for n in res.model.graph.node if n.name == "dw")
+    assert onnx.helper.get_attribute_value(next(a for a in dw.attribute if a.name == "group")) == 4
+    assert weight_shape(res.model, "dw.weight") == (4 * mult, 1, 3, 3)
+    assert weight_shape(res.model, "head.weight")[1] == 4 * mult
+
+
+# --- 4. grouped Conv -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_grouped_conv(groups):
+    b = GraphBuilder()
+    h = stem(b, 16)
+    gc = b.op("Relu", [b.conv(h, 16, 16, group=groups, name="gconv")])
+    y = head(b, gc, 16)
+    per = 16 // groups
+    res = assert_prunes(b.model([y]), [("conv0_out", 1), ("gconv_out", 1)], IMG, sizes=[per, per])
+    # every group keeps the same in-group positions: the attribute stays, widths halve
+    assert weight_shape(res.model, "gconv.weight") == (8, per // 2, 3, 3)
+    gn = next(n for n in res.model.graph.node if n.name == "gconv")
+    assert onnx.helper.get_attribute_value(next(a for a in gn.attribute if a.name == "group")) == groups
+
+
+# --- 5. ConvTranspose ------------------------------------------------------------------------------
+
+def test_conv_transpose():
+    b = GraphBuilder()
+    h = stem(b, 8)
+    u = b.op("Relu", [b.conv_transpose(h, 8, 6, name="up")])
+    y = head(b, u, 6)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1), ("up_out", 1)], IMG, sizes=[8, 6])
+    assert weight_shape(res.model, "up.weight") == (4, 3, 2, 2)
+
+
+def test_conv_transpose_depthwise():
+    b = GraphBuilder()
+    h = stem(b, 8)
+    u = b.op("Relu", [b.conv_transpose(h, 8, 8, group=8, name="up")])
+    y = head(b, u, 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    assert group_at(res.analysis, "up_out", 1) is group_at(res.analysis, "conv0_out", 1)
+    assert weight_shape(res.model, "up.weight") == (4, 1, 2, 2)
+
+
+# --- 6. Concat -------------------------------------------------------------------------------------
+
+def test_concat_channels_then_conv():
+    b = GraphBuilder()
+    x = b.input("x", [3, 8, 8])
+    p = b.op("Relu", [b.conv(x, 3, 4, name="conv_a")])
+    q = b.op("Relu", [b.conv(x, 3, 6, name="conv_b")])
+    c = b.op("Concat", [p, q], axis=1, name="cat")
+    y = head(b, c, 10)
+    res = assert_prunes(b.model([y]), [("conv_a_out", 1)], IMG, sizes=[10])
+    # one group: the Concat output space is in_a ++ in_b (offset map)
+    g = group_at(res.analysis, "cat_out", 1)
+    assert group_at(res.analysis, "conv_b_out", 1) is g and group_at(res.analysis, "conv_a_out", 1) is g
+    assert weight_shape(res.model, "head.weight")[1] == 5
+    assert weight_shape(res.model, "conv_a.weight")[0] + weight_shape(res.model, "conv_b.weight")[0] == 5
+
+
+# --- 7. Split / Slice on channels --------------------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["opset13-input", "opset11-attr", "opset18-num_outputs"])
+def test_split_channels(form):
+    opset = {"opset13-input": 13, "opset11-attr": 11, "opset18-num_outputs": 18}[form]
+    b = GraphBuilder(opset=opset)
+    h = stem(b, 8)
+    if form == "opset13-input":
+        parts = b.op("Split", [h, b.const([3, 5])], n_out=2, axis=1, name="split")
+    elif form == "opset11-attr":
+        parts = b.op("Split", [h], n_out=2, axis=1, split=[3, 5], name="split")
+    else:
+        parts = b.op("Split", [h], n_out=2, axis=1, num_outputs=2, name="split")
+    n0 = 3 if opset < 18 else 4
+    u = b.conv(parts[0], n0, 4, name="conv_u")
+    v = b.conv(parts[1], 8 - n0, 4, name="conv_v")
+    y = b.op("Add", [u, v])
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    w_u, w_v = weight_shape(res.model, "conv_u.weight")[1], weight_shape(res.model, "conv_v.weight")[1]
+    assert w_u + w_v == 4
+
+
+@pytest.mark.parametrize("opset", [13, 9])
+def test_slice_channels(opset):
+    b = GraphBuilder(opset=opset)
+    h = stem(b, 8)
+    if opset >= 10:
+        s = b.op("Slice", [h, b.const([1]), b.const([7]), b.const([1])], name="slice")
+    else:
+        s = b.op("Slice", [h], starts=[1], ends=[7], axes=[1], name="slice")
+    y = head(b, s, 6)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    assert weight_shape(res.model, "head.weight")[1] < 6
+
+
+# --- 8. Flatten / Reshape -> Gemm / MatMul -------------------------------------------------------------
+
+def _flat_net(kind):
+    b = GraphBuilder()
+    x = b.input("x", [3, 2, 2])
+    h = b.op("Relu", [b.conv(x, 3, 6, name="conv0")])
+    if kind == "flatten":
+        f = b.op("Flatten", [h], axis=1, name="flat")
+        z = b.op("Relu", [b.gemm(f, 24, 10, trans_b=1, name="fc1")])
+        y = b.gemm(z, 10, 5, trans_b=1, name="fc2")
+    else:
+        shape = [-1, 24] if kind == "reshape-1" else [0, -1]
+        f = b.op("Reshape", [h, b.const(shape)], name="reshape")
+        z = b.op("Relu", [b.matmul(f, 24, 10, name="fc1")])
+        y = b.matmul(z, 10, 5, name="fc2")
+    return b.model([y])
+
+
+@pytest.mark.parametrize("kind", ["flatten", "reshape-1", "reshape0-1"])
+def test_flatten_reshape_to_linear(kind):
+    res = assert_prunes(_flat_net(kind), [("conv0_out", 1), ("fc1.weight", 0 if kind == "flatten" else 1)],
+                        {"x": [2, 3, 2, 2]}, sizes=[6, 10])
+    # block map: each removed channel takes its 2x2 = 4 features with it
+    fc1 = weight_shape(res.model, "fc1.weight")
+    assert (fc1[1] if kind == "flatten" else fc1[0]) == 3 * 4
+    g = group_at(res.analysis, "conv0_out", 1)
+    m = next(m for m in g.members if m.tensor == "fc1.weight")
+    assert np.array_equal(m.index_map, np.repeat(np.arange(6), 4))  # feature f -> channel f // (H*W)
+    if kind.startswith("reshape"):  # the target shape's feature entry follows the kept width
+        rs = next(n for n in res.model.graph.node if n.op_type == "Reshape")
+        shape = next(onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer if t.name == rs.input[1])
+        assert list(shape) == ([-1, 12] if kind == "reshape-1" else [0, -1])
+
+
+# --- 9. ConvNeXt block (NHWC, LayerNorm over channels) ----------------------------------------------
+
+@pytest.mark.parametrize("gelu", ["erf", "op"])
+def test_convnext_block(gelu):
+    b = GraphBuilder(opset=20 if gelu == "op" else 17)
+    h = stem(b, 8, act=False)
+    d = b.conv(h, 8, 8, k=3, group=8, name="dwconv")
+    t = b.op("Transpose", [d], perm=[0, 2, 3, 1], name="to_nhwc")
+    ln = b.op("LayerNormalization", [t, b.weight((8,), "ln.weight", positive=True), b.weight((8,), "ln.bias")],
+              axis=-1, epsilon=1e-6, name="ln")
+    u = b.matmul(ln, 8, 32, name="pw1")
+    if gelu == "op":
+        g = b.op("Gelu", [u], name="gelu")
+    else:
+        e = b.op("Erf", [b.op("Div", [u, b.const(np.float32(np.sqrt(2.0)))])])
+        g = b.op("Mul", [b.op("Mul", [u, b.op("Add", [e, b.const(np.float32(1.0))])]), b.const(np.float32(0.5))])
+    v = b.matmul(g, 32, 8, name="pw2")
+    v = b.op("Mul", [v, b.weight((8,), "gamma", positive=True)], name="layer_scale")
+    back = b.op("Transpose", [v], perm=[0, 3, 1, 2], name="to_nchw")
+    r = b.op("Add", [back, h], name="residual")
+    y = head(b, r, 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1), ("pw1.weight", 1)], IMG, sizes=[8, 32])
+    a = res.analysis
+    g = group_at(a, "conv0_out", 1)
+    assert group_at(a, "ln_out", 3) is g and group_at(a, "gamma", 0) is g
+    # the LayerNorm normalizes over the channel space: the oracle computes it over kept channels
+    ln_k = next(k for k, n in enumerate(a.view.nodes) if n.op_type == "LayerNormalization")
+    assert a.node_results[ln_k].normalizes
+    assert weight_shape(res.model, "ln.weight") == (4,)
+    assert weight_shape(res.model, "pw1.weight") == (4, 16)
+
+
+# --- 10. squeeze-excitation -------------------------------------------------------------------------
+
+def test_squeeze_excitation():
+    b = GraphBuilder()
+    h = stem(b, 16)
+    s = b.op("GlobalAveragePool", [h], name="gap")
+    s = b.op("Relu", [b.conv(s, 16, 4, k=1, name="se_reduce")])
+    s = b.op("Sigmoid", [b.conv(s, 4, 16, k=1, name="se_expand")])
+    m = b.op("Mul", [h, s], name="se_mul")
+    y = head(b, m, 16)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1), ("se_reduce_out", 1)], IMG, sizes=[16, 4])
+    assert group_at(res.analysis, "se_expand_out", 1) is group_at(res.analysis, "conv0_out", 1)
+    assert weight_shape(res.model, "se_expand.weight") == (8, 2, 1, 1)
+
+
+# --- 11. hardswish ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["decomposed", "HardSwish", "HardSigmoid"])
+def test_hardswish(form):
+    b = GraphBuilder(opset=14)
+    h = stem(b, 8, act=False)
+    if form == "decomposed":
+        c = b.op("Clip", [b.op("Add", [h, b.const(np.float32(3))]), b.const(np.float32(0)), b.const(np.float32(6))])
+        a = b.op("Div", [b.op("Mul", [h, c]), b.const(np.float32(6))])
+    elif form == "HardSwish":
+        a = b.op("HardSwish", [h])
+    else:
+        a = b.op("Mul", [h, b.op("HardSigmoid", [h], alpha=1.0 / 6, beta=0.5)])
+    y = head(b, a, 8)
+    assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+
+
+# --- 12. PRelu / LeakyRelu ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["PRelu", "LeakyRelu"])
+def test_prelu_leaky(act):
+    b = GraphBuilder()
+    h = stem(b, 8, act=False)
+    if act == "PRelu":
+        a = b.op("PRelu", [h, b.const(np.linspace(0.05, 0.4, 8).reshape(8, 1, 1), "slope")])
+    else:
+        a = b.op("LeakyRelu", [h], alpha=0.1)
+    y = head(b, a, 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    if act == "PRelu":
+        assert group_at(res.analysis, "slope", 0) is group_at(res.analysis, "conv0_out", 1)
+        assert weight_shape(res.model, "slope") == (4, 1, 1)
+
+
+# --- 13. channel shuffle (ShuffleNetV2 unit) ---------------------------------------------------------
+
+def _shuffle_net():
+    b = GraphBuilder()
+    h = stem(b, 8)
+    p = b.op("Relu", [b.conv(h, 8, 4, name="branch_a")])
+    q = b.op("Relu", [b.conv(h, 8, 4, name="branch_b")])
+    c = b.op("Concat", [p, q], axis=1, name="cat")
+    r = b.op("Reshape", [c, b.const([0, 2, 4, 8, 8])], name="shuffle_split")
+    t = b.op("Transpose", [r], perm=[0, 2, 1, 3, 4], name="shuffle_t")
+    s = b.op("Reshape", [t, b.const([0, 8, 8, 8])], name="shuffle_merge")
+    u, v = b.op("Split", [s, b.const([4, 4])], n_out=2, axis=1, name="split")
+    u = b.conv(u, 4, 4, name="conv_u")
+    v = b.conv(v, 4, 4, name="conv_v")
+    y = b.op("Concat", [u, v], axis=1)
+    return b.model([y])
+
+
+def test_channel_shuffle_shufflenet_unit():
+    """Prunes soundly or is frozen with a reason; never a wrong model (the oracle checks)."""
+    model = _shuffle_net()
+    a = analyze_model(model, input_shapes=IMG)
+    g = group_at(a, "branch_a_out", 1)
+    if not g.prunable:
+        assert g.reasons
+        res = prune(model, ratio=0.5, latency=False, input_shapes=IMG)
+        assert res.report.verification["passed"]
+        return
+    # the shuffle pairs channel j of branch a with channel j of branch b
+    assert group_at(a, "branch_b_out", 1) is g and g.size == 4
+    # (shrinks: at 0.5 one half of the Split may lose all its channels, so name the branch weights)
+    res = assert_prunes(model, [("branch_a_out", 1)], IMG, sizes=[4], shrinks=["branch_a.weight", "branch_b.weight"])
+    assert weight_shape(res.model, "branch_a.weight")[0] == weight_shape(res.model, "branch_b.weight")[0] == 2
+    cu, cv = weight_shape(res.model, "conv_u.weight")[1], weight_shape(res.model, "conv_v.weight")[1]
+    assert cu + cv == 4
+
+
+# --- 14. spatial ops: Resize, pooling, Pad, ReduceMean over spatial axes ------------------------------
+
+def _spatial(kind):
+    opset = {"resize-sizes": 13, "resize-sizes-axes": 18, "reduce-keep1": 18, "reduce-keep0": 13}.get(kind, 13)
+    b = GraphBuilder(opset=opset)
+    h = stem(b, 8)
+    c_out = None
+    if kind == "resize-scales":
+        z = b.op("Resize", [h, "", b.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    elif kind == "resize-sizes":
+        z = b.op("Resize", [h, "", "", b.const([1, 8, 16, 16])], mode="linear")
+    elif kind == "resize-sizes-axes":
+        z = b.op("Resize", [h, "", "", b.const([16, 16])], axes=[2, 3], mode="linear")
+    elif kind == "maxpool":
+        z = b.op("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    elif kind == "avgpool":
+        z = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
+    elif kind == "pad":
+        z = b.op("Pad", [h, b.const([0, 0, 1, 2, 0, 0, 2, 1])], mode="reflect")
+    elif kind == "reduce-keep1":
+        z = b.op("ReduceMean", [h, b.const([2, 3])], keepdims=1)
+    elif kind == "reduce-keep0":
+        z = b.op("ReduceMean", [h], axes=[2, 3], keepdims=0)
+        c_out = b.gemm(z, 8, 5, name="fc")
+    y = c_out or head(b, z, 8)
+    return b.model([y])
+
+
+@pytest.mark.parametrize("kind", ["resize-scales", "resize-sizes", "resize-sizes-axes", "maxpool", "avgpool",
+                                  "pad", "reduce-keep1", "reduce-keep0"])
+def test_spatial_ops(kind):
+    shapes = {"x": [1, 3, 8, 8]} if kind == "resize-sizes" else IMG
+    res = assert_prunes(_spatial(kind), [("conv0_out", 1)], shapes, sizes=[8])
+    if kind == "resize-sizes":  # the channel entry of `sizes` was rewritten
+        rs = next(n for n in res.model.graph.node if n.op_type == "Resize")
+        sizes = next(onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer if t.name == rs.input[3])
+        assert list(sizes) == [1, 4, 16, 16]
+
+
+# --- 15. normalizations over the channel axis ---------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["softmax", "reducemean-c"])
+def test_normalize_over_channels(kind):
+    b = GraphBuilder()
+    h = stem(b, 8)
+    if kind == "softmax":
+        z = b.op("Softmax", [h], axis=1, name="norm")
+    else:
+        m = b.op("ReduceMean", [h], axes=[1], keepdims=1, name="norm")
+        z = b.op("Sub", [h, m])
+    y = head(b, z, 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    a = res.analysis
+    k = next(k for k, n in enumerate(a.view.nodes) if n.name == "norm")
+    assert a.node_results[k].normalizes == [(a.view.nodes[k].input[0], 1)]
+
+
+# --- 16. InstanceNormalization -------------------------------------------------------------------------
+
+def test_instance_norm():
+    b = GraphBuilder()
+    h = stem(b, 8, act=False)
+    n = b.op("InstanceNormalization", [h, b.weight((8,), "in.scale", positive=True), b.weight((8,), "in.bias")],
+             epsilon=1e-5)
+    y = head(b, b.op("Relu", [n]), 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    assert weight_shape(res.model, "in.scale") == (4,)
+
+
+# --- 17. custom-domain op; GroupNormalization ------------------------------------------------------------
+
+def test_custom_domain_op_freezes_only_its_groups():
+    b = GraphBuilder()
+    h = stem(b, 8)
+    c = b.op("Mystery", [h], domain="com.example", name="mystery")
+    z = b.op("Relu", [b.conv(c, 8, 6, name="conv1")])
+    y = head(b, z, 6)
+    model = b.model([y], output_shapes=[["N", 4, 8, 8]])
+    # a custom op has no shape inference: give the analyzer its output shape
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info("mystery_out", onnx.TensorProto.FLOAT,
+                                                                     ["N", 8, 8, 8]))
+    a = analyze_model(model, input_shapes=IMG)
+    g0 = group_at(a, "conv0_out", 1)
+    assert not g0.prunable
+    assert any("Mystery" in r and "com.example" in r for r in g0.reasons), g0.reasons
+    g_in = group_at(a, "mystery_out", 1)
+    assert not g_in.prunable and any("Mystery" in r for r in g_in.reasons)
+    g1 = group_at(a, "conv1_out", 1)
+    assert g1.prunable and g1.size == 6 and not g1.reasons
+    assert [g.id for g in a.prunable_groups] == [g1.id]
+
+
+def test_group_normalization_frozen():
+    b = GraphBuilder(opset=21)
+    h = stem(b, 8, act=False)
+    n = b.op("GroupNormalization", [h, b.weight((8,), "gn.scale", positive=True), b.weight((8,), "gn.bias")],
+             num_groups=2, epsilon=1e-5, name="gn")
+    z = b.op("Relu", [b.conv(b.op("Relu", [n]), 8, 6, name="conv1")])
+    y = head(b, z, 6)
+    model = b.model([y], output_shapes=[["N", 4, 8, 8]])  # onnx infers no shape past GroupNormalization-21
+    a = analyze_model(model, input_shapes=IMG)
+    g0 = group_at(a, "conv0_out", 1)
+    assert not g0.prunable and any("GroupNormalization" in r for r in g0.reasons), g0.reasons
+    assert group_at(a, "conv1_out", 1).prunable
+    assert_prunes(model, [("conv1_out", 1)], IMG, sizes=[6], frozen=[("conv0_out", 1)])
+
+
+# --- 18. exclusion ----------------------------------------------------------------------------------------
+
+def test_exclude_freezes_groups_the_node_touches():
+    b = GraphBuilder()
+    h = stem(b, 8, name="conv1")
+    h = b.op("Relu", [b.conv(h, 8, 8, name="conv2")])
+    h = b.op("Relu", [b.conv(h, 8, 8, name="conv3")])
+    y = head(b, h, 8)
+    model = b.model([y])
+    view = build_view(normalize(model), IMG)
+    free = analyze(view)
+    assert {g.name for g in free.prunable_groups} == {"conv1", "conv2", "conv3"}
+    a = analyze(view, exclude=["conv2*"])
+    for t in ("conv1_out", "conv2_out"):  # conv2's input and output groups
+        g = group_at(a, t, 1)
+        assert not g.prunable and any("excluded" in r and "conv2" in r for r in g.reasons), g.reasons
+    assert group_at(a, "conv3_out", 1).prunable
+    assert_prunes(model, [("conv3_out", 1)], IMG, frozen=[("conv1_out", 1), ("conv2_out", 1)], exclude=["conv2*"])
