@@ -1,0 +1,53 @@
+"""Every committed fixture (models/fixtures.json), from both exporters, prunes at 0.3 and 0.7 and
+passes the mask oracle; MACs and params fall; only model inputs/outputs freeze CNN groups."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnxprune import analyze_model, prune
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT / "models" / "fixtures.json"
+FIXTURES = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else []
+CNN = [f for f in FIXTURES if f.get("kind", "cnn") == "cnn"]
+
+
+def _shapes(f):
+    return {k: list(v) for k, v in f["input_shapes"].items()}
+
+
+def test_manifest_present():
+    assert FIXTURES, "models/fixtures.json lists no fixtures"
+    exporters = {f["exporter"] for f in FIXTURES}
+    assert {"dynamo", "ts"} <= exporters
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+@pytest.mark.parametrize("fx", CNN, ids=[f["name"] for f in CNN])
+def test_cnn_fixture_prunes_and_matches_oracle(fx, ratio):
+    res = prune(str(ROOT / fx["file"]), ratio=ratio, input_shapes=_shapes(fx), latency=False)
+    rep = res.report
+    assert rep.verification["passed"], rep.verification
+    assert rep.pruned.macs < rep.baseline.macs
+    assert rep.pruned.params < rep.baseline.params
+    pruned_groups = [g for g in rep.groups if g.kept < g.channels]
+    assert pruned_groups
+    for g in pruned_groups:
+        assert g.kept >= 1
+        assert abs((g.channels - g.kept) - round(ratio * g.channels)) <= max(1, g.frozen_channels) or g.kept == 1
+    # the written model keeps input/output names
+    assert [i.name for i in res.model.graph.input] == [i for i in _shapes(fx)]
+    onnx.checker.check_model(res.model, full_check=True)
+
+
+@pytest.mark.parametrize("fx", CNN, ids=[f["name"] for f in CNN])
+def test_cnn_fixture_freezes_only_at_model_boundary(fx):
+    a = analyze_model(str(ROOT / fx["file"]), input_shapes=_shapes(fx))
+    for g in a.groups:
+        if not g.prunable and g.size > 1:
+            assert all(r.startswith(("model output", "model input")) for r in g.reasons), (g.name, g.reasons)
+    assert a.prunable_groups
