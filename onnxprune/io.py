@@ -124,9 +124,13 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         graph = gs.import_onnx(m)
         if not custom_ops(m):
             # Folding runs ONNX Runtime on constant subgraphs; a custom op would make every fold fail.
-            graph.fold_constants(error_ok=True)
+            fold = dict(error_ok=True)
         else:
-            graph.fold_constants(error_ok=True, should_exclude_node=lambda n: n.domain not in STANDARD_DOMAINS)
+            fold = dict(error_ok=True, should_exclude_node=lambda n: n.domain not in STANDARD_DOMAINS)
+        graph.fold_constants(**fold)
+        if _fold_dequantize(graph):  # graphsurgeon never folds Q/DQ; weights behind DQ are weights
+            graph.cleanup(remove_unused_graph_inputs=False)
+            graph.fold_constants(**fold)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         out = gs.export_onnx(graph, do_type_check=False)
     _copy_model_fields(model, out)
@@ -137,6 +141,40 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     out.graph.value_info.extend(vi for vi in model.graph.value_info
                                 if vi.name in custom_outs and vi.type.tensor_type.HasField("shape"))
     return out
+
+
+def _fold_dequantize(graph) -> bool:
+    """Replace DequantizeLinear of constant integer tensors (per-tensor or per-axis) by its float
+    result, computed as ONNX Runtime does: float(x - zero_point) * scale. Returns whether any folded."""
+    import onnx_graphsurgeon as gs
+
+    outputs = {t.name for t in graph.outputs}
+    folded = False
+    for node in graph.nodes:
+        if node.op != "DequantizeLinear" or (node.domain or "") not in ("", "ai.onnx") \
+                or int(node.attrs.get("block_size", 0)) or int(node.attrs.get("output_dtype", 0)):
+            continue
+        ins = [t for t in node.inputs if not t.is_empty()]
+        if len(ins) < 2 or not all(isinstance(t, gs.Constant) for t in ins) or node.outputs[0].name in outputs:
+            continue
+        x, scale = np.asarray(ins[0].values), np.asarray(ins[1].values)
+        zp = np.asarray(ins[2].values) if len(ins) > 2 else np.zeros((), np.int32)
+        if x.dtype.kind not in "iu" or scale.dtype.kind != "f":
+            continue
+        if scale.size == 1:  # per tensor
+            scale, zp = scale.reshape(()), zp.reshape(()) if zp.size == 1 else zp
+        else:  # per axis
+            axis = int(node.attrs.get("axis", 1)) % max(x.ndim, 1)
+            if scale.ndim != 1 or x.ndim == 0 or scale.shape[0] != x.shape[axis] or zp.size not in (1, scale.size):
+                continue
+            bshape = [1] * x.ndim
+            bshape[axis] = -1
+            scale, zp = scale.reshape(bshape), zp.reshape(bshape) if zp.size > 1 else zp.reshape(())
+        y = (x.astype(np.int64) - zp.astype(np.int64)).astype(scale.dtype) * scale
+        node.outputs[0].to_constant(np.ascontiguousarray(y.astype(scale.dtype)))
+        node.outputs.clear()
+        folded = True
+    return folded
 
 
 def _copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:

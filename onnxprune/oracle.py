@@ -38,9 +38,13 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelP
         mk = np.zeros(view.shape(t)[a], dtype=bool)
         mk[pos[(t, a)]] = True
         mn, zn, out = name("mask"), name("zero"), name(t)
-        inits.append(numpy_helper.from_array(mk.reshape(mshape), mn))
-        inits.append(numpy_helper.from_array(np.zeros((), dtype=_np_dtype(view, t)), zn))
-        new_nodes.append(helper.make_node("Where", [mn, t, zn], [out], name=name("Where")))
+        if view.opset >= 9:  # Where: a removed channel holding inf/nan is zeroed too
+            inits.append(numpy_helper.from_array(mk.reshape(mshape), mn))
+            inits.append(numpy_helper.from_array(np.zeros((), dtype=_np_dtype(view, t)), zn))
+            new_nodes.append(helper.make_node("Where", [mn, t, zn], [out], name=name("Where")))
+        else:  # no Where before opset 9: multiply by a 0/1 mask
+            inits.append(numpy_helper.from_array(mk.reshape(mshape).astype(_np_dtype(view, t)), mn))
+            new_nodes.append(helper.make_node("Mul", [t, mn], [out], name=name("Mul")))
         masked[(t, a)] = out
         return out
 
@@ -108,11 +112,14 @@ def _over_kept(view, node, norms, pos, inits, name):
         src[idx] = np.arange(len(idx))
         sname, z1, zz, cat = name("src"), name("z1"), name("zz"), name("cat")
         inits.append(numpy_helper.from_array(src, sname))
-        st, en, ax = name("st"), name("en"), name("ax")
-        inits += [numpy_helper.from_array(np.array([0], np.int64), st),
-                  numpy_helper.from_array(np.array([1], np.int64), en),
-                  numpy_helper.from_array(np.array([a], np.int64), ax)]
-        nodes.append(helper.make_node("Slice", [tmp, st, en, ax], [z1], name=name("Slice")))
+        if view.opset >= 10:
+            st, en, ax = name("st"), name("en"), name("ax")
+            inits += [numpy_helper.from_array(np.array([0], np.int64), st),
+                      numpy_helper.from_array(np.array([1], np.int64), en),
+                      numpy_helper.from_array(np.array([a], np.int64), ax)]
+            nodes.append(helper.make_node("Slice", [tmp, st, en, ax], [z1], name=name("Slice")))
+        else:  # Slice-1: bounds are attributes
+            nodes.append(helper.make_node("Slice", [tmp], [z1], starts=[0], ends=[1], axes=[a], name=name("Slice")))
         nodes.append(helper.make_node("Sub", [z1, z1], [zz], name=name("Sub")))
         nodes.append(helper.make_node("Concat", [tmp, zz], [cat], axis=a, name=name("Concat")))
         nodes.append(helper.make_node("Gather", [cat, sname], [o], axis=a, name=name("Gather")))

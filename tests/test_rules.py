@@ -374,11 +374,13 @@ def test_spatial_ops(kind):
 
 # --- 15. normalizations over the channel axis ---------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["softmax", "reducemean-c"])
+@pytest.mark.parametrize("kind", ["softmax", "softmax-opset11", "softmax-opset9", "reducemean-c"])
 def test_normalize_over_channels(kind):
-    b = GraphBuilder()
+    """(before opset 13 Softmax(axis=1) normalizes over C*H*W together; opset 9 also exercises the
+    oracle's opset-9 path: Mul masks and attribute Slice)"""
+    b = GraphBuilder(opset=int(kind.split("opset")[1]) if "opset" in kind else 17)
     h = stem(b, 8)
-    if kind == "softmax":
+    if kind.startswith("softmax"):
         z = b.op("Softmax", [h], axis=1, name="norm")
     else:
         m = b.op("ReduceMean", [h], axes=[1], keepdims=1, name="norm")
