@@ -24,3 +24,46 @@ register(Spec("resnet56", "CIFAR ResNet-56", "cnn",
               small=lambda: resnet56(width=0.5, num_classes=10),
               full=lambda: resnet56(),
               small_inputs=image(32), full_inputs=image(32)))
+
+from .convnext import convnext_tiny  # noqa: E402
+from .densenet import densenet121  # noqa: E402
+from .efficientnet import efficientnet_b0  # noqa: E402
+from .mobilenetv3 import mobilenetv3_small  # noqa: E402
+from .shufflenetv2 import shufflenetv2  # noqa: E402
+from .unet import unet  # noqa: E402
+from .vgg import vgg16_bn  # noqa: E402
+
+register(Spec("vgg16", "VGG-16-BN", "cnn",
+              small=lambda: vgg16_bn(width=0.125, num_classes=10, hidden=128, pool=2),
+              full=lambda: vgg16_bn(),
+              small_inputs=image(64), full_inputs=image(224)))
+
+register(Spec("mobilenetv3", "MobileNetV3-small", "cnn",
+              small=lambda: mobilenetv3_small(width=0.5, num_classes=10, last_channel=128),
+              full=lambda: mobilenetv3_small(),
+              small_inputs=image(64), full_inputs=image(224)))
+
+register(Spec("efficientnet", "EfficientNet-B0", "cnn",
+              small=lambda: efficientnet_b0(width=0.25, num_classes=10),
+              full=lambda: efficientnet_b0(),
+              small_inputs=image(64), full_inputs=image(224)))
+
+register(Spec("convnext", "ConvNeXt-T", "cnn",
+              small=lambda: convnext_tiny(num_classes=10, depths=(1, 1, 3, 1), dims=(16, 32, 64, 128)),
+              full=lambda: convnext_tiny(),
+              small_inputs=image(64), full_inputs=image(224)))
+
+register(Spec("densenet", "DenseNet-121", "cnn",
+              small=lambda: densenet121(num_classes=10, growth=8, blocks=(2, 4, 6, 4), init_features=16),
+              full=lambda: densenet121(),
+              small_inputs=image(64), full_inputs=image(224)))
+
+register(Spec("shufflenetv2", "ShuffleNetV2-1.0x", "cnn",
+              small=lambda: shufflenetv2(stage_out=(16, 24, 48, 96, 256), repeats=(4, 8, 4), num_classes=10),
+              full=lambda: shufflenetv2(),
+              small_inputs=image(64), full_inputs=image(224)))
+
+register(Spec("unet", "U-Net", "cnn",
+              small=lambda: unet(base=8, num_classes=2),
+              full=lambda: unet(base=64, num_classes=2),
+              small_inputs=image(64), full_inputs=image(224)))
