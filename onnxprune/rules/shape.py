@@ -63,35 +63,14 @@ class ReshapeLike(OpRule):
                     break
             else:
                 raise Opaque(f"{node.op_type} scrambles a channel axis")
-            if node.op_type == "Reshape" and _shape_entry(ctx.view, node.input[1], b) is None:
-                raise Opaque("Reshape target shape is computed at run time")
             res.relate((x, a), (y, b), _maybe_identity(pairs, sx[a], sy[b]))
+        if node.op_type == "Reshape":
+            _relate_shape_entries(res, ctx, node.input[1], x, y, allowzero=int(attr(node, "allowzero", 0)))
         return res
 
     def rewrite(self, node, rctx):
-        if node.op != "Reshape":
-            return
-        y = node.outputs[0].name
-        changes = {b: rctx.size(y, b) for b in rctx.changed(y)}
-        if not changes:
-            return
-        shape_t = node.inputs[1].name
-        if rctx.view.const(shape_t) is not None:
-            v = np.array(rctx.view.const(shape_t)).copy()
-            for b, n in changes.items():
-                if v[b] != -1:
-                    v[b] = n
-            rctx.set_input_const(1, v)
-            return
-        # computed shape: Concat of pieces; rewrite the constant piece holding each entry
-        concat = node.inputs[1].inputs[0]
-        for b, n in changes.items():
-            kind, slot, off = _shape_entry(rctx.view, shape_t, b)
-            if kind == "const":
-                v = np.array(rctx.view.const(concat.inputs[slot].name)).copy()
-                if v[off] != -1:
-                    v[off] = n
-                    rctx.set_input_const(slot, v, node=concat)
+        if node.op == "Reshape":
+            _rewrite_shape_entries(node, rctx, 1)
 
 
 def _split_preference(axes, shape, ctx):
@@ -104,26 +83,122 @@ def _split_preference(axes, shape, ctx):
     return sorted(axes, key=lambda a: -shape[a])
 
 
-def _shape_entry(view, shape_t, index):
-    """Where entry `index` of a Reshape shape comes from: ('const', slot, offset) / ('minus1',..) / None."""
+def _shape_entry(view, shape_t, index, depth=0):
+    """Where entry `index` of a shape tensor (Reshape/Expand target) comes from:
+    ('const', producer-chain, offset, value) for a constant, ('dynamic', tensor, axis) for a dim read
+    with Shape at run time, or None when it is computed some other way."""
     c = view.const(shape_t)
     if c is not None:
-        return ("const", 1, index) if c[index] != -1 else ("minus1", None, None)
+        c = np.atleast_1d(c)
+        return ("const", shape_t, index, int(c[index]))
     k = view.producer.get(shape_t)
-    if k is None or view.nodes[k].op_type != "Concat":
+    if k is None or depth > 8:
         return None
-    off = 0
-    for slot, piece in enumerate(view.nodes[k].input):
-        s = view.shape(piece)
-        if s is None or len(s) != 1:
-            return None
-        if off <= index < off + s[0]:
-            pc = view.const(piece)
-            if pc is None:
+    n = view.nodes[k]
+    op = n.op_type
+    if op == "Concat":
+        off = 0
+        for piece in n.input:
+            s = view.shape(piece)
+            if s is None or len(s) > 1:
                 return None
-            return ("const", slot, index - off) if pc[index - off] != -1 else ("minus1", None, None)
-        off += s[0]
+            size = s[0] if len(s) == 1 else 1
+            if off <= index < off + size:
+                return _shape_entry(view, piece, index - off, depth + 1)
+            off += size
+        return None
+    if op in ("Unsqueeze", "Squeeze", "Cast", "Identity") or (
+            op == "Reshape" and len(view.shape(n.input[0]) or ()) == 1):
+        return _shape_entry(view, n.input[0], index, depth + 1)
+    if op == "Where":
+        # TorchScript lowers expand(-1) to Where(Equal(s, -1), 1, s): both branches resolve here
+        a = _shape_entry(view, n.input[1], index, depth + 1)
+        b = _shape_entry(view, n.input[2], index, depth + 1)
+        if a is None or b is None:
+            return None
+        if a == b:
+            return a
+        if a[0] == b[0] == "const" and {a[3], b[3]} == {1, -1}:
+            return ("const", None, None, 1)  # a broadcast 1 either way: nothing to rewrite
+        return None
+    if op == "Shape":
+        r = len(view.shape(n.input[0]) or ())
+        start = attr(n, "start", 0)
+        start = start + r if start < 0 else start
+        return ("dynamic", n.input[0], start + index)
+    if op in ("Gather", "Slice") and view.producer.get(n.input[0]) is not None \
+            and view.nodes[view.producer[n.input[0]]].op_type == "Shape":
+        sh = view.nodes[view.producer[n.input[0]]]
+        r = len(view.shape(sh.input[0]) or ())
+        start = attr(sh, "start", 0)
+        start = start + r if start < 0 else start
+        if op == "Gather":
+            idx = view.const(n.input[1])
+            if idx is None:
+                return None
+            i = int(np.atleast_1d(idx)[index])
+            return ("dynamic", sh.input[0], start + (i + r if i < 0 else i))
+        st = view.const(n.input[1])
+        if st is None or (len(n.input) > 4 and n.input[4] and int(np.atleast_1d(view.const(n.input[4]))[0]) != 1):
+            return None
+        s0 = int(np.atleast_1d(st)[0])
+        return ("dynamic", sh.input[0], start + (s0 + r if s0 < 0 else s0) + index)
     return None
+
+
+def _relate_shape_entries(res, ctx, shape_t, x, y, allowzero=0):
+    """Tie every shape entry to what it will be after pruning. A channel axis of the output needs an
+    entry we can rewrite (a constant) or one that follows on its own (-1, 0 = copy, or a dim read
+    from a tensor of the same group, which is then related)."""
+    sy = ctx.shape(y)
+    live = set(ctx.live_axes(y))
+    for b in range(len(sy)):
+        e = _shape_entry(ctx.view, shape_t, b)
+        if e is None:
+            if b in live:
+                raise Opaque("target shape is computed at run time")
+            continue
+        if e[0] == "dynamic":
+            t, k = e[1], e[2]
+            if ctx.live(t, k) or b in live:
+                if ctx.shape(t)[k] != sy[b]:
+                    raise Opaque("target shape reads a channel dim of another size")
+                res.relate((t, k), (y, b))
+        elif e[3] == 0 and not allowzero and x is not None:
+            if ctx.live(x, b) or b in live:
+                res.relate((x, b), (y, b))
+
+
+def _rewrite_shape_entries(node, rctx, slot):
+    """Write kept sizes into the constant entries of a Reshape/Expand target shape."""
+    y = node.outputs[0].name
+    shape_t = node.inputs[slot].name
+    old = rctx.view.shape(y)
+    edits: dict[str, dict[int, int]] = {}
+    for b in rctx.changed(y):
+        e = _shape_entry(rctx.view, shape_t, b)
+        if e is not None and e[0] == "const" and e[3] == old[b] and e[3] not in (-1, 0, 1):
+            edits.setdefault(e[1], {})[e[2]] = rctx.size(y, b)
+    for const_name, entries in edits.items():
+        v = np.array(rctx.view.const(const_name)).copy()
+        flat = v.reshape(-1)
+        for i, n in entries.items():
+            flat[i] = n
+        # replace the constant where the chain consumes it (this node, or a Concat piece upstream)
+        for owner, s in _const_users(node, const_name):
+            rctx.set_input_const(s, v, node=owner)
+
+
+def _const_users(node, const_name, depth=0):
+    """(gs node, input slot) pairs on the shape chain of `node` that read constant `const_name`."""
+    out = []
+    for s, t in enumerate(node.inputs):
+        if t.name == const_name:
+            out.append((node, s))
+        elif depth < 8 and t.inputs and s >= (1 if depth == 0 else 0) and t.inputs[0].op in (
+                "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity"):
+            out += _const_users(t.inputs[0], const_name, depth + 1)
+    return out
 
 
 @register
@@ -313,22 +388,11 @@ class Expand(OpRule):
         from .base import broadcast_relate
 
         res = broadcast_relate(RuleResult(), node, ctx, [x], y)
-        if res.relations and not ctx.is_const(s):
-            raise Opaque("Expand shape computed at run time")
+        _relate_shape_entries(res, ctx, s, None, y)
         return res
 
     def rewrite(self, node, rctx):
-        y = node.outputs[0].name
-        ch = rctx.changed(y)
-        if not ch:
-            return
-        ry = len(rctx.view.shape(y))
-        v = np.array(rctx.view.const(node.inputs[1].name)).copy()
-        for b in ch:
-            i = b - (ry - len(v))
-            if i >= 0 and v[i] == rctx.view.shape(y)[b]:
-                v[i] = rctx.size(y, b)
-        rctx.set_input_const(1, v)
+        _rewrite_shape_entries(node, rctx, 1)
 
 
 @register
@@ -346,9 +410,13 @@ class Tile(OpRule):
         return res
 
 
+SHAPE_PLUMBING = ("Gather", "Slice", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity")
+
+
 @register
 class Shape(OpRule):
-    """Shape of a channel tensor is fine as long as nobody reads the channel dims from it."""
+    """The shape of a channel tensor may feed Reshape/Expand targets (those rules relate the dims
+    they read); reading a channel count for anything else (arithmetic) is opaque."""
     op_types = ("Shape", "Size")
 
     def relate(self, node, ctx):
@@ -359,13 +427,28 @@ class Shape(OpRule):
             return res
         if node.op_type == "Size":
             raise Opaque("Size of a channel tensor")
-        r = ctx.rank(x)
-        start = norm_axis(int(attr(node, "start", 0)), r)
-        for k, _ in ctx.view.consumers.get(node.output[0], []):
-            c = ctx.view.nodes[k]
-            if c.op_type != "Gather" or not ctx.is_const(c.input[1]):
-                raise Opaque("shape of a channel tensor is used at run time")
-            read = {norm_axis(int(i), r - start) + start for i in np.atleast_1d(ctx.const(c.input[1]))}
-            if read & set(live):
-                raise Opaque("channel count read at run time")
+        if not _feeds_only_shape_targets(ctx.view, node.output[0]):
+            r = ctx.rank(x)
+            start = norm_axis(int(attr(node, "start", 0)), r)
+            for k, _ in ctx.view.consumers.get(node.output[0], []):
+                c = ctx.view.nodes[k]
+                if c.op_type != "Gather" or not ctx.is_const(c.input[1]):
+                    raise Opaque("shape of a channel tensor is used at run time")
+                read = {norm_axis(int(i), r - start) + start for i in np.atleast_1d(ctx.const(c.input[1]))}
+                if read & set(live) and not _feeds_only_shape_targets(ctx.view, c.output[0]):
+                    raise Opaque("channel count read at run time")
         return res
+
+
+def _feeds_only_shape_targets(view, t, depth=0) -> bool:
+    users = view.consumers.get(t, [])
+    if not users or depth > 8 or t in view.outputs:
+        return False
+    for k, slot in users:
+        n = view.nodes[k]
+        if n.op_type in ("Reshape", "Expand") and slot == 1:
+            continue
+        if n.op_type in SHAPE_PLUMBING and slot == 0 and _feeds_only_shape_targets(view, n.output[0], depth + 1):
+            continue
+        return False
+    return True
