@@ -22,6 +22,7 @@ class InputSpec:
     dtype: torch.dtype = torch.float32
     dynamic: dict[int, str] = field(default_factory=lambda: {0: "batch"})
     high: int | None = None              # for integer inputs: values in [0, high)
+    max: dict[str, int] = field(default_factory=dict)  # upper bounds for symbolic dims (dynamo)
 
 
 @dataclass

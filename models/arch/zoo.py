@@ -67,3 +67,27 @@ register(Spec("unet", "U-Net", "cnn",
               small=lambda: unet(base=8, num_classes=2),
               full=lambda: unet(base=64, num_classes=2),
               small_inputs=image(64), full_inputs=image(224)))
+
+# ---- transformers -------------------------------------------------------------------------------
+import torch  # noqa: E402
+
+from . import InputSpec  # noqa: E402
+from .bert import bert  # noqa: E402
+from .vit import vit  # noqa: E402
+
+register(Spec("vit", "ViT (DeiT-Tiny)", "transformer",
+              small=lambda: vit(img=32, patch=4, dim=64, depth=2, heads=4, mlp=128, num_classes=10),
+              full=lambda: vit(),
+              small_inputs=image(32), full_inputs=image(224)))
+
+
+def _bert_inputs(vocab, max_pos, seq):
+    dyn = {0: "batch", 1: "seq"}
+    return [InputSpec("input_ids", (2, seq), torch.int64, dict(dyn), high=vocab, max={"seq": max_pos}),
+            InputSpec("attention_mask", (2, seq), torch.int64, dict(dyn), high=2, max={"seq": max_pos})]
+
+
+register(Spec("bert", "BERT-mini", "transformer",
+              small=lambda: bert(vocab=1000, hidden=64, layers=2, heads=4, ffn=256, max_pos=128),
+              full=lambda: bert(),
+              small_inputs=_bert_inputs(1000, 128, 16), full_inputs=_bert_inputs(30522, 512, 128)))
