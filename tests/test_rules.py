@@ -168,17 +168,32 @@ def test_split_channels(form):
     assert w_u + w_v == 4
 
 
-@pytest.mark.parametrize("opset", [13, 9])
-def test_slice_channels(opset):
-    b = GraphBuilder(opset=opset)
+@pytest.mark.parametrize("form", ["opset13", "opset13-open-end", "opset9-attrs"])
+def test_slice_channels(form):
+    b = GraphBuilder(opset=9 if form == "opset9-attrs" else 13)
     h = stem(b, 8)
-    if opset >= 10:
+    if form == "opset13":
         s = b.op("Slice", [h, b.const([1]), b.const([7]), b.const([1])], name="slice")
+    elif form == "opset13-open-end":  # exporters write x[:, -6:] as ends=INT64_MAX
+        s = b.op("Slice", [h, b.const([-6]), b.const([2**63 - 1]), b.const([1]), b.const([1])], name="slice")
     else:
         s = b.op("Slice", [h], starts=[1], ends=[7], axes=[1], name="slice")
-    y = head(b, s, 6)
+    n = 6
+    y = head(b, s, n)
     res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
-    assert weight_shape(res.model, "head.weight")[1] < 6
+    g = group_at(res.analysis, "conv0_out", 1)
+    assert group_at(res.analysis, "slice_out", 1) is g
+    kept_in_slice = [c for c in res.kept[g.id] if (1 if form != "opset13-open-end" else 2) <= c < 8 - (form != "opset13-open-end")]
+    assert weight_shape(res.model, "head.weight")[1] == len(kept_in_slice) < n
+
+
+def test_strided_slice_on_channels_is_frozen():
+    b = GraphBuilder(opset=13)
+    h = stem(b, 8)
+    s = b.op("Slice", [h, b.const([0]), b.const([8]), b.const([1]), b.const([2])], name="slice")
+    y = head(b, b.op("Relu", [b.conv(s, 4, 6, name="conv1")]), 6)
+    res = assert_prunes(b.model([y]), [("conv1_out", 1)], IMG, sizes=[6], frozen=[("conv0_out", 1), ("slice_out", 1)])
+    assert any("strided Slice" in r for r in group_at(res.analysis, "conv0_out", 1).reasons)
 
 
 # --- 8. Flatten / Reshape -> Gemm / MatMul -------------------------------------------------------------
@@ -187,10 +202,11 @@ def _flat_net(kind):
     b = GraphBuilder()
     x = b.input("x", [3, 2, 2])
     h = b.op("Relu", [b.conv(x, 3, 6, name="conv0")])
-    if kind == "flatten":
+    if kind.startswith("flatten"):
+        tb = 0 if kind.endswith("transB0") else 1
         f = b.op("Flatten", [h], axis=1, name="flat")
-        z = b.op("Relu", [b.gemm(f, 24, 10, trans_b=1, name="fc1")])
-        y = b.gemm(z, 10, 5, trans_b=1, name="fc2")
+        z = b.op("Relu", [b.gemm(f, 24, 10, trans_b=tb, name="fc1")])
+        y = b.gemm(z, 10, 5, trans_b=tb, name="fc2")
     else:
         shape = [-1, 24] if kind == "reshape-1" else [0, -1]
         f = b.op("Reshape", [h, b.const(shape)], name="reshape")
@@ -199,13 +215,14 @@ def _flat_net(kind):
     return b.model([y])
 
 
-@pytest.mark.parametrize("kind", ["flatten", "reshape-1", "reshape0-1"])
+@pytest.mark.parametrize("kind", ["flatten", "flatten-transB0", "reshape-1", "reshape0-1"])
 def test_flatten_reshape_to_linear(kind):
-    res = assert_prunes(_flat_net(kind), [("conv0_out", 1), ("fc1.weight", 0 if kind == "flatten" else 1)],
+    k_axis = 1 if kind == "flatten" else 0  # fc1.weight axis holding the 24 features
+    res = assert_prunes(_flat_net(kind), [("conv0_out", 1), ("fc1.weight", 1 - k_axis)],
                         {"x": [2, 3, 2, 2]}, sizes=[6, 10])
     # block map: each removed channel takes its 2x2 = 4 features with it
     fc1 = weight_shape(res.model, "fc1.weight")
-    assert (fc1[1] if kind == "flatten" else fc1[0]) == 3 * 4
+    assert fc1[k_axis] == 3 * 4
     g = group_at(res.analysis, "conv0_out", 1)
     m = next(m for m in g.members if m.tensor == "fc1.weight")
     assert np.array_equal(m.index_map, np.repeat(np.arange(6), 4))  # feature f -> channel f // (H*W)
@@ -336,11 +353,27 @@ def test_channel_shuffle_shufflenet_unit():
 # --- 14. spatial ops: Resize, pooling, Pad, ReduceMean over spatial axes ------------------------------
 
 def _spatial(kind):
-    opset = {"resize-sizes": 13, "resize-sizes-axes": 18, "reduce-keep1": 18, "reduce-keep0": 13}.get(kind, 13)
+    opset = {"resize-sizes": 13, "resize-sizes-axes": 18, "reduce-keep1": 18, "reduce-keep0": 13,
+             "upsample-opset9": 9, "resize-opset11-sizes": 11}.get(kind, 13)
     b = GraphBuilder(opset=opset)
     h = stem(b, 8)
     c_out = None
-    if kind == "resize-scales":
+    if kind == "upsample-opset9":
+        z = b.op("Upsample", [h, b.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    elif kind == "resize-opset11-sizes":  # empty roi/scales constants, as exporters write them
+        empty = b.const(np.zeros(0, np.float32))
+        z = b.op("Resize", [h, empty, empty, b.const([1, 8, 12, 12])], mode="nearest")
+    elif kind == "gap-flatten":
+        z = b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1)
+        c_out = b.gemm(z, 8, 5, name="fc")
+    elif kind == "gap-squeeze":
+        z = b.op("Squeeze", [b.op("GlobalMaxPool", [h]), b.const([2, 3])])
+        c_out = b.matmul(z, 8, 5, name="fc")
+    elif kind == "unsqueeze":
+        z = b.op("ReduceMean", [h], axes=[2, 3], keepdims=0)
+        z = b.op("Relu", [b.gemm(z, 8, 6, name="fc")])
+        c_out = b.conv(b.op("Unsqueeze", [z, b.const([2, 3])]), 6, 4, k=1, name="head")
+    elif kind == "resize-scales":
         z = b.op("Resize", [h, "", b.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
     elif kind == "resize-sizes":
         z = b.op("Resize", [h, "", "", b.const([1, 8, 16, 16])], mode="linear")
@@ -361,18 +394,78 @@ def _spatial(kind):
     return b.model([y])
 
 
-@pytest.mark.parametrize("kind", ["resize-scales", "resize-sizes", "resize-sizes-axes", "maxpool", "avgpool",
-                                  "pad", "reduce-keep1", "reduce-keep0"])
+@pytest.mark.parametrize("kind", ["resize-scales", "resize-sizes", "resize-sizes-axes", "resize-opset11-sizes",
+                                  "upsample-opset9", "maxpool", "avgpool", "pad", "reduce-keep1", "reduce-keep0",
+                                  "gap-flatten", "gap-squeeze", "unsqueeze"])
 def test_spatial_ops(kind):
-    shapes = {"x": [1, 3, 8, 8]} if kind == "resize-sizes" else IMG
+    shapes = {"x": [1, 3, 8, 8]} if "sizes" in kind and "axes" not in kind else IMG
     res = assert_prunes(_spatial(kind), [("conv0_out", 1)], shapes, sizes=[8])
-    if kind == "resize-sizes":  # the channel entry of `sizes` was rewritten
+    if kind in ("resize-sizes", "resize-opset11-sizes"):  # the channel entry of `sizes` was rewritten
         rs = next(n for n in res.model.graph.node if n.op_type == "Resize")
         sizes = next(onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer if t.name == rs.input[3])
-        assert list(sizes) == [1, 4, 16, 16]
+        assert list(sizes) == ([1, 4, 16, 16] if kind == "resize-sizes" else [1, 4, 12, 12])
+    if kind == "unsqueeze":
+        assert weight_shape(res.model, "head.weight") == (4, 3, 1, 1)
+
+
+def test_elementwise_mix():
+    """Sum of three channel tensors, a (1,C,1,1) scale, Max with a scalar, Dropout (inference), Clip-6
+    attributes: all one channel space with the conv that feeds them."""
+    b = GraphBuilder(opset=13)
+    h = stem(b, 8, act=False)
+    s = b.op("Mul", [h, b.weight((1, 8, 1, 1), "scale", positive=True)])
+    m = b.op("Max", [h, b.const(np.float32(0))])
+    z = b.op("Sum", [h, s, m])
+    z = b.op("Dropout", [z], name="drop")
+    z = b.op("Sigmoid", [b.op("Neg", [z])])
+    y = head(b, z, 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    assert weight_shape(res.model, "scale") == (1, 4, 1, 1)
+
+
+def test_lrn_mixes_neighbour_channels_and_is_frozen():
+    b = GraphBuilder()
+    h = stem(b, 8)
+    n = b.op("LRN", [h], size=3, name="lrn")
+    y = head(b, b.op("Relu", [b.conv(n, 8, 6, name="conv1")]), 6)
+    res = assert_prunes(b.model([y]), [("conv1_out", 1)], IMG, sizes=[6], frozen=[("conv0_out", 1), ("lrn_out", 1)])
+    assert any("LRN" in r for r in group_at(res.analysis, "conv0_out", 1).reasons)
+
+
+@pytest.mark.parametrize("kind", ["pad-channels", "resize-channels"])
+def test_spatial_ops_touching_channels_are_frozen(kind):
+    b = GraphBuilder(opset=13)
+    h = stem(b, 8)
+    if kind == "pad-channels":
+        z, n, why = b.op("Pad", [h, b.const([0, 1, 0, 0, 0, 1, 0, 0])], name="op"), 10, "Pad pads a channel axis"
+    else:
+        z = b.op("Resize", [h, "", b.const(np.array([1, 2, 1, 1], np.float32))], mode="nearest", name="op")
+        n, why = 16, "Resize scales a channel axis"
+    y = head(b, b.op("Relu", [b.conv(z, n, 6, name="conv1")]), 6)
+    res = assert_prunes(b.model([y]), [("conv1_out", 1)], IMG, sizes=[6], frozen=[("conv0_out", 1), ("op_out", 1)])
+    assert any(why in r for r in group_at(res.analysis, "conv0_out", 1).reasons)
 
 
 # --- 15. normalizations over the channel axis ---------------------------------------------------------
+
+def test_layernorm2d_decomposed_over_channels():
+    """ConvNeXt's channels-first LayerNorm as exporters emit it: ReduceMean/Sub/Pow/ReduceMean/Add/
+    Sqrt/Div over axis 1, then per-channel (C,1,1) scale and shift."""
+    b = GraphBuilder(opset=17)
+    h = stem(b, 8, act=False)
+    mean = b.op("ReduceMean", [h], axes=[1], keepdims=1, name="ln_mean")
+    d = b.op("Sub", [h, mean])
+    var = b.op("ReduceMean", [b.op("Pow", [d, b.const(np.float32(2))])], axes=[1], keepdims=1, name="ln_var")
+    n = b.op("Div", [d, b.op("Sqrt", [b.op("Add", [var, b.const(np.float32(1e-6))])])])
+    z = b.op("Add", [b.op("Mul", [n, b.weight((8, 1, 1), "ln.weight", positive=True)]), b.weight((8, 1, 1), "ln.bias")])
+    y = head(b, z, 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    assert weight_shape(res.model, "ln.weight") == (4, 1, 1)
+    a = res.analysis
+    for name in ("ln_mean", "ln_var"):
+        k = next(k for k, nd in enumerate(a.view.nodes) if nd.name == name)
+        assert a.node_results[k].normalizes == [(a.view.nodes[k].input[0], 1)]
+
 
 @pytest.mark.parametrize("kind", ["softmax", "softmax-opset11", "softmax-opset9", "reducemean-c"])
 def test_normalize_over_channels(kind):
