@@ -146,6 +146,22 @@ def test_concat_channels_then_conv():
     assert weight_shape(res.model, "conv_a.weight")[0] + weight_shape(res.model, "conv_b.weight")[0] == 5
 
 
+def test_concat_with_model_input_is_partly_frozen():
+    """DenseNet/U-Net style Concat(x, conv(x)): the input's channels are frozen, the conv's prune."""
+    b = GraphBuilder()
+    x = b.input("x", [3, 8, 8])
+    p = b.op("Relu", [b.conv(x, 3, 8, name="conv_a")])
+    c = b.op("Concat", [x, p], axis=1, name="cat")
+    y = head(b, c, 11)
+    res = assert_prunes(b.model([y]), [("cat_out", 1)], IMG, sizes=[11], shrinks=["conv_a.weight", "head.weight"])
+    g = group_at(res.analysis, "cat_out", 1)
+    assert g.frozen.sum() == 3 and any("model input" in r for r in g.reasons)
+    kept = set(res.kept[g.id].tolist())
+    frozen = set(np.flatnonzero(g.frozen).tolist())
+    assert frozen <= kept
+    assert weight_shape(res.model, "head.weight")[1] == 3 + weight_shape(res.model, "conv_a.weight")[0]
+
+
 # --- 7. Split / Slice on channels --------------------------------------------------------------------
 
 @pytest.mark.parametrize("form", ["opset13-input", "opset11-attr", "opset18-num_outputs"])
@@ -166,6 +182,17 @@ def test_split_channels(form):
     res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
     w_u, w_v = weight_shape(res.model, "conv_u.weight")[1], weight_shape(res.model, "conv_v.weight")[1]
     assert w_u + w_v == 4
+
+
+def test_split_with_one_part_as_model_output():
+    b = GraphBuilder(opset=13)
+    h = stem(b, 8)
+    u, v = b.op("Split", [h, b.const([3, 5])], n_out=2, axis=1, name="split")
+    y = b.conv(v, 5, 4, name="conv_v")
+    res = assert_prunes(b.model([u, y]), [("conv0_out", 1)], IMG, sizes=[8], shrinks=["conv0.weight", "conv_v.weight"])
+    g = group_at(res.analysis, "conv0_out", 1)
+    assert g.frozen.tolist() == [True] * 3 + [False] * 5
+    assert weight_shape(res.model, "conv_v.weight")[1] == 1  # 4 of the 5 free channels removed
 
 
 @pytest.mark.parametrize("form", ["opset13", "opset13-open-end", "opset9-attrs"])
@@ -230,6 +257,36 @@ def test_flatten_reshape_to_linear(kind):
         rs = next(n for n in res.model.graph.node if n.op_type == "Reshape")
         shape = next(onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer if t.name == rs.input[1])
         assert list(shape) == ([-1, 12] if kind == "reshape-1" else [0, -1])
+
+
+def test_nhwc_flatten_modulo_map():
+    """Keras-style: Transpose to NHWC, then Flatten: feature f belongs to channel f % C."""
+    b = GraphBuilder()
+    x = b.input("x", [3, 2, 2])
+    h = b.op("Relu", [b.conv(x, 3, 6, name="conv0")])
+    f = b.op("Flatten", [b.op("Transpose", [h], perm=[0, 2, 3, 1])], axis=1)
+    y = b.gemm(b.op("Relu", [b.gemm(f, 24, 10, name="fc1")]), 10, 5, name="fc2")
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], {"x": [2, 3, 2, 2]}, sizes=[6])
+    m = next(m for m in group_at(res.analysis, "conv0_out", 1).members if m.tensor == "fc1.weight")
+    assert np.array_equal(m.index_map, np.tile(np.arange(6), 4))
+    assert weight_shape(res.model, "fc1.weight") == (5, 12)  # (fc1's own 10 outputs prune too)
+
+
+def test_flatten_with_batch_read_at_run_time():
+    """TorchScript's x.view(x.size(0), -1): the target shape is Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])."""
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [3, 2, 2])
+    h = b.op("Relu", [b.conv(x, 3, 6, name="conv0")])
+    n = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [h]), b.const(np.int64(0))], axis=0), b.const([0])])
+    shape = b.op("Concat", [n, b.const([-1])], axis=0)
+    f = b.op("Reshape", [h, shape], name="reshape")
+    y = b.matmul(b.op("Relu", [b.matmul(f, 24, 10, name="fc1")]), 10, 5, name="fc2")
+    model = b.model([y], output_shapes=[["N", 5]])
+    res = assert_prunes(model, [("conv0_out", 1)], {"x": [2, 3, 2, 2]}, sizes=[6])
+    assert weight_shape(res.model, "fc1.weight") == (12, 5)
+    # the pruned model still takes any batch size
+    from helpers import ort_run
+    assert ort_run(res.model, {"x": np.ones((5, 3, 2, 2), np.float32)})[0].shape == (5, 5)
 
 
 # --- 9. ConvNeXt block (NHWC, LayerNorm over channels) ----------------------------------------------
