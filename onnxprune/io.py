@@ -115,24 +115,30 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         g.input.extend(keep_inputs)
         if m.ir_version < 4:
             m.ir_version = 4
-    try:
-        m = onnx.shape_inference.infer_shapes(m)
-    except Exception:
-        pass
+    fold = dict(error_ok=True, should_exclude_node=lambda n: (n.domain or "") not in STANDARD_DOMAINS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        graph = gs.import_onnx(m)
-        if not custom_ops(m):
-            # Folding runs ONNX Runtime on constant subgraphs; a custom op would make every fold fail.
-            fold = dict(error_ok=True)
-        else:
-            fold = dict(error_ok=True, should_exclude_node=lambda n: n.domain not in STANDARD_DOMAINS)
-        graph.fold_constants(**fold)
-        if _fold_dequantize(graph):  # graphsurgeon never folds Q/DQ; weights behind DQ are weights
-            graph.cleanup(remove_unused_graph_inputs=False)
+        # Rounds of (shape inference with data propagation, constant folding) while the graph
+        # shrinks: a round turns Constant nodes into constants and lets the next infer static dims
+        # through computed Reshape targets, so Shape->Gather/Slice of static dims fold
+        # (TorchScript's x.size(1) // 2 and friends). Symbolic dims stay symbolic.
+        for _ in range(4):
+            try:
+                m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+            except Exception:
+                pass
+            graph = gs.import_onnx(m)
+            n_before = len(graph.nodes)
             graph.fold_constants(**fold)
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        out = gs.export_onnx(graph, do_type_check=False)
+            if _fold_dequantize(graph):  # graphsurgeon never folds Q/DQ; weights behind DQ are weights
+                graph.cleanup(remove_unused_graph_inputs=False)
+                graph.fold_constants(**fold)
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            m = fold_static_shape_values(gs.export_onnx(graph, do_type_check=False))
+            m.graph.ClearField("value_info")
+            if len(m.graph.node) == n_before:
+                break
+        out = m
     _copy_model_fields(model, out)
     out.graph.ClearField("value_info")
     # Neither shape inference nor ONNX Runtime can give shapes past a custom op: keep what the
@@ -329,3 +335,107 @@ def _same_path(a: Path, b: Path) -> bool:
 
 def tensor_array(t: TensorProto) -> np.ndarray:
     return numpy_helper.to_array(t)
+
+
+SHAPE_MATH = {"Shape", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Div", "Mul", "Add", "Sub",
+              "Floor", "Ceil", "Equal", "Where", "Reshape", "Identity", "Max", "Min", "Abs", "Neg", "Mod",
+              "Range", "ReduceProd", "ReduceSum"}
+
+
+def fold_static_shape_values(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold shape arithmetic that does not depend on symbolic dims.
+
+    Exporters compute e.g. ``x.size(1) // 2`` at run time even where dim 1 is static; such values
+    are constants for every input the model accepts. Small integer tensors downstream of Shape are
+    evaluated with two different values of every symbolic input dim; those that come out equal are
+    replaced by constants (so channel counts become rewritable), the rest stay computed.
+    """
+    from onnx import helper
+
+    g = model.graph
+    if not any(n.op_type == "Shape" for n in g.node) or custom_ops(model):
+        return model
+    consts = {t.name for t in g.initializer}
+    # tensors reachable from Shape outputs through integer shape math only
+    derived: set[str] = set()
+    cand: list[str] = []
+    for n in g.node:
+        ins = [i for i in n.input if i]
+        if n.op_type == "Shape" or (n.op_type in SHAPE_MATH and any(i in derived for i in ins)
+                                    and all(i in derived or i in consts for i in ins)):
+            derived.update(n.output)
+            cand.extend(n.output)
+    if not cand:
+        return model
+    inputs = [i for i in g.input if i.name not in consts]
+    sym = any(not d.HasField("dim_value") for i in inputs for d in i.type.tensor_type.shape.dim)
+    base = graph_input_shapes(model)
+    other = {}
+    for i in inputs:
+        dims = i.type.tensor_type.shape.dim
+        other[i.name] = [v if d.HasField("dim_value") else (v + 1 if k == 0 else v + 8)
+                         for k, (d, v) in enumerate(zip(dims, base[i.name]))]
+    try:
+        va = _eval_tensors(model, base, cand)
+        vb = _eval_tensors(model, other, cand) if sym else va
+    except Exception:
+        return model
+    static = {t for t in cand if t in va and t in vb and va[t].shape == vb[t].shape and np.array_equal(va[t], vb[t])
+              and va[t].size <= 64 and np.issubdtype(va[t].dtype, np.integer)}
+    # replace only where a static value meets a consumer outside the static set
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    produced_static = {o for n in g.node for o in n.output if o in static}
+    roots = [t for t in produced_static if any(not set(u.output) <= static for u in users.get(t, []))]
+    if not roots:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    rename = {}
+    for t in roots:
+        name = f"{t}__static"
+        m.graph.initializer.append(numpy_helper.from_array(va[t], name))
+        rename[t] = name
+    for n in m.graph.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+    _prune_dead(m)
+    return m
+
+
+def _eval_tensors(model, shapes, names):
+    import onnxruntime as ort
+    from onnx import helper
+
+    from .graph import random_feeds
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for t in names:
+        if t not in have:
+            m.graph.output.append(helper.make_empty_tensor_value_info(t))
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = random_feeds(with_fixed_input_shapes(model, shapes), seed=0, input_shapes=shapes)
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def _prune_dead(m: onnx.ModelProto) -> None:
+    """Drop nodes and initializers no graph output depends on."""
+    g = m.graph
+    needed = {o.name for o in g.output}
+    keep = []
+    for n in reversed(g.node):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    keep.reverse()
+    del g.node[:]
+    g.node.extend(keep)
+    inits = [t for t in g.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(inits)

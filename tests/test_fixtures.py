@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 import pytest
 
 from onnxprune import analyze_model, prune
+from onnxprune.graph import random_feeds
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "models" / "fixtures.json"
@@ -39,9 +41,15 @@ def test_cnn_fixture_prunes_and_matches_oracle(fx, ratio):
     for g in pruned_groups:
         assert g.kept >= 1
         assert abs((g.channels - g.kept) - round(ratio * g.channels)) <= max(1, g.frozen_channels) or g.kept == 1
-    # the written model keeps input/output names
+    # the written model keeps input/output names and still accepts another batch size
     assert [i.name for i in res.model.graph.input] == [i for i in _shapes(fx)]
     onnx.checker.check_model(res.model, full_check=True)
+    if ratio == 0.3:
+        shapes = {k: [3] + v[1:] for k, v in _shapes(fx).items()}
+        feeds = random_feeds(res.model, seed=1, input_shapes=shapes)
+        sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        out = sess.run(None, feeds)
+        assert out[0].shape[0] == 3
 
 
 @pytest.mark.parametrize("fx", CNN, ids=[f["name"] for f in CNN])
