@@ -92,8 +92,15 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
           scorer: str = "l2", exclude: list[str] | None = None, input_shapes=None, heads: bool = False,
           embed_dim: bool = False, verify: bool = True,
           latency: bool = True, provider: str = "cpu", threads: int | None = None,
-          progress: Progress | None = None) -> PruneResult:
+          progress: Progress | None = None,
+          calib=None, calib_batch: int | None = None, calib_limit: int | None = None, preprocess=None,
+          compensate: str | None = None, seed: int = 0) -> PruneResult:
     """Remove `ratio` of the channels of every prunable channel group (lowest scores first).
+
+    Calibration (data-driven scorers such as ``vbp``, and ``compensate="mean"``): ``calib`` is a
+    .npz/.npy path, a folder of images (``preprocess``), an array, a dict of arrays or a list of feed
+    dicts (see onnxprune/calib.py). ``compensate``: "mean" (default for vbp) folds the calibration
+    mean of every removed channel into the consumer's bias after verification; "none" disables it.
 
     The result is verified against the mask oracle unless ``verify=False``; a mismatch raises
     :class:`VerificationError` and no model is returned.
@@ -108,8 +115,15 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     shapes = _shapes(input_shapes)
     view = build_view(norm, shapes)
     analysis = analyze(view, exclude=exclude, heads=heads, embed_dim=embed_dim)
+    # -- calibration data and compensation mode (issue #4) --
+    from .calib import load_calib, resolve_compensate
+    from .score import ScoreContext
+
+    calib_set = load_calib(calib, norm, batch_size=calib_batch, limit=calib_limit, preprocess=preprocess)
+    compensate = resolve_compensate(compensate, scorer, calib_set is not None)
+    score_ctx = ScoreContext(analysis, calib=calib_set, seed=seed)
     progress.start("score", scorer)
-    scores = score_groups(analysis, scorer)
+    scores = score_groups(analysis, scorer, context=score_ctx)
     kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank)
     progress.start("rewrite")
     pruned = rewrite(analysis, kept)
@@ -127,6 +141,9 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     report.baseline.file_bytes = m.ByteSize()
     if checker_note:
         report.notes.append(checker_note)
+    report.settings.update(seed=seed, compensate=compensate,
+                           calib=getattr(calib_set, "description", None) if calib_set is not None else None)
+    report.notes.extend(score_ctx.notes)
     progress.start("stats")
     report.pruned = model_stats(pruned, view.input_shapes)
     report.groups = group_reports(analysis, kept)
@@ -150,6 +167,16 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
                 f"(tolerance {res.tolerance:.3e}); nothing written")
     else:
         report.verification = dict(skipped="--no-verify")
+
+    if compensate == "mean" and kept:
+        progress.start("compensate", "mean")
+        from .compensate import apply_mean_compensation
+
+        pruned, comp, comp_check = apply_mean_compensation(analysis, kept, pruned, score_ctx, check=verify)
+        report.notes.extend(comp.notes)
+        if comp_check is not None:
+            report.verification["mean_compensation"] = comp_check
+        report.pruned = model_stats(pruned, view.input_shapes)
 
     if latency:
         progress.start("latency", f"({provider})")

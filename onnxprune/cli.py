@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     from .score import SCORERS
 
     p.add_argument("--scorer", default="l2", choices=sorted(SCORERS), help="channel importance (default l2)")
+    # -- calibration and training-free recovery (issue #4) --
+    p.add_argument("--calib", metavar="DATA", help="calibration data: .npz (arrays named like the inputs; "
+                   "FILE.npz:KEY picks one), .npy, or a folder of images (see --preprocess)")
+    p.add_argument("--preprocess", action="append", default=None, metavar="KEY=VAL",
+                   help="image folders: size=HxW, mean=a,b,c, std=a,b,c, layout=NCHW|NHWC, scale=1/255 (repeatable)")
+    p.add_argument("--calib-batch", type=int, default=None, metavar="N", help="calibration batch size (default 32)")
+    p.add_argument("--calib-limit", type=int, default=None, metavar="N", help="use at most N calibration samples")
+    p.add_argument("--compensate", choices=["mean", "none"], default=None,
+                   help="fold the calibration mean of removed channels into the consumers' biases "
+                        "(default: mean for --scorer vbp, else none; needs --calib)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --scorer random (default 0)")
     p.add_argument("--report", metavar="JSON", help="write the full report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the mask-oracle check")
     _common(p)
@@ -107,7 +118,9 @@ def _prune(args) -> int:
                 scorer=args.scorer, exclude=_split(args.exclude), input_shapes=args.input_shape,
                 heads=args.heads, embed_dim=args.embed_dim,
                 verify=not args.no_verify, latency=not args.no_latency, provider=args.provider,
-                threads=args.threads, progress=progress)
+                threads=args.threads, progress=progress,
+                calib=args.calib, calib_batch=args.calib_batch, calib_limit=args.calib_limit,
+                preprocess=args.preprocess, compensate=args.compensate, seed=args.seed)
     save(res.model, args.output, input_path=args.input)
     res.report.output = str(args.output)
     res.report.pruned.file_bytes = os.path.getsize(args.output)

@@ -15,7 +15,9 @@ from .errors import OnnxPruneError
 from .rewrite import kept_positions
 
 
-def masked_model(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
+def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | None = None) -> onnx.ModelProto:
+    """``fill``: optional {(tensor, axis): per-position values} put in place of zeros (the
+    mean-substituted oracle of mean compensation, see compensate.py)."""
     view = analysis.view
     pos = kept_positions(analysis, kept)
     m = onnx.ModelProto()
@@ -38,13 +40,22 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelP
         mk = np.zeros(view.shape(t)[a], dtype=bool)
         mk[pos[(t, a)]] = True
         mn, zn, out = name("mask"), name("zero"), name(t)
+        zero = np.zeros((), dtype=_np_dtype(view, t))
+        if fill is not None and (t, a) in fill:
+            zero = np.asarray(fill[(t, a)]).reshape(mshape).astype(_np_dtype(view, t))
         if view.opset >= 9:  # Where: a removed channel holding inf/nan is zeroed too
             inits.append(numpy_helper.from_array(mk.reshape(mshape), mn))
-            inits.append(numpy_helper.from_array(np.zeros((), dtype=_np_dtype(view, t)), zn))
+            inits.append(numpy_helper.from_array(zero, zn))
             new_nodes.append(helper.make_node("Where", [mn, t, zn], [out], name=name("Where")))
         else:  # no Where before opset 9: multiply by a 0/1 mask
             inits.append(numpy_helper.from_array(mk.reshape(mshape).astype(_np_dtype(view, t)), mn))
-            new_nodes.append(helper.make_node("Mul", [t, mn], [out], name=name("Mul")))
+            if zero.ndim:  # fill values: x * mask + fill * (1 - mask)
+                inits.append(numpy_helper.from_array((zero * ~mk.reshape(mshape)).astype(zero.dtype), zn))
+                mul = name("mul")
+                new_nodes.append(helper.make_node("Mul", [t, mn], [mul], name=name("Mul")))
+                new_nodes.append(helper.make_node("Add", [mul, zn], [out], name=name("Add")))
+            else:
+                new_nodes.append(helper.make_node("Mul", [t, mn], [out], name=name("Mul")))
         masked[(t, a)] = out
         return out
 

@@ -22,6 +22,7 @@ class ScoreContext:
     calib: list[dict[str, np.ndarray]] | None = None  # batches of model inputs, for data-driven scorers
     seed: int = 0
     cache: dict = field(default_factory=dict)  # scorers may share work (e.g. activation statistics)
+    notes: list[str] = field(default_factory=list)  # what the user should know (api.prune copies them to the report)
 
     @property
     def groups(self) -> list[ChannelGroup]:
@@ -74,9 +75,15 @@ def l2_scores(ctx: ScoreContext) -> dict[int, np.ndarray]:
     return {g.id: magnitude_scores(ctx.analysis, g, 2) for g in ctx.groups}
 
 
-def score_groups(analysis: Analysis, scorer: str = "l2", *, calib=None, seed: int = 0) -> dict[int, np.ndarray]:
+def score_groups(analysis: Analysis, scorer: str = "l2", *, calib=None, seed: int = 0,
+                 context: ScoreContext | None = None) -> dict[int, np.ndarray]:
+    """Scores per prunable group id. Pass ``context`` to keep its notes and cache (statistics)."""
+    ctx = context or ScoreContext(analysis, calib=calib, seed=seed)
     if scorer not in SCORERS:
         raise OnnxPruneError(f"unknown scorer '{scorer}' (choose from {', '.join(sorted(SCORERS))})")
-    if scorer in NEEDS_CALIB and not calib:
+    if scorer in NEEDS_CALIB and not ctx.calib:
         raise OnnxPruneError(f"scorer '{scorer}' needs calibration data: pass --calib FILE")
-    return SCORERS[scorer](ScoreContext(analysis, calib=calib, seed=seed))
+    return SCORERS[scorer](ctx)
+
+
+from . import scorers as _scorers  # noqa: E402,F401  registers sp-lamp, saliency, bn-scale, vbp, random
