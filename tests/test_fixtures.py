@@ -59,3 +59,39 @@ def test_cnn_fixture_freezes_only_at_model_boundary(fx):
         if not g.prunable and g.size > 1:
             assert all(r.startswith(("model output", "model input")) for r in g.reasons), (g.name, g.reasons)
     assert a.prunable_groups
+
+
+TRANSFORMERS = [f for f in FIXTURES if f.get("kind") == "transformer"]
+
+
+def _grow_symbolic(model, shapes):
+    """Input shapes with every symbolic dim changed (batch +2, others +3): the pruned model must
+    still accept them."""
+    out = {}
+    for i in model.graph.input:
+        if i.name not in shapes:
+            continue
+        dims = i.type.tensor_type.shape.dim
+        out[i.name] = [v if d.HasField("dim_value") else v + (2 if k == 0 else 3)
+                       for k, (d, v) in enumerate(zip(dims, shapes[i.name]))]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["mlp", "heads", "heads+embed"])
+@pytest.mark.parametrize("fx", TRANSFORMERS, ids=[f["name"] for f in TRANSFORMERS])
+def test_transformer_fixture_prunes_and_matches_oracle(fx, mode):
+    heads, embed = "heads" in mode, "embed" in mode
+    res = prune(str(ROOT / fx["file"]), ratio=0.3, input_shapes=_shapes(fx), heads=heads, embed_dim=embed,
+                latency=False)
+    rep = res.report
+    assert rep.verification["passed"], rep.verification
+    assert rep.pruned.macs < rep.baseline.macs
+    kinds = {g.kind for g in rep.groups if g.kept < g.channels}
+    assert "channels" in kinds  # MLP hidden neurons
+    assert ("heads" in kinds) == heads
+    assert ("embed" in kinds) == embed
+    assert "head_dim" not in kinds
+    shapes = _grow_symbolic(res.model, _shapes(fx))
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, random_feeds(res.model, seed=2, input_shapes=shapes))
+    assert out[0].shape[0] == next(iter(shapes.values()))[0]
