@@ -1,0 +1,123 @@
+"""Mean compensation: on Gemm / MatMul / 1x1-conv models the compensated pruned model equals the
+original with the removed channels replaced by their calibration mean (Where(mask, x, mean)),
+exactly, on the calibration data; biases are created where missing; padded convs are flagged as
+approximate; the uncompensated model still equals the mask oracle."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from helpers import GraphBuilder
+
+from onnxprune import prune
+from onnxprune.calib import FeedList, activation_stats
+from onnxprune.compensate import compensation_spaces, mean_substituted_model
+from onnxprune.errors import OnnxPruneError
+from onnxprune.oracle import masked_model
+
+
+def run(model, x):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0].astype(np.float64)
+
+
+def linear_model():
+    """Gemm -> Relu -> Gemm without C (bias created) -> Relu -> MatMul + Add bias -> Relu -> Gemm transB=0 with
+    alpha/beta and C -> Relu -> MatMul with no Add (an Add is inserted)."""
+    b = GraphBuilder(seed=7)
+    x = b.input("x", [16])
+    y = b.op("Relu", [b.gemm(x, 16, 12, name="fc0")], name="r0")
+    y = b.op("Relu", [b.gemm(y, 12, 11, bias=False, name="fc1")], name="r1")
+    y = b.op("Relu", [b.matmul(y, 11, 10, bias=True, name="lin2")], name="r2")
+    w3 = b.weight((10, 9), "fc3.weight", scale=0.3)
+    c3 = b.weight((9,), "fc3.bias", scale=0.5)
+    y = b.op("Gemm", [y, w3, c3], name="fc3", alpha=0.5, beta=2.0)
+    y = b.op("Relu", [y], name="r3")
+    return b.model([b.matmul(y, 9, 6, bias=False, name="lin4")])
+
+
+def conv1x1_model():
+    """1x1 convs (with and without bias, one grouped) -> GAP -> Flatten -> Gemm."""
+    b = GraphBuilder(seed=8)
+    x = b.input("x", [3, 5, 5])
+    y = b.op("Relu", [b.conv(x, 3, 8, k=1, pads=[0] * 4, name="c1")])
+    y = b.op("Relu", [b.conv(y, 8, 8, k=1, pads=[0] * 4, bias=False, name="c2")])
+    y = b.op("Relu", [b.conv(y, 8, 6, k=1, group=2, pads=[0] * 4, name="c3")])
+    y = b.op("Flatten", [b.op("GlobalAveragePool", [y])], axis=1)
+    return b.model([b.gemm(y, 6, 4, name="fc")])
+
+
+def padded_conv_model():
+    b = GraphBuilder(seed=9)
+    x = b.input("x", [2, 6, 6])
+    y = b.op("Relu", [b.conv(x, 2, 8, k=3, name="c1")])
+    y = b.op("Relu", [b.conv(y, 8, 6, k=3, name="c2")])  # padded: approximate
+    return b.model([b.conv(y, 6, 4, k=1, pads=[0] * 4, name="c3")])
+
+
+def data(shape, n=40, seed=0):
+    # non-zero means so the compensation is not trivial
+    return (np.random.default_rng(seed).standard_normal((n,) + shape) + 0.5).astype(np.float32)
+
+
+@pytest.mark.parametrize("builder,shape", [(linear_model, (16,)), (conv1x1_model, (3, 5, 5))])
+@pytest.mark.parametrize("scorer", ["vbp", "l2"])
+def test_compensated_equals_mean_substituted_original(builder, shape, scorer):
+    model = builder()
+    x = data(shape)
+    res = prune(model, ratio=0.5, scorer=scorer, calib=x, calib_batch=7, compensate="mean", latency=False)
+    assert res.kept and res.report.verification["passed"]
+    mc = res.report.verification["mean_compensation"]
+    assert mc["exact_expected"] and mc["passed"]
+    stats = activation_stats(res.analysis.view, FeedList([{"x": x}]), compensation_spaces(res.analysis, res.kept))
+    ref = run(mean_substituted_model(res.analysis, res.kept, stats), x)
+    got = run(res.model, x)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # and it differs from plain zero-masking: the compensation did something
+    zero = run(masked_model(res.analysis, res.kept), x)
+    assert np.abs(zero - ref).max() > 1e-3 * np.abs(ref).max()
+    onnx.checker.check_model(res.model, full_check=True)
+
+
+def test_biases_created_where_missing():
+    model = linear_model()
+    res = prune(model, ratio=0.5, scorer="l2", calib=data((16,)), compensate="mean", latency=False)
+    g = res.model.graph
+    fc1 = next(n for n in g.node if n.name == "fc1")
+    assert len(fc1.input) == 3 and fc1.input[2]  # Gemm C created (fc1 had none)
+    lin4 = next(n for n in g.node if n.name == "lin4")
+    adds = [n for n in g.node if n.op_type == "Add" and lin4.output[0] in n.input]
+    assert len(adds) == 1  # an Add inserted after the bias-less MatMul
+    assert g.output[0].name in adds[0].output  # which keeps the graph output name
+    inits = {t.name for t in g.initializer}
+    lin2_add = next(n for n in g.node if n.name == "lin2_bias")
+    assert any(i in inits and "__meancomp" in i for i in lin2_add.input)  # existing Add constant updated
+    assert any("biases of" in n for n in res.report.notes)
+
+
+def test_no_compensation_equals_mask_oracle_and_default_for_vbp():
+    model = conv1x1_model()
+    x = data((3, 5, 5))
+    res = prune(model, ratio=0.5, scorer="vbp", calib=x, compensate="none", latency=False)
+    np.testing.assert_allclose(run(res.model, x), run(masked_model(res.analysis, res.kept), x), rtol=1e-4, atol=1e-5)
+    res2 = prune(model, ratio=0.5, scorer="vbp", calib=x, latency=False)
+    assert res2.report.settings["compensate"] == "mean"
+    res3 = prune(model, ratio=0.5, scorer="l2", latency=False)
+    assert res3.report.settings["compensate"] == "none"
+    with pytest.raises(OnnxPruneError, match="needs calibration data"):
+        prune(model, ratio=0.5, scorer="l2", compensate="mean", latency=False)
+
+
+def test_padded_conv_is_flagged_approximate():
+    model = padded_conv_model()
+    x = data((2, 6, 6))
+    res = prune(model, ratio=0.5, scorer="vbp", calib=x, latency=False)
+    mc = res.report.verification["mean_compensation"]
+    assert mc["exact_expected"] is False and mc["passed"] is None
+    assert any("padded convs" in n for n in res.report.notes)
+    # still a better approximation of the original than zeroing, on average
+    orig = run(model, x)
+    comp = run(res.model, x)
+    zero = run(masked_model(res.analysis, res.kept), x)
+    assert np.abs(comp - orig).mean() < np.abs(zero - orig).mean()
