@@ -129,6 +129,23 @@ def test_conv_transpose_depthwise():
     assert weight_shape(res.model, "up.weight") == (4, 1, 2, 2)
 
 
+def test_conv_transpose_grouped_is_frozen():
+    b = GraphBuilder()
+    h = stem(b, 8)
+    u = b.op("Relu", [b.conv_transpose(h, 8, 8, group=2, name="up")])
+    y = head(b, b.op("Relu", [b.conv(u, 8, 6, name="conv1")]), 6)
+    res = assert_prunes(b.model([y]), [("conv1_out", 1)], IMG, sizes=[6], frozen=[("conv0_out", 1), ("up_out", 1)])
+    assert any("grouped ConvTranspose" in r for r in group_at(res.analysis, "conv0_out", 1).reasons)
+
+
+def test_conv1d():
+    b = GraphBuilder()
+    x = b.input("x", [3, 16])
+    h = b.op("Relu", [b.op("Conv", [x, b.weight((8, 3, 3), "c1.weight")], pads=[1, 1], name="c1")])
+    y = b.op("Conv", [h, b.weight((4, 8, 3), "c2.weight")], pads=[1, 1], name="c2")
+    assert_prunes(b.model([y]), [("c1_out", 1)], {"x": [2, 3, 16]}, sizes=[8])
+
+
 # --- 6. Concat -------------------------------------------------------------------------------------
 
 def test_concat_channels_then_conv():
@@ -287,6 +304,32 @@ def test_flatten_with_batch_read_at_run_time():
     # the pruned model still takes any batch size
     from helpers import ort_run
     assert ort_run(res.model, {"x": np.ones((5, 3, 2, 2), np.float32)})[0].shape == (5, 5)
+
+
+def test_matmul_constant_left_operand():
+    """Y = W @ X on (N, C, L) activations (a 1x1 conv written as MatMul): W's rows are the output
+    channels and its columns the input channels; the L axis is not a channel space."""
+    b = GraphBuilder()
+    x = b.input("x", [3, 16])
+    h = b.op("Relu", [b.op("Conv", [x, b.weight((8, 3, 3), "c1.weight")], pads=[1, 1], name="c1")])
+    m = b.op("Relu", [b.op("MatMul", [b.weight((6, 8), "mm.weight"), h], name="mm")])
+    y = b.op("Conv", [m, b.weight((4, 6, 3), "c2.weight")], pads=[1, 1], name="c2")
+    res = assert_prunes(b.model([y]), [("c1_out", 1), ("mm_out", 1)], {"x": [2, 3, 16]}, sizes=[8, 6])
+    assert weight_shape(res.model, "mm.weight") == (3, 4)
+    assert res.analysis.group_of("c1_out", 2) is None  # the length axis stays spatial
+
+
+def test_reshape_with_channel_count_read_at_run_time():
+    """x.view(x.size(0), x.size(1), -1).mean(2): the channel dim is read with Shape at run time."""
+    b = GraphBuilder(opset=13)
+    h = stem(b, 8)
+    sh = b.op("Shape", [h])
+    dims = [b.op("Unsqueeze", [b.op("Gather", [sh, b.const(np.int64(i))], axis=0), b.const([0])]) for i in (0, 1)]
+    r = b.op("Reshape", [h, b.op("Concat", dims + [b.const([-1])], axis=0)], name="reshape")
+    y = b.gemm(b.op("ReduceMean", [r], axes=[2], keepdims=0), 8, 5, name="fc")
+    res = assert_prunes(b.model([y], output_shapes=[["N", 5]]), [("conv0_out", 1)], IMG, sizes=[8])
+    assert group_at(res.analysis, "reshape_out", 1) is group_at(res.analysis, "conv0_out", 1)
+    assert weight_shape(res.model, "fc.weight") == (5, 4)
 
 
 # --- 9. ConvNeXt block (NHWC, LayerNorm over channels) ----------------------------------------------
@@ -522,6 +565,17 @@ def test_layernorm2d_decomposed_over_channels():
     for name in ("ln_mean", "ln_var"):
         k = next(k for k, nd in enumerate(a.view.nodes) if nd.name == name)
         assert a.node_results[k].normalizes == [(a.view.nodes[k].input[0], 1)]
+
+
+def test_layernorm_over_chw():
+    """LayerNormalization(axis=1) on NCHW normalizes over C, H, W together with (C, H, W) parameters."""
+    b = GraphBuilder()
+    h = stem(b, 8)
+    n = b.op("LayerNormalization", [h, b.weight((8, 8, 8), "ln.weight", positive=True), b.weight((8, 8, 8), "ln.bias")],
+             axis=1, name="ln")
+    y = head(b, n, 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    assert weight_shape(res.model, "ln.weight") == (4, 8, 8)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "softmax-opset11", "softmax-opset9", "reducemean-c"])

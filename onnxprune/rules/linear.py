@@ -50,9 +50,11 @@ class MatMul(OpRule):
         if anchor or ctx.live(a, ka) or ctx.live(b, kb):
             res.relate((a, ka), (b, kb))
             res.mixes.extend([(a, ka), (b, kb)])
-        if anchor or ctx.live(b, rb - 1) or ctx.live(y, ry - 1):
+        # a constant B's columns are output channels; a constant A's rows are (Y = W @ X). The free
+        # axis of the activation operand only joins a space when it is already one.
+        if ctx.is_const(b) or ctx.live(b, rb - 1) or ctx.live(y, ry - 1):
             res.relate((b, rb - 1), (y, ry - 1))
-        if ctx.live(a, ra - 2) or ctx.live(y, ry - 2):
+        if ctx.is_const(a) or ctx.live(a, ra - 2) or ctx.live(y, ry - 2):
             res.relate((a, ra - 2), (y, ry - 2))
         for o in range(ry - 2):  # batch axes broadcast like elementwise ops
             for t, s in ((a, sa), (b, sb)):
