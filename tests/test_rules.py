@@ -181,10 +181,16 @@ def test_concat_with_model_input_is_partly_frozen():
 
 # --- 7. Split / Slice on channels --------------------------------------------------------------------
 
-@pytest.mark.parametrize("form", ["opset13-input", "opset11-attr", "opset18-num_outputs"])
+@pytest.mark.parametrize("form", ["opset13-input", "opset11-attr", "opset18-num_outputs", "opset18-uneven"])
 def test_split_channels(form):
-    opset = {"opset13-input": 13, "opset11-attr": 11, "opset18-num_outputs": 18}[form]
+    opset = {"opset13-input": 13, "opset11-attr": 11}.get(form, 18)
     b = GraphBuilder(opset=opset)
+    if form == "opset18-uneven":  # 7 channels into 2 outputs: [4, 3]
+        h = stem(b, 7)
+        u, v = b.op("Split", [h], n_out=2, axis=1, num_outputs=2, name="split")
+        y = b.op("Add", [b.conv(u, 4, 4, name="conv_u"), b.conv(v, 3, 4, name="conv_v")])
+        assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[7])
+        return
     h = stem(b, 8)
     if form == "opset13-input":
         parts = b.op("Split", [h, b.const([3, 5])], n_out=2, axis=1, name="split")
@@ -450,11 +456,34 @@ def test_channel_shuffle_shufflenet_unit():
     assert cu + cv == 4
 
 
+def _shuffle(b, c, C, H=8):
+    r = b.op("Reshape", [c, b.const([0, 2, C // 2, H, H])])
+    t = b.op("Transpose", [r], perm=[0, 2, 1, 3, 4])
+    return b.op("Reshape", [t, b.const([0, C, H, H])])
+
+
+def test_shufflenet_v2_units_with_identity_half():
+    """Two real ShuffleNetV2 units: Split -> (identity | pw-dw-pw branch) -> Concat -> shuffle. The
+    identity half carries the previous unit's channels, so shuffles couple them across units."""
+    b = GraphBuilder()
+    h = stem(b, 8)
+    for i in (1, 2):
+        s1, s2 = b.op("Split", [h, b.const([4, 4])], n_out=2, axis=1, name=f"split{i}")
+        z = b.op("Relu", [b.conv(s2, 4, 4, k=1, name=f"u{i}_pw1")])
+        z = b.conv(z, 4, 4, group=4, name=f"u{i}_dw")
+        z = b.op("Relu", [b.conv(z, 4, 4, k=1, name=f"u{i}_pw2")])
+        h = _shuffle(b, b.op("Concat", [s1, z], axis=1, name=f"cat{i}"), 8)
+    y = head(b, h, 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1), ("u1_dw_out", 1), ("u2_dw_out", 1)], IMG,
+                        shrinks=["conv0.weight", "u1_dw.weight", "u2_dw.weight"])
+    assert weight_shape(res.model, "u1_dw.weight") == (2, 1, 3, 3)
+
+
 # --- 14. spatial ops: Resize, pooling, Pad, ReduceMean over spatial axes ------------------------------
 
 def _spatial(kind):
     opset = {"resize-sizes": 13, "resize-sizes-axes": 18, "reduce-keep1": 18, "reduce-keep0": 13,
-             "upsample-opset9": 9, "resize-opset11-sizes": 11}.get(kind, 13)
+             "upsample-opset9": 9, "resize-opset11-sizes": 11, "pad-axes-opset18": 18}.get(kind, 13)
     b = GraphBuilder(opset=opset)
     h = stem(b, 8)
     c_out = None
@@ -485,6 +514,10 @@ def _spatial(kind):
         z = b.op("AveragePool", [h], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
     elif kind == "pad":
         z = b.op("Pad", [h, b.const([0, 0, 1, 2, 0, 0, 2, 1])], mode="reflect")
+    elif kind == "pad-axes-opset18":
+        z = b.op("Pad", [h, b.const([1, 1, 1, 1]), "", b.const([2, 3])], mode="constant")
+    elif kind == "tile":
+        z = b.op("Tile", [h, b.const([1, 1, 2, 2])])
     elif kind == "reduce-keep1":
         z = b.op("ReduceMean", [h, b.const([2, 3])], keepdims=1)
     elif kind == "reduce-keep0":
@@ -495,7 +528,8 @@ def _spatial(kind):
 
 
 @pytest.mark.parametrize("kind", ["resize-scales", "resize-sizes", "resize-sizes-axes", "resize-opset11-sizes",
-                                  "upsample-opset9", "maxpool", "avgpool", "pad", "reduce-keep1", "reduce-keep0",
+                                  "upsample-opset9", "maxpool", "avgpool", "pad", "pad-axes-opset18", "tile",
+                                  "reduce-keep1", "reduce-keep0",
                                   "gap-flatten", "gap-squeeze", "unsqueeze"])
 def test_spatial_ops(kind):
     shapes = {"x": [1, 3, 8, 8]} if "sizes" in kind and "axes" not in kind else IMG
@@ -521,6 +555,30 @@ def test_elementwise_mix():
     y = head(b, z, 8)
     res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
     assert weight_shape(res.model, "scale") == (1, 4, 1, 1)
+
+
+def test_elementwise_where_cast_expand():
+    """LeakyRelu as Where(x > 0, x, 0.1 x); a fp16 round trip; a pooled (N,C,1,1) tensor Expand-ed
+    back to full size (the Expand shape's channel entry is rewritten)."""
+    b = GraphBuilder(opset=13)
+    h = stem(b, 8, act=False)
+    z = b.op("Where", [b.op("Greater", [h, b.const(np.float32(0))]), h, b.op("Mul", [h, b.const(np.float32(0.1))])])
+    z = b.op("Cast", [b.op("Cast", [z], to=onnx.TensorProto.FLOAT16)], to=onnx.TensorProto.FLOAT)
+    e = b.op("Expand", [b.op("GlobalMaxPool", [z]), b.const([1, 8, 8, 8])], name="expand")
+    y = head(b, b.op("Sub", [z, e]), 8)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    ex = next(n for n in res.model.graph.node if n.op_type == "Expand")
+    shape = next(onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer if t.name == ex.input[1])
+    assert list(shape) == [1, 4, 8, 8]
+
+
+def test_batchnorm1d_between_gemms():
+    b = GraphBuilder()
+    x = b.input("x", [12])
+    h = b.op("Relu", [b.bn(b.gemm(x, 12, 16, name="fc1"), 16, name="bn")])
+    y = b.gemm(h, 16, 4, name="fc2")
+    res = assert_prunes(b.model([y]), [("fc1_out", 1)], {"x": [3, 12]}, sizes=[16])
+    assert weight_shape(res.model, "bn.mean") == (8,)
 
 
 def test_lrn_mixes_neighbour_channels_and_is_frozen():
