@@ -16,12 +16,12 @@ from .analyze import Analysis, analyze
 from .cost import total_macs, total_params
 from .errors import OnnxPruneError, VerificationError
 from .graph import build_view, random_feeds
-from .io import custom_ops, load_model, normalize, parse_input_shapes, save_model, validate_model
+from .io import custom_ops, load_model, normalize, parse_input_shapes, save_model, validate_model, with_batch
 from .oracle import compare_models, masked_model
 from .report import GroupReport, ModelStats, Progress, Report
 from .rewrite import rewrite
 from .score import score_groups
-from .select import select_by_ratio
+from .select import keep_every_member, select_by_ratio
 
 
 @dataclass
@@ -73,8 +73,11 @@ def group_reports(analysis: Analysis, kept: dict[int, np.ndarray] | None = None)
 
 
 def model_stats(model: onnx.ModelProto, input_shapes) -> ModelStats:
+    from .cost import peak_memory
+
     v = build_view(model, input_shapes)
-    return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model.ByteSize())
+    return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model.ByteSize(),
+                      peak_memory_bytes=int(peak_memory(v)[0]))
 
 
 def measure(models: list[onnx.ModelProto], input_shapes, *, provider="cpu", threads=None,
@@ -88,19 +91,42 @@ def measure(models: list[onnx.ModelProto], input_shapes, *, provider="cpu", thre
     return [s.median_ms for s in stats]
 
 
+def _budget_spec(budget, macs, params, peak_memory):
+    from .budget import BudgetSpec, parse_budget_spec
+
+    given = [(k, v) for k, v in (("latency", budget), ("macs", macs), ("params", params),
+                                 ("peak_memory", peak_memory)) if v is not None]
+    if len(given) > 1:
+        raise OnnxPruneError("give one budget at a time (--budget, --macs, --params or --peak-memory)")
+    if not given:
+        return None
+    k, v = given[0]
+    return v if isinstance(v, BudgetSpec) else parse_budget_spec(k, v)
+
+
 def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_rank: bool = False,
           scorer: str = "l2", exclude: list[str] | None = None, input_shapes=None, heads: bool = False,
           embed_dim: bool = False, verify: bool = True,
           latency: bool = True, provider: str = "cpu", threads: int | None = None,
           progress: Progress | None = None,
           calib=None, calib_batch: int | None = None, calib_limit: int | None = None, preprocess=None,
-          compensate: str | None = None, seed: int = 0) -> PruneResult:
+          compensate: str | None = None, seed: int = 0,
+          budget: str | None = None, macs: str | None = None, params: str | None = None,
+          peak_memory: str | None = None, round_to: int | None = None, latency_model: str = "measured",
+          cache_dir=None, use_cache: bool = True, latency_cmd: str | None = None,
+          batch: int | None = None) -> PruneResult:
     """Remove `ratio` of the channels of every prunable channel group (lowest scores first).
 
     Calibration (data-driven scorers such as ``vbp``, and ``compensate="mean"``): ``calib`` is a
     .npz/.npy path, a folder of images (``preprocess``), an array, a dict of arrays or a list of feed
     dicts (see onnxprune/calib.py). ``compensate``: "mean" (default for vbp) folds the calibration
     mean of every removed channel into the consumer's bias after verification; "none" disables it.
+
+    Budgets (instead of ``ratio``): ``budget`` latency ("11ms", "0.6x"), ``macs`` / ``params``
+    ("50%", "1.2G", "3M") or ``peak_memory`` ("3.6MB", "50%"): a group knapsack over LAMP-normalized
+    scores (use ``scorer="sp-lamp"`` for the paper's method) with a measured, cached, position-aware
+    latency table (``latency_model="macs"`` for an analytic estimate), then a closed loop on the
+    written model. ``round_to`` keeps channel counts at multiples of N.
 
     The result is verified against the mask oracle unless ``verify=False``; a mismatch raises
     :class:`VerificationError` and no model is returned.
@@ -112,7 +138,7 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     progress.start("normalize")
     norm = normalize(m)
     progress.start("analyze")
-    shapes = _shapes(input_shapes)
+    shapes = with_batch(norm, _shapes(input_shapes), batch)
     view = build_view(norm, shapes)
     analysis = analyze(view, exclude=exclude, heads=heads, embed_dim=embed_dim)
     # -- calibration data and compensation mode (issue #4) --
@@ -124,7 +150,18 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     score_ctx = ScoreContext(analysis, calib=calib_set, seed=seed)
     progress.start("score", scorer)
     scores = score_groups(analysis, scorer, context=score_ctx)
-    kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank)
+    spec = _budget_spec(budget, macs, params, peak_memory)
+    budget_res = None
+    if spec is None:
+        kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank)
+    else:
+        from .budget import plan_for_budget
+
+        budget_res = plan_for_budget(analysis, scores, spec, original=m, provider=provider, threads=threads,
+                                     round_to=round_to, latency_model=latency_model, cache_dir=cache_dir,
+                                     use_cache=use_cache, latency_cmd=latency_cmd, progress=progress)
+        kept = budget_res.kept
+    kept = keep_every_member(analysis.groups, kept, scores)
     progress.start("rewrite")
     pruned = rewrite(analysis, kept)
     try:
@@ -144,6 +181,16 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     report.settings.update(seed=seed, compensate=compensate,
                            calib=getattr(calib_set, "description", None) if calib_set is not None else None)
     report.notes.extend(score_ctx.notes)
+    if budget_res is not None:
+        report.budget = dict(metric=budget_res.metric, spec=spec.text, budget=budget_res.budget,
+                             baseline=budget_res.baseline, predicted=budget_res.predicted,
+                             measured=budget_res.measured, met=budget_res.met, iterations=budget_res.iterations,
+                             round_to=round_to, latency_model=latency_model if spec.metric == "latency" else None,
+                             **budget_res.info)
+        if not budget_res.met:
+            raise OnnxPruneError(
+                f"{spec.metric} budget {spec.text} not met after {len(budget_res.iterations)} tries "
+                f"(best measured {budget_res.measured:.4g} vs budget {budget_res.budget:.4g}); nothing written")
     progress.start("stats")
     report.pruned = model_stats(pruned, view.input_shapes)
     report.groups = group_reports(analysis, kept)

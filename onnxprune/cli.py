@@ -27,6 +27,8 @@ def _common(p):
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider for latency (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for latency (default: all cores)")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="batch size for analysis, verification and timing where the batch dim is symbolic (default 1)")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -57,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fold the calibration mean of removed channels into the consumers' biases "
                         "(default: mean for --scorer vbp, else none; needs --calib)")
     p.add_argument("--seed", type=int, default=0, help="seed of --scorer random (default 0)")
+    # -- budgets (issue #3) --
+    p.add_argument("--budget", metavar="LAT", help="latency budget: 11ms, 900us, 0.011s or 0.6x / 60%% of the "
+                   "measured baseline (group knapsack on a measured latency table, then a closed loop)")
+    p.add_argument("--macs", metavar="M", help="MACs budget: 50%%, 0.5x or 1.2G / 300M")
+    p.add_argument("--params", metavar="P", help="parameter budget: 50%%, 0.5x or 3M / 500K")
+    p.add_argument("--peak-memory", metavar="B", help="peak activation memory budget: 3.6MB, 512KiB or 50%%")
+    p.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help="keep channel counts at multiples of N (hardware-friendly widths)")
+    p.add_argument("--latency-model", choices=["measured", "macs"], default="measured",
+                   help="latency costs: measured per-group table (default) or analytic MACs share")
+    p.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command, e.g. "
+                   "'ssh board ./bench {model}'; it prints 'latency_ms: X' (see README)")
+    p.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default ~/.cache/onnxprune)")
+    p.add_argument("--no-cache", action="store_true", help="rebuild the latency table, do not store it")
     p.add_argument("--report", metavar="JSON", help="write the full report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the mask-oracle check")
     _common(p)
@@ -103,8 +119,11 @@ def _prune(args) -> int:
     from .io import _same_path
     from pathlib import Path
 
-    if args.ratio is None:
-        raise OnnxPruneError("nothing to do: give --ratio (e.g. --ratio 0.3)")
+    budgets = [b for b in (args.budget, args.macs, args.params, args.peak_memory) if b is not None]
+    if args.ratio is None and not budgets:
+        raise OnnxPruneError("nothing to do: give --ratio (e.g. --ratio 0.3) or a budget (--budget 0.6x, --macs 50%)")
+    if args.ratio is not None and budgets:
+        raise OnnxPruneError("give either --ratio or a budget, not both")
     for r in (args.ratio, args.ratio_dw):
         if r is not None and not 0.0 <= r < 1.0:
             raise OnnxPruneError(f"ratio must be in [0, 1), got {r}")
@@ -114,13 +133,16 @@ def _prune(args) -> int:
     if not out_dir.is_dir():
         raise OnnxPruneError(f"output folder does not exist: {out_dir}")
     progress = args.progress
-    res = prune(args.input, ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
+    res = prune(args.input, ratio=args.ratio if args.ratio is not None else 0.0, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
                 scorer=args.scorer, exclude=_split(args.exclude), input_shapes=args.input_shape,
                 heads=args.heads, embed_dim=args.embed_dim,
                 verify=not args.no_verify, latency=not args.no_latency, provider=args.provider,
                 threads=args.threads, progress=progress,
                 calib=args.calib, calib_batch=args.calib_batch, calib_limit=args.calib_limit,
-                preprocess=args.preprocess, compensate=args.compensate, seed=args.seed)
+                preprocess=args.preprocess, compensate=args.compensate, seed=args.seed,
+                budget=args.budget, macs=args.macs, params=args.params, peak_memory=args.peak_memory,
+                round_to=args.round_to, latency_model=args.latency_model, cache_dir=args.cache_dir,
+                use_cache=not args.no_cache, latency_cmd=args.latency_cmd, batch=args.batch)
     save(res.model, args.output, input_path=args.input)
     res.report.output = str(args.output)
     res.report.pruned.file_bytes = os.path.getsize(args.output)

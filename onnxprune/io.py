@@ -256,6 +256,22 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
     return shapes
 
 
+def with_batch(model: onnx.ModelProto, shapes: dict[str, list[int]] | None, batch: int | None):
+    """Input shape overrides with `batch` put in every symbolic dim 0 not already overridden."""
+    if batch is None:
+        return shapes
+    if batch < 1:
+        raise OnnxPruneError(f"--batch must be >= 1, got {batch}")
+    out = dict(shapes or {})
+    defaults = graph_input_shapes(model, out)
+    for i in model.graph.input:
+        if i.name in defaults and i.name not in out:
+            dims = i.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):
+                out[i.name] = [batch] + defaults[i.name][1:]
+    return out
+
+
 def with_fixed_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)

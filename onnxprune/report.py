@@ -12,6 +12,7 @@ class ModelStats:
     macs: int
     params: int
     file_bytes: int | None = None
+    peak_memory_bytes: int | None = None
     latency_ms: float | None = None
     latency_note: str = ""
 
@@ -40,6 +41,7 @@ class Report:
     pruned: ModelStats | None = None
     groups: list[GroupReport] = field(default_factory=list)
     verification: dict | None = None
+    budget: dict | None = None
     timings_s: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -68,6 +70,7 @@ class Report:
         if p is not None:
             row("MACs", b.macs, p.macs, _si)
             row("params", b.params, p.params, _si)
+            row("peak mem", b.peak_memory_bytes, p.peak_memory_bytes, _bytes)
             row("file", b.file_bytes, p.file_bytes, _bytes)
             row("latency", b.latency_ms, p.latency_ms, lambda v: f"{v:.3f} ms")
         else:
@@ -78,6 +81,13 @@ class Report:
             lines.append("  " + "  ".join(s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(r)).rstrip())
         if b.latency_note or (p and p.latency_note):
             lines.append(f"  latency: {(p.latency_note if p and p.latency_note else b.latency_note)}")
+        if self.budget:
+            bd = self.budget
+            unit = {"latency": (1.0, " ms"), "peak_memory": (1e-6, " MB")}.get(bd["metric"], (1e-6, "M"))
+            f = lambda v: f"{v * unit[0]:.3f}{unit[1]}" if v is not None else "-"  # noqa: E731
+            lines.append(f"budget: {bd['metric']} {bd['spec']} = {f(bd['budget'])}; predicted {f(bd['predicted'])}, "
+                         f"measured {f(bd['measured'])} ({'met' if bd['met'] else 'NOT met'}, "
+                         f"{len(bd['iterations'])} solve(s){', latency table from cache' if bd.get('table_cached') else ''})")
         if self.verification:
             v = self.verification
             if v.get("skipped"):

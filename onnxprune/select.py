@@ -66,3 +66,23 @@ def _select_global(groups, scores, ratio):
             budget -= 1
     sizes = {g.id: g.size for g in groups}
     return {gid: keep_from_removed(sizes[gid], np.array(r, dtype=np.int64)) for gid, r in removed.items() if r}
+
+
+def keep_every_member(groups: list[ChannelGroup], kept: dict[int, np.ndarray],
+                      scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """No tensor may end with a zero-sized axis (many runtimes reject empty tensors): where a
+    member (one branch of a Concat, one half of a Split) would lose all its channels, keep its
+    best-scoring one."""
+    by_id = {g.id: g for g in groups}
+    out = dict(kept)
+    for gid, k in kept.items():
+        g = by_id[gid]
+        s = scores.get(gid, np.zeros(g.size))
+        keep = np.zeros(g.size, dtype=bool)
+        keep[k] = True
+        for m in g.members:
+            image = np.unique(m.index_map)
+            if len(image) and not keep[image].any():
+                keep[image[np.argmax(s[image])]] = True
+        out[gid] = np.flatnonzero(keep)
+    return out

@@ -1,0 +1,348 @@
+"""Meet a budget: per-group costs (measured latency table or analytic MACs/params/peak memory),
+LAMP-normalized scores as values, one group knapsack (Eq. 8-10), then a closed loop that measures
+the written model and tightens or loosens the target until the budget is met and used."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analyze import Analysis, ChannelGroup
+from .cost import macs_terms, params_terms, peak_memory, peak_terms
+from .errors import OnnxPruneError
+from .profile import keep_order, top_width_kept
+from .solve import solve_group_knapsack
+from .spscore import cumulative_keep_values, sp_lamp_scores
+
+METRICS = ("latency", "macs", "params", "peak_memory")
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_BYTE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+
+@dataclass
+class BudgetSpec:
+    metric: str
+    text: str
+    absolute: float | None = None  # ms, MACs, parameters or bytes
+    fraction: float | None = None  # of the unpruned model
+
+    def target(self, baseline: float) -> float:
+        return self.absolute if self.absolute is not None else self.fraction * baseline
+
+
+def parse_budget_spec(metric: str, text: str) -> BudgetSpec:
+    """`--budget 11ms|0.6x|60%`, `--macs 50%|1.2G`, `--params 3M|0.5x`, `--peak-memory 3.6MB|50%`."""
+    t = str(text).strip()
+    m = re.fullmatch(rf"({_NUM})\s*(x|%)", t, re.IGNORECASE)
+    if m:
+        f = float(m.group(1)) / (100.0 if m.group(2) == "%" else 1.0)
+        if not 0 < f <= 1:
+            raise OnnxPruneError(f"bad {metric} budget '{text}': a relative budget must be in (0, 1]x or (0, 100]%")
+        return BudgetSpec(metric, t, fraction=f)
+    if metric == "latency":
+        from .latency import parse_budget
+
+        b = parse_budget(t)
+        return BudgetSpec(metric, t, absolute=b.value)
+    units = _BYTE_UNITS if metric == "peak_memory" else _COUNT_UNITS
+    m = re.fullmatch(rf"({_NUM})\s*([a-zA-Z]*)", t)
+    if not m or m.group(2).lower() not in units:
+        forms = "3.6MB, 512KiB or 50%" if metric == "peak_memory" else "1.2G, 3M, 500K or 50%"
+        raise OnnxPruneError(f"bad {metric} budget '{text}': expected e.g. {forms}")
+    v = float(m.group(1)) * units[m.group(2).lower()]
+    if not (math.isfinite(v) and v > 0):
+        raise OnnxPruneError(f"bad {metric} budget '{text}': must be positive")
+    return BudgetSpec(metric, t, absolute=v)
+
+
+@dataclass
+class GroupChoices:
+    """Knapsack class of one group: item i keeps widths[i] channels."""
+    group: ChannelGroup
+    order: np.ndarray
+    widths: np.ndarray
+    values: np.ndarray
+    costs: np.ndarray = None
+
+
+def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], round_to: int | None = None) -> list[GroupChoices]:
+    """Items per group with LAMP-normalized values (comparable across groups: every group's top
+    channel is worth 1). Frozen channels are always kept; `round_to` restricts widths to multiples."""
+    out = []
+    for g in groups:
+        s = np.asarray(scores.get(g.id, np.ones(g.size)), dtype=np.float64)
+        s = np.where(np.isfinite(s), np.maximum(s, 0), 0)
+        lamp = sp_lamp_scores(s)
+        lamp[g.frozen] = lamp.max() + 1.0  # frozen first in order; their value is a constant offset
+        order = keep_order(g, lamp)
+        vals = cumulative_keep_values(lamp)
+        lo = max(1, int(g.frozen.sum()))
+        widths = np.arange(lo, g.size + 1)
+        if round_to and round_to > 1:
+            keep = (widths % round_to == 0) | (widths == g.size)
+            if not keep.any() or widths[keep].min() > lo:
+                keep |= widths == widths[keep].min() if keep.any() else widths == lo
+            widths = widths[keep]
+        out.append(GroupChoices(g, order, widths, vals[widths - 1]))
+    return out
+
+
+def kept_for(choices: list[GroupChoices], pick: list[int]) -> dict[int, np.ndarray]:
+    kept = {}
+    for c, i in zip(choices, pick):
+        w = int(c.widths[i])
+        if w < c.group.size:
+            kept[c.group.id] = top_width_kept(c.group, c.order, w)
+    return kept
+
+
+def analytic_costs(analysis: Analysis, metric: str, choices: list[GroupChoices],
+                   fractions: dict[int, float] | None = None) -> tuple[float, None]:
+    """Fill item costs for MACs / params / peak memory: the change of the metric when only that
+    group shrinks (others at `fractions`, default full width). Returns the baseline value."""
+    fractions = dict(fractions or {})
+    if metric == "macs":
+        terms = macs_terms(analysis)
+    elif metric == "params":
+        terms = params_terms(analysis)
+    else:
+        _, step = peak_memory(analysis, fractions)
+        terms = peak_terms(analysis, step)
+    base = _total(terms, fractions)
+    by_group: dict[int, list] = {}
+    for t in terms:
+        for gid in set(t[1]):
+            by_group.setdefault(gid, []).append(t)
+    for c in choices:
+        gid = c.group.id
+        rel = by_group.get(gid, [])
+        fixed = _total(rel, fractions)
+        costs = []
+        for w in c.widths:
+            f = dict(fractions)
+            f[gid] = w / c.group.size
+            costs.append(_total(rel, f) - fixed)
+        c.costs = np.array(costs)
+    return base
+
+
+def _total(terms, fractions):
+    s = 0.0
+    for base, gids in terms:
+        f = 1.0
+        for g in gids:
+            f *= fractions.get(g, 1.0)
+        s += base * f
+    return s
+
+
+def latency_costs(table, choices: list[GroupChoices]) -> float:
+    for c in choices:
+        full = table.contribution(c.group.id)
+        c.costs = full[c.widths - 1]
+    return table.baseline_ms
+
+
+@dataclass
+class BudgetResult:
+    kept: dict[int, np.ndarray]
+    metric: str
+    budget: float
+    baseline: float
+    predicted: float
+    measured: float | None
+    iterations: list[dict] = field(default_factory=list)
+    met: bool = True
+    info: dict = field(default_factory=dict)
+
+
+def solve_budget(choices: list[GroupChoices], baseline: float, target: float):
+    """One knapsack: sum of per-group deltas <= target - baseline."""
+    sol = solve_group_knapsack([c.values for c in choices], [c.costs for c in choices], target - baseline)
+    return sol
+
+
+def meet_budget(choices: list[GroupChoices], baseline: float, budget: float, evaluate, *, metric: str,
+                max_iter: int = 7, low: float = 0.9, high: float = 1.0) -> BudgetResult:
+    """Closed loop: solve for a target, evaluate the real metric of the written model, and move the
+    target so the next measurement lands just under the budget. Per-group costs are measured one
+    group at a time, so their sum misjudges joint pruning (fixed per-op overheads do not shrink):
+    the update fits measured ~ a + b * predicted through the last two points (secant), or scales
+    the predicted saving by the measured/predicted saving ratio after the first. Keeps the most
+    valuable solution that meets the budget; `evaluate(kept) -> measured value`."""
+    aim = budget * (high + max(low, 0.5)) / 2 if low < high else budget
+    first = solve_budget(choices, baseline, budget)
+    if not first.feasible:
+        floor = baseline + first.cost
+        raise OnnxPruneError(
+            f"{metric} budget {_fmt(metric, budget)} cannot be met: keeping one channel in every prunable group "
+            f"still gives about {_fmt(metric, floor)} (unpruned {_fmt(metric, baseline)})")
+    target, sol = budget, first
+    best, iters, pts = None, [], []
+    min_target = baseline + sum(float(np.min(c.costs)) for c in choices)
+    for _ in range(max_iter):
+        kept = kept_for(choices, sol.choice)
+        predicted = baseline + sol.cost
+        measured = float(evaluate(kept))
+        iters.append(dict(target=target, predicted=predicted, measured=measured, value=sol.value))
+        if measured <= budget and (best is None or sol.value > best[3]):
+            best = (kept, measured, predicted, sol.value)
+        if low * budget <= measured <= high * budget:
+            break
+        if measured > budget and target <= min_target + 1e-12:
+            break  # already at one channel per group: the budget is below what pruning can reach
+        pts.append((predicted, measured))
+        if len(pts) >= 2 and abs(pts[-1][0] - pts[-2][0]) > 1e-12 and (pts[-1][1] - pts[-2][1]) * (pts[-1][0] - pts[-2][0]) > 0:
+            (p0, m0), (p1, m1) = pts[-2], pts[-1]
+            slope = (m1 - m0) / (p1 - p0)
+            nxt = p1 + (aim - m1) / slope
+        elif baseline - measured > 1e-12 * max(1.0, abs(baseline)):
+            nxt = baseline - (baseline - aim) * (baseline - predicted) / (baseline - measured)
+        else:
+            nxt = predicted - 2 * (measured - aim)
+        # damp: never jump past the reachable range, move at least a little
+        target = float(np.clip(nxt, min_target, baseline))
+        if target == iters[-1]["target"]:
+            target = max(min_target, target - abs(measured - aim))
+        sol = solve_budget(choices, baseline, target)
+        if not sol.feasible:
+            target = min_target
+            sol = solve_budget(choices, baseline, target)
+    if best is None:
+        last = iters[-1]
+        if last["target"] <= min_target + 1e-12 or target <= min_target + 1e-12:
+            raise OnnxPruneError(
+                f"{metric} budget {_fmt(metric, budget)} cannot be met: with one channel in every prunable group "
+                f"the model still measures {_fmt(metric, min(i['measured'] for i in iters))} "
+                f"(unpruned {_fmt(metric, baseline)})")
+        kept = kept_for(choices, sol.choice)
+        return BudgetResult(kept, metric, budget, baseline, last["predicted"], last["measured"], iters, met=False)
+    return BudgetResult(best[0], metric, budget, baseline, best[2], best[1], iters, met=True)
+
+
+def _fmt(metric: str, v: float) -> str:
+    if metric == "latency":
+        return f"{v:.3f} ms"
+    if metric == "peak_memory":
+        return f"{v / 1e6:.3f} MB"
+    return f"{v / 1e6:.3f}M"
+
+
+def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: BudgetSpec, *,
+                    original=None, provider: str = "cpu", threads: int | None = None,
+                    round_to: int | None = None, latency_model: str = "measured", cache_dir=None,
+                    use_cache: bool = True, latency_cmd: str | None = None, progress=None) -> BudgetResult:
+    """Choose kept channels for every prunable group so the written model meets `spec`."""
+    from .api import model_stats
+    from .graph import random_feeds
+    from .latency import measure_latencies
+    from .rewrite import rewrite
+
+    groups = [g for g in analysis.prunable_groups]
+    choices = group_choices(groups, scores, round_to)
+    info: dict = {}
+    view = analysis.view
+    if spec.metric == "latency" and latency_model == "measured":
+        from .profile import build_latency_table
+
+        if progress is not None:
+            progress.start("profile", f"({len(groups)} groups, {provider})")
+        table = build_latency_table(analysis, groups, provider=provider, threads=threads, cache_dir=cache_dir,
+                                    use_cache=use_cache, latency_cmd=latency_cmd)
+        baseline = latency_costs(table, choices)
+        info = dict(table_key=table.key, table_cached=table.from_cache, table_build_s=round(table.build_s, 2))
+    elif spec.metric == "latency":  # analytic first estimate: MACs share of the measured baseline
+        base_macs = analytic_costs(analysis, "macs", choices)
+        baseline = _measure_pair(original or view.model, None, view, provider, threads, latency_cmd)[0]
+        for c in choices:
+            c.costs = c.costs * (baseline / max(base_macs, 1.0))
+        info = dict(latency_model="macs")
+    else:
+        baseline = analytic_costs(analysis, spec.metric, choices)
+    budget = spec.target(baseline)
+    if progress is not None:
+        progress.start("solve", f"{spec.metric} <= {_fmt(spec.metric, budget)}")
+
+    if spec.metric == "latency":
+        feeds = random_feeds(view, seed=0)
+        ref = original or view.model
+
+        def evaluate(kept):
+            cand = rewrite(analysis, kept)
+            if latency_cmd:
+                from .latency_cmd import measure_with_command
+
+                base_ms, ms = measure_with_command(latency_cmd, ref), measure_with_command(latency_cmd, cand)
+            else:
+                st = measure_latencies([ref.SerializeToString(), cand.SerializeToString()], feeds,
+                                       provider=provider, threads=threads, warmup=3, time_budget_s=8.0)
+                base_ms, ms = st[0].median_ms, st[1].median_ms
+            # relative budgets compare ratios measured side by side; absolute ones the raw median
+            return ms * baseline / base_ms if spec.fraction is not None else ms
+        res = meet_budget(choices, baseline, budget, evaluate, metric="latency", low=0.9)
+    elif spec.metric in ("macs", "params"):
+        key = "macs" if spec.metric == "macs" else "params"
+
+        def evaluate(kept):
+            return float(getattr(model_stats(rewrite(analysis, kept), view.input_shapes), key))
+        res = meet_budget(choices, baseline, budget, evaluate, metric=spec.metric, low=0.97)
+    else:
+        def evaluate(kept):
+            fr = {}
+            for c in choices:
+                k = kept.get(c.group.id)
+                fr[c.group.id] = (len(k) if k is not None else c.group.size) / c.group.size
+            return peak_memory(analysis, fr)[0]
+
+        res = _meet_peak(analysis, choices, baseline, budget, evaluate)
+    res.iterations = [dict(it, **info) if i == 0 else it for i, it in enumerate(res.iterations)]
+    res.info = info
+    return res
+
+
+def _meet_peak(analysis, choices, baseline, budget, evaluate) -> BudgetResult:
+    """Peak memory is a max over time, not a sum: linearize around the current peak step, solve,
+    re-evaluate, and repeat from the new solution's fractions."""
+    fractions: dict[int, float] = {}
+    best, iters = None, []
+    target = budget
+    for _ in range(8):
+        base = analytic_costs(analysis, "peak_memory", choices, fractions)
+        # costs are relative to the current fractions; shift so a full-width item costs the change
+        for c in choices:
+            cur = fractions.get(c.group.id, 1.0)
+            c.costs = c.costs - np.interp(cur * c.group.size, c.widths, c.costs) if len(c.widths) > 1 else c.costs
+        sol = solve_group_knapsack([c.values for c in choices], [c.costs for c in choices], target - base)
+        if not sol.feasible and best is None and not fractions:
+            raise OnnxPruneError(f"peak_memory budget {_fmt('peak_memory', budget)} cannot be met even with one "
+                                 f"channel per prunable group")
+        kept = kept_for(choices, sol.choice)
+        measured = evaluate(kept)
+        iters.append(dict(target=target, predicted=base + sol.cost, measured=measured, value=sol.value))
+        if measured <= budget and (best is None or sol.value > best[3]):
+            best = (kept, measured, base + sol.cost, sol.value)
+        if 0.97 * budget <= measured <= budget:
+            break
+        fractions = {c.group.id: c.widths[i] / c.group.size for c, i in zip(choices, sol.choice)}
+        target = target + (budget - measured) * 0.8
+    if best is None:
+        return BudgetResult(kept, "peak_memory", budget, baseline, iters[-1]["predicted"], iters[-1]["measured"], iters,
+                            met=False)
+    return BudgetResult(best[0], "peak_memory", budget, baseline, best[2], best[1], iters, met=True)
+
+
+def _measure_pair(a, b, view, provider, threads, latency_cmd):
+    from .graph import random_feeds
+    from .latency import measure_latencies
+
+    models = [m for m in (a, b) if m is not None]
+    if latency_cmd:
+        from .latency_cmd import measure_with_command
+
+        return [measure_with_command(latency_cmd, m) for m in models]
+    st = measure_latencies([m.SerializeToString() for m in models], random_feeds(view, seed=0), provider=provider,
+                           threads=threads, warmup=3, time_budget_s=6.0)
+    return [s.median_ms for s in st]

@@ -1,0 +1,99 @@
+"""Budgets: parsing, knapsack items, the closed loop (pure), and exact analytic budgets end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxprune import OnnxPruneError, prune
+from onnxprune.analyze import ChannelGroup
+from onnxprune.budget import GroupChoices, group_choices, kept_for, meet_budget, parse_budget_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MBV2 = str(ROOT / "models" / "onnx" / "mobilenetv2.ts.onnx")
+R18 = str(ROOT / "models" / "onnx" / "resnet18.dynamo.onnx")
+
+
+@pytest.mark.parametrize("metric,text,abs_,frac", [
+    ("latency", "11ms", 11.0, None), ("latency", "900us", 0.9, None), ("latency", "0.6x", None, 0.6),
+    ("macs", "50%", None, 0.5), ("macs", "1.2G", 1.2e9, None), ("params", "3M", 3e6, None),
+    ("params", "500K", 5e5, None), ("peak_memory", "3.6MB", 3.6e6, None), ("peak_memory", "1KiB", 1024, None),
+])
+def test_parse_budget_spec(metric, text, abs_, frac):
+    s = parse_budget_spec(metric, text)
+    assert s.absolute == pytest.approx(abs_) if abs_ else s.absolute is None
+    assert s.fraction == pytest.approx(frac) if frac else s.fraction is None
+
+
+@pytest.mark.parametrize("metric,text", [("macs", "lots"), ("macs", "150%"), ("params", "-3M"),
+                                         ("peak_memory", "3Mparsecs"), ("latency", "11")])
+def test_parse_budget_spec_rejects(metric, text):
+    with pytest.raises((OnnxPruneError, ValueError)):
+        parse_budget_spec(metric, text)
+
+
+def _group(gid, size, frozen=()):
+    fr = np.zeros(size, dtype=bool)
+    fr[list(frozen)] = True
+    return ChannelGroup(gid, size, [], fr)
+
+
+def test_group_choices_keep_frozen_and_round():
+    g = _group(0, 10, frozen=[3])
+    (c,) = group_choices([g], {0: np.arange(10.0)}, round_to=4)
+    assert list(c.widths) == [4, 8, 10]
+    assert c.order[0] == 3  # frozen first
+    assert list(c.order[1:4]) == [9, 8, 7]  # then by score
+    kept = kept_for([c], [0])
+    assert list(kept[0]) == [3, 7, 8, 9]
+    assert np.all(np.diff(c.values) > 0)
+
+
+def test_meet_budget_closed_loop_corrects_a_biased_cost_model():
+    """Costs predict 2x the real saving (like summed per-group latencies): the loop must still land
+    inside [0.9, 1.0] x budget using measurements."""
+    g = [_group(i, 16) for i in range(4)]
+    choices = group_choices(g, {i: np.linspace(1, 2, 16) for i in range(4)})
+    for c in choices:
+        c.costs = (c.widths - 16) * 1.0  # predicted: 1 unit per removed channel
+    baseline = 100.0
+
+    def evaluate(kept):
+        removed = sum(16 - len(kept.get(c.group.id, np.arange(16))) for c in choices)
+        return baseline - 0.5 * removed  # real saving is half the predicted one
+
+    res = meet_budget(choices, baseline, 85.0, evaluate, metric="latency")
+    assert res.met and 0.9 * 85.0 <= res.measured <= 85.0
+    assert len(res.iterations) > 1
+
+
+def test_meet_budget_infeasible_says_so():
+    g = [_group(0, 8)]
+    choices = group_choices(g, {0: np.ones(8)})
+    choices[0].costs = (choices[0].widths - 8) * 1.0
+    with pytest.raises(OnnxPruneError, match="cannot be met"):
+        meet_budget(choices, 100.0, 10.0, lambda kept: 100.0, metric="latency")
+
+
+@pytest.mark.parametrize("kind,text,frac", [("macs", "50%", 0.5), ("params", "0.4x", 0.4)])
+def test_analytic_budget_met_and_used(kind, text, frac):
+    res = prune(MBV2, scorer="sp-lamp", latency=False, **{kind: text})
+    rep = res.report
+    base, got = getattr(rep.baseline, kind), getattr(rep.pruned, kind)
+    assert got <= frac * base
+    assert got >= 0.9 * frac * base
+    assert rep.verification["passed"]
+    assert rep.budget["met"]
+
+
+def test_peak_memory_budget():
+    res = prune(R18, peak_memory="60%", latency=False)
+    rep = res.report
+    assert rep.pruned.peak_memory_bytes <= 0.6 * rep.baseline.peak_memory_bytes
+    assert rep.verification["passed"]
+
+
+def test_one_budget_at_a_time():
+    with pytest.raises(OnnxPruneError, match="one budget"):
+        prune(MBV2, macs="50%", params="50%", latency=False)
