@@ -455,7 +455,7 @@ def test_channel_shuffle_shufflenet_unit():
     assert weight_shape(res.model, "branch_a.weight")[0] == weight_shape(res.model, "branch_b.weight")[0] in (2, 3)
     assert all(0 not in t.dims for t in res.model.graph.initializer)
     cu, cv = weight_shape(res.model, "conv_u.weight")[1], weight_shape(res.model, "conv_v.weight")[1]
-    assert cu + cv == 4
+    assert cu + cv == 2 * weight_shape(res.model, "branch_a.weight")[0] and cu >= 1 and cv >= 1
 
 
 def _shuffle(b, c, C, H=8):
