@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .errors import OnnxPruneError
 
-COMMANDS = ("prune", "analyze")
+COMMANDS = ("prune", "analyze", "profile")
 
 
 def _common(p):
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="JSON", help="write the full report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the mask-oracle check")
     _common(p)
+    pr = sub.add_parser("profile", help="build (or show the cached) per-group latency table")
+    pr.add_argument("input")
+    pr.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default ~/.cache/onnxprune)")
+    pr.add_argument("--no-cache", action="store_true", help="rebuild the table even if cached")
+    pr.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command (see prune --help)")
+    pr.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    _common(pr)
     a = sub.add_parser("analyze", help="print channel groups, MACs, params and baseline latency")
     a.add_argument("input")
     a.add_argument("--json", metavar="FILE", help="write groups and stats as JSON")
@@ -95,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prune":
             return _prune(args)
+        if args.command == "profile":
+            return _profile(args)
         return _analyze(args)
     except OnnxPruneError as e:
         args.progress.abort()
         print(f"onnxprune: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and friends
+        return 0
     except KeyboardInterrupt:
         args.progress.abort()
         print("onnxprune: interrupted", file=sys.stderr)
@@ -190,6 +202,40 @@ def _analyze(args) -> int:
         with open(args.json, "w") as f:
             json.dump(dict(input=args.input, stats=stats.__dict__, groups=[g.__dict__ for g in groups],
                            opaque={view.node_label(k): w for k, w in a.opaque.items()}), f, indent=1)
+    return 0
+
+
+def _profile(args) -> int:
+    import json
+    import time
+
+    from .api import analyze_model
+    from .profile import build_latency_table, default_cache_dir
+
+    a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), heads=args.heads,
+                      embed_dim=args.embed_dim, progress=args.progress)
+    groups = a.prunable_groups
+    args.progress.start("profile", f"({len(groups)} groups, {args.provider})")
+    t0 = time.perf_counter()
+    table = build_latency_table(a, groups, provider=args.provider, threads=args.threads,
+                                cache_dir=args.cache_dir, use_cache=True if not args.no_cache else False,
+                                latency_cmd=args.latency_cmd)
+    if args.no_cache:  # rebuilt on request: store it for later runs
+        table.save((Path(args.cache_dir) if args.cache_dir else default_cache_dir()) / f"{table.key}.json")
+    wall = time.perf_counter() - t0
+    args.progress.done()
+    src = "cache" if table.from_cache else f"measured in {table.build_s:.1f}s"
+    print(f"{args.input}: latency table for {len(groups)} groups ({src}, {wall:.1f}s), baseline "
+          f"{table.baseline_ms:.3f} ms, {args.provider}, inputs {a.view.input_shapes}")
+    print(f"  {'id':>3}  {'group':<40} {'ch':>5}  latency delta (ms) at sampled widths")
+    for g in groups:
+        pts = ", ".join(f"{int(w)}:{d:+.3f}" for w, d in sorted(table.samples.get(g.id, [])))
+        print(f"  {g.id:>3}  {g.name[:40]:<40} {g.size:>5}  {pts}")
+    if args.json:
+        from dataclasses import asdict
+
+        with open(args.json, "w") as f:
+            json.dump(dict(asdict(table), wall_s=wall, groups={g.id: g.name for g in groups}), f, indent=1)
     return 0
 
 
