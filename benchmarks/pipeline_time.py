@@ -57,7 +57,7 @@ def main():
     print(f"{'stage':<12} {'median s':>9}")
     for k, v in med.items():
         print(f"{k:<12} {v:>9.2f}")
-    out = ROOT / "benchmarks" / "results" / "pipeline_time.json"
+    out = ROOT / "benchmarks" / "results" / f"pipeline_time.{model.stem.split('.')[-1]}.json"
     out.write_text(json.dumps(dict(model=model.name, ratio=args.ratio, repeats=args.repeats, median_s=med,
                                    runs=runs), indent=1) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
