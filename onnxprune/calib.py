@@ -480,6 +480,7 @@ def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[
             m.graph.output.append(helper.make_empty_tensor_value_info(t))
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = False  # the arena keeps its high-water mark; without it memory is returned per run
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
     try:
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=providers)
