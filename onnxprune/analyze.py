@@ -156,6 +156,10 @@ def _build_groups(view, spaces, results, freeze):
     for res in results.values():
         for rel in res.relations:
             if rel.a not in index or rel.b not in index:
+                # a related space whose shape is unknown: what it is tied to cannot be pruned safely
+                for known, other in ((rel.a, rel.b), (rel.b, rel.a)):
+                    if known in index and other not in index:
+                        freeze.setdefault(known, f"shape of '{other[0]}' unknown")
                 continue
             i, j = index[rel.a], index[rel.b]
             G.add_edge(i, j)

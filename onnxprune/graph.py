@@ -77,18 +77,17 @@ class GraphView:
         for name, arr in self.consts.items():
             self.shapes[name] = tuple(arr.shape)
         missing = [t for n in self.nodes for t in n.output if t and t not in self.shapes]
-        if missing and not custom_ops(self.model):
+        if missing:
             self._measure_shapes(fixed, missing)
 
     def _measure_shapes(self, fixed: onnx.ModelProto, missing: list[str]):
         import onnxruntime as ort
 
-        m = onnx.ModelProto()
-        m.CopyFrom(fixed)
-        have = {o.name for o in m.graph.output}
-        for t in missing:
-            if t not in have:
-                m.graph.output.append(helper.make_empty_tensor_value_info(t))
+        from .io import runnable_part
+
+        m, missing = runnable_part(fixed, missing)  # past a custom op nothing can be run
+        if not missing:
+            return
         try:
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

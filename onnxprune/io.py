@@ -369,7 +369,7 @@ def fold_static_shape_values(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx import helper
 
     g = model.graph
-    if not any(n.op_type == "Shape" for n in g.node) or custom_ops(model):
+    if not any(n.op_type == "Shape" for n in g.node):
         return model
     consts = {t.name for t in g.initializer}
     # tensors reachable from Shape outputs through integer shape math only
@@ -420,18 +420,37 @@ def fold_static_shape_values(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def runnable_part(model: onnx.ModelProto, wanted: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """The part of the graph ONNX Runtime can run without custom ops: drop custom-op nodes and
+    everything downstream of them; the graph outputs become the `wanted` tensors that remain."""
+    from onnx import helper
+
+    tainted = set()
+    keep = []
+    for n in model.graph.node:
+        if n.domain not in STANDARD_DOMAINS or any(i in tainted for i in n.input):
+            tainted.update(n.output)
+        else:
+            keep.append(n)
+    avail = [t for t in wanted if t not in tainted]
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in avail)
+    _prune_dead(m)
+    return m, avail
+
+
 def _eval_tensors(model, shapes, names):
     import onnxruntime as ort
-    from onnx import helper
 
     from .graph import random_feeds
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for t in names:
-        if t not in have:
-            m.graph.output.append(helper.make_empty_tensor_value_info(t))
+    m, names = runnable_part(model, names)
+    if not names:
+        return {}
     so = ort.SessionOptions()
     so.log_severity_level = 4
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -97,3 +97,25 @@ def test_transformer_fixture_prunes_and_matches_oracle(fx, mode):
     sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
     out = sess.run(None, random_feeds(res.model, seed=2, input_shapes=shapes))
     assert out[0].shape[0] == next(iter(shapes.values()))[0]
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "ts"])
+def test_unknown_op_in_transformer_freezes_only_its_groups(exporter):
+    """Swap the first block's Erf (inside GELU) for an op nobody knows: only that block's MLP group
+    freezes, with a reason naming the op; heads and the other MLP stay prunable."""
+    fx = next(f for f in TRANSFORMERS if f["name"] == f"vit.{exporter}")
+    m = onnx.load(str(ROOT / fx["file"]))
+    erf = next(n for n in m.graph.node if n.op_type == "Erf")
+    erf.op_type, erf.domain = "MysteryErf", "com.example"
+    m.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    # declared shape of the custom op's output (what a real exporter of a custom op would write)
+    full = onnx.shape_inference.infer_shapes(onnx.load(str(ROOT / fx["file"])))
+    vi = next(v for v in full.graph.value_info if v.name == erf.output[0])
+    vi.type.tensor_type.shape.dim[0].CopyFrom(m.graph.input[0].type.tensor_type.shape.dim[0])
+    m.graph.value_info.append(vi)
+    base = analyze_model(str(ROOT / fx["file"]), input_shapes=_shapes(fx), heads=True)
+    a = analyze_model(m, input_shapes=_shapes(fx), heads=True)
+    frozen = [g for g in a.groups if any("MysteryErf" in r for r in g.reasons)]
+    assert len(frozen) == 1 and frozen[0].size == 128 and frozen[0].kind == "channels"
+    assert len(a.prunable_groups) == len(base.prunable_groups) - 1
+    assert sum(g.kind == "heads" and g.prunable for g in a.groups) == 2
