@@ -219,7 +219,7 @@ def _profile(args) -> int:
     t0 = time.perf_counter()
     table = build_latency_table(a, groups, provider=args.provider, threads=args.threads,
                                 cache_dir=args.cache_dir, use_cache=True if not args.no_cache else False,
-                                latency_cmd=args.latency_cmd)
+                                latency_cmd=args.latency_cmd, progress=args.progress)
     if args.no_cache:  # rebuilt on request: store it for later runs
         table.save((Path(args.cache_dir) if args.cache_dir else default_cache_dir()) / f"{table.key}.json")
     wall = time.perf_counter() - t0

@@ -131,6 +131,7 @@ class Progress:
     def start(self, name: str, detail: str = ""):
         self._end()
         self._name, self._t0 = name, time.perf_counter()
+        self._detail = detail
         if self.enabled:
             self.stream.write(f"  {name}{' ' + detail if detail else ''} ...")
             self.stream.flush()
@@ -143,6 +144,14 @@ class Progress:
                 self.stream.write(f" {dt:.2f}s\n")
                 self.stream.flush()
             self._name = None
+
+    def update(self, i: int, n: int):
+        """Step i of n inside a long stage (latency profiling): redrawn in place on a terminal."""
+        if self.enabled and self._name is not None and getattr(self.stream, "isatty", lambda: False)():
+            el = time.perf_counter() - self._t0
+            eta = f", ~{el / i * (n - i):.0f}s left" if i else ""
+            self.stream.write(f"\r  {self._name} ... {i}/{n} ({el:.0f}s{eta})   ")
+            self.stream.flush()
 
     def done(self):
         self._end()
