@@ -251,7 +251,7 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
         if progress is not None:
             progress.start("profile", f"({len(groups)} groups, {provider})")
         table = build_latency_table(analysis, groups, provider=provider, threads=threads, cache_dir=cache_dir,
-                                    use_cache=use_cache, latency_cmd=latency_cmd)
+                                    use_cache=use_cache, latency_cmd=latency_cmd, progress=progress)
         baseline = latency_costs(table, choices)
         info = dict(table_key=table.key, table_cached=table.from_cache, table_build_s=round(table.build_s, 2))
     elif spec.metric == "latency":  # analytic first estimate: MACs share of the measured baseline
