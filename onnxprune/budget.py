@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .analyze import Analysis, ChannelGroup
-from .cost import macs_terms, params_terms, peak_memory, peak_terms
+from .cost import macs_terms, params_terms, peak_memory, peak_terms, scaled_total
 from .errors import OnnxPruneError
 from .profile import keep_order, top_width_kept
 from .solve import solve_group_knapsack
@@ -111,7 +111,7 @@ def analytic_costs(analysis: Analysis, metric: str, choices: list[GroupChoices],
     else:
         _, step = peak_memory(analysis, fractions)
         terms = peak_terms(analysis, step)
-    base = _total(terms, fractions)
+    base = scaled_total(terms, fractions)
     by_group: dict[int, list] = {}
     for t in terms:
         for gid in set(t[1]):
@@ -119,24 +119,14 @@ def analytic_costs(analysis: Analysis, metric: str, choices: list[GroupChoices],
     for c in choices:
         gid = c.group.id
         rel = by_group.get(gid, [])
-        fixed = _total(rel, fractions)
+        fixed = scaled_total(rel, fractions)
         costs = []
         for w in c.widths:
             f = dict(fractions)
             f[gid] = w / c.group.size
-            costs.append(_total(rel, f) - fixed)
+            costs.append(scaled_total(rel, f) - fixed)
         c.costs = np.array(costs)
     return base
-
-
-def _total(terms, fractions):
-    s = 0.0
-    for base, gids in terms:
-        f = 1.0
-        for g in gids:
-            f *= fractions.get(g, 1.0)
-        s += base * f
-    return s
 
 
 def latency_costs(table, choices: list[GroupChoices]) -> float:

@@ -7,6 +7,18 @@ from ..graph import attr
 from .base import Opaque, OpRule, RuleResult, register
 
 
+def _conv_io(node, ctx):
+    """(x, w, bias or "", y, weight shape, input channels, group) of a Conv/ConvTranspose."""
+    x, w = node.input[0], node.input[1]
+    b = node.input[2] if len(node.input) > 2 else ""
+    y = node.output[0]
+    if not ctx.is_const(w):
+        raise Opaque(f"{node.op_type} weight is not a constant")
+    _spatial_live(node, ctx, x)
+    _spatial_live(node, ctx, y)
+    return x, w, b, y, ctx.shape(w), ctx.shape(x)[1], int(attr(node, "group", 1))
+
+
 def _spatial_live(node, ctx, t):
     for a in ctx.live_axes(t):
         if a not in (1,):
@@ -21,16 +33,7 @@ class Conv(OpRule):
     op_types = ("Conv",)
 
     def relate(self, node, ctx):
-        x, w = node.input[0], node.input[1]
-        b = node.input[2] if len(node.input) > 2 else ""
-        y = node.output[0]
-        if not ctx.is_const(w):
-            raise Opaque("Conv weight is not a constant")
-        _spatial_live(node, ctx, x)
-        _spatial_live(node, ctx, y)
-        W = ctx.shape(w)
-        cin = ctx.shape(x)[1]
-        g = int(attr(node, "group", 1))
+        x, w, b, y, W, cin, g = _conv_io(node, ctx)
         m = W[0]
         res = RuleResult()
         res.relate((w, 0), (y, 1))
@@ -68,18 +71,9 @@ class ConvTranspose(OpRule):
     op_types = ("ConvTranspose",)
 
     def relate(self, node, ctx):
-        x, w = node.input[0], node.input[1]
-        b = node.input[2] if len(node.input) > 2 else ""
-        y = node.output[0]
-        if not ctx.is_const(w):
-            raise Opaque("ConvTranspose weight is not a constant")
-        _spatial_live(node, ctx, x)
-        _spatial_live(node, ctx, y)
+        x, w, b, y, W, cin, g = _conv_io(node, ctx)
         if attr(node, "output_shape") is not None and len(attr(node, "output_shape")) > len(ctx.shape(y)) - 2:
             raise Opaque("ConvTranspose output_shape includes channels")
-        W = ctx.shape(w)
-        cin = ctx.shape(x)[1]
-        g = int(attr(node, "group", 1))
         res = RuleResult()
         if g == 1:
             res.relate((x, 1), (w, 0))
