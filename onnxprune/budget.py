@@ -129,6 +129,15 @@ def analytic_costs(analysis: Analysis, metric: str, choices: list[GroupChoices],
     return base
 
 
+def snap_to_steps(choices: list[GroupChoices], quantum: float) -> None:
+    """`--round-to auto`: latency falls in steps as channels go (SP-LAMP Fig. 2; kernels work on
+    blocks of channels). Costs within one quantum are one step: round them to the quantum, and the
+    knapsack's dominance rule then keeps the widest width of every step (more score, same cost)."""
+    if quantum > 0:
+        for c in choices:
+            c.costs = np.round(c.costs / quantum) * quantum
+
+
 def latency_costs(table, choices: list[GroupChoices]) -> float:
     for c in choices:
         full = table.contribution(c.group.id)
@@ -232,7 +241,8 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
     from .rewrite import rewrite
 
     groups = [g for g in analysis.prunable_groups]
-    choices = group_choices(groups, scores, round_to)
+    auto_steps = round_to == "auto"
+    choices = group_choices(groups, scores, None if auto_steps else round_to)
     info: dict = {}
     view = analysis.view
     if spec.metric == "latency" and latency_model == "measured":
@@ -243,6 +253,8 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
         table = build_latency_table(analysis, groups, provider=provider, threads=threads, cache_dir=cache_dir,
                                     use_cache=use_cache, latency_cmd=latency_cmd, progress=progress)
         baseline = latency_costs(table, choices)
+        if auto_steps:
+            snap_to_steps(choices, quantum=0.005 * baseline)
         info = dict(table_key=table.key, table_cached=table.from_cache, table_build_s=round(table.build_s, 2))
     elif spec.metric == "latency":  # analytic first estimate: MACs share of the measured baseline
         base_macs = analytic_costs(analysis, "macs", choices)

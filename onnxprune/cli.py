@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--macs", metavar="M", help="MACs budget: 50%%, 0.5x or 1.2G / 300M")
     p.add_argument("--params", metavar="P", help="parameter budget: 50%%, 0.5x or 3M / 500K")
     p.add_argument("--peak-memory", metavar="B", help="peak activation memory budget: 3.6MB, 512KiB or 50%%")
-    p.add_argument("--round-to", type=int, default=None, metavar="N",
-                   help="keep channel counts at multiples of N (hardware-friendly widths)")
+    p.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
+                   help="keep channel counts at multiples of N (hardware-friendly widths); 'auto': with a "
+                        "latency budget, keep the widest width of each measured latency step")
     p.add_argument("--latency-model", choices=["measured", "macs"], default="measured",
                    help="latency costs: measured per-group table (default) or analytic MACs share")
     p.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command, e.g. "
@@ -237,6 +238,18 @@ def _profile(args) -> int:
         with open(args.json, "w") as f:
             json.dump(dict(asdict(table), wall_s=wall, groups={g.id: g.name for g in groups}), f, indent=1)
     return 0
+
+
+def _round_to(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a positive integer or 'auto'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("expected a positive integer or 'auto'")
+    return n
 
 
 def _split(patterns):
