@@ -97,3 +97,15 @@ def test_peak_memory_budget():
 def test_one_budget_at_a_time():
     with pytest.raises(OnnxPruneError, match="one budget"):
         prune(MBV2, macs="50%", params="50%", latency=False)
+
+
+def test_round_to_auto_keeps_widest_width_of_a_latency_step():
+    from onnxprune.budget import snap_to_steps, solve_budget
+
+    g = _group(0, 8)
+    (c,) = group_choices([g], {0: np.arange(8.0)})
+    # latency steps: widths 1-4 cost -2.0 (one step), widths 5-8 cost ~0 (noise within a step)
+    c.costs = np.array([-2.0, -2.0, -1.999, -1.998, -0.001, 0.0, 0.001, 0.0])
+    snap_to_steps([c], quantum=0.01)
+    sol = solve_budget([c], 10.0, 8.5)  # must drop a step: budget 8.5 on a baseline of 10
+    assert c.widths[sol.choice[0]] == 4  # the widest width on the cheap step, not 1
