@@ -114,7 +114,7 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
           budget: str | None = None, macs: str | None = None, params: str | None = None,
           peak_memory: str | None = None, round_to: int | None = None, latency_model: str = "measured",
           cache_dir=None, use_cache: bool = True, latency_cmd: str | None = None,
-          batch: int | None = None) -> PruneResult:
+          batch: int | None = None, stages: int = 1) -> PruneResult:
     """Remove `ratio` of the channels of every prunable channel group (lowest scores first).
 
     Calibration (data-driven scorers such as ``vbp``, and ``compensate="mean"``): ``calib`` is a
@@ -126,7 +126,9 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     ("50%", "1.2G", "3M") or ``peak_memory`` ("3.6MB", "50%"): a group knapsack over LAMP-normalized
     scores (use ``scorer="sp-lamp"`` for the paper's method) with a measured, cached, position-aware
     latency table (``latency_model="macs"`` for an analytic estimate), then a closed loop on the
-    written model. ``round_to`` keeps channel counts at multiples of N.
+    written model. ``round_to`` keeps channel counts at multiples of N (or "auto": widest width of
+    each measured latency step); ``stages`` reaches the budget in k steps, re-scoring and
+    re-measuring on the model pruned so far (SP-LAMP Sec. 3.3).
 
     The result is verified against the mask oracle unless ``verify=False``; a mismatch raises
     :class:`VerificationError` and no model is returned.
@@ -157,9 +159,20 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     else:
         from .budget import plan_for_budget
 
-        budget_res = plan_for_budget(analysis, scores, spec, original=m, provider=provider, threads=threads,
-                                     round_to=round_to, latency_model=latency_model, cache_dir=cache_dir,
-                                     use_cache=use_cache, latency_cmd=latency_cmd, progress=progress)
+        plan_kw = dict(original=m, provider=provider, threads=threads, round_to=round_to,
+                       latency_model=latency_model, cache_dir=cache_dir, use_cache=use_cache,
+                       latency_cmd=latency_cmd, progress=progress)
+        if stages > 1:
+            from .budget import plan_in_stages
+
+            def reanalyze(model):
+                return analyze(build_view(model, view.input_shapes), exclude=exclude, heads=heads, embed_dim=embed_dim)
+
+            def score_fn(a):
+                return score_groups(a, scorer, context=ScoreContext(a, calib=calib_set, seed=seed))
+            budget_res = plan_in_stages(analysis, score_fn, spec, stages, reanalyze=reanalyze, **plan_kw)
+        else:
+            budget_res = plan_for_budget(analysis, scores, spec, **plan_kw)
         kept = budget_res.kept
     kept = keep_every_member(analysis.groups, kept, scores)
     progress.start("rewrite")
@@ -185,7 +198,8 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
         report.budget = dict(metric=budget_res.metric, spec=spec.text, budget=budget_res.budget,
                              baseline=budget_res.baseline, predicted=budget_res.predicted,
                              measured=budget_res.measured, met=budget_res.met, iterations=budget_res.iterations,
-                             round_to=round_to, latency_model=latency_model if spec.metric == "latency" else None,
+                             round_to=round_to, stages=stages,
+                             latency_model=latency_model if spec.metric == "latency" else None,
                              **budget_res.info)
         if not budget_res.met:
             raise OnnxPruneError(

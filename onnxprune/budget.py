@@ -233,8 +233,10 @@ def _fmt(metric: str, v: float) -> str:
 def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: BudgetSpec, *,
                     original=None, provider: str = "cpu", threads: int | None = None,
                     round_to: int | None = None, latency_model: str = "measured", cache_dir=None,
-                    use_cache: bool = True, latency_cmd: str | None = None, progress=None) -> BudgetResult:
-    """Choose kept channels for every prunable group so the written model meets `spec`."""
+                    use_cache: bool = True, latency_cmd: str | None = None, progress=None,
+                    target_fn=None) -> BudgetResult:
+    """Choose kept channels for every prunable group so the written model meets `spec`
+    (`target_fn(baseline) -> target` overrides the spec's target: used by stages)."""
     from .api import model_stats
     from .graph import random_feeds
     from .latency import measure_latencies
@@ -264,7 +266,7 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
         info = dict(latency_model="macs")
     else:
         baseline = analytic_costs(analysis, spec.metric, choices)
-    budget = spec.target(baseline)
+    budget = target_fn(baseline) if target_fn is not None else spec.target(baseline)
     if progress is not None:
         progress.start("solve", f"{spec.metric} <= {_fmt(spec.metric, budget)}")
 
@@ -348,3 +350,44 @@ def _measure_pair(a, b, view, provider, threads, latency_cmd):
     st = measure_latencies([m.SerializeToString() for m in models], random_feeds(view, seed=0), provider=provider,
                            threads=threads, warmup=3, time_budget_s=6.0)
     return [s.median_ms for s in st]
+
+
+def plan_in_stages(analysis: Analysis, score_fn, spec: BudgetSpec, stages: int, *, reanalyze, **kw) -> BudgetResult:
+    """SP-LAMP Sec. 3.3: reach the budget in k stages C_1..C_k. Each stage re-scores and re-measures
+    group contributions on the model pruned so far (a conv's cost depends on both its input and
+    output widths, so one-group-at-a-time costs drift as neighbours shrink). Kept channels are
+    composed back into the original model's groups; the caller rewrites the original once.
+
+    `score_fn(analysis) -> scores`, `reanalyze(model) -> Analysis` (same options as the original)."""
+    from .rewrite import kept_positions, rewrite
+    from .select import keep_every_member
+
+    cur, scores = analysis, score_fn(analysis)
+    pos: dict = {}  # space -> kept positions in ORIGINAL coordinates
+    base0, iters, res = None, [], None
+    for i in range(1, stages + 1):
+        def target_fn(baseline, i=i):
+            b0 = baseline if base0 is None else base0
+            final = spec.target(b0)
+            return b0 - i * (b0 - final) / stages
+        res = plan_for_budget(cur, scores, spec, target_fn=target_fn, **kw)
+        if base0 is None:
+            base0 = res.baseline
+        iters += [dict(it, stage=i) for it in res.iterations]
+        kept = keep_every_member(cur.groups, res.kept, scores)
+        for sp, p in kept_positions(cur, kept).items():
+            pos[sp] = pos[sp][p] if sp in pos else p
+        if i < stages:
+            cur = reanalyze(rewrite(cur, kept))
+            scores = score_fn(cur)
+            kw["original"] = None  # later stages time against the previous stage's model
+    final = {}
+    for g in analysis.groups:
+        m = next((m for m in g.members if (m.tensor, m.axis) in pos), None)
+        if m is not None:
+            k = np.unique(m.index_map[pos[(m.tensor, m.axis)]])
+            if len(k) < g.size:
+                final[g.id] = k
+    res.kept, res.iterations, res.baseline = final, iters, base0
+    res.budget = spec.target(base0)
+    return res

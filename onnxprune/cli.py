@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
                    help="keep channel counts at multiples of N (hardware-friendly widths); 'auto': with a "
                         "latency budget, keep the widest width of each measured latency step")
+    p.add_argument("--stages", type=int, default=1, metavar="K",
+                   help="reach the budget in K stages, re-scoring and re-profiling the model pruned so far")
     p.add_argument("--latency-model", choices=["measured", "macs"], default="measured",
                    help="latency costs: measured per-group table (default) or analytic MACs share")
     p.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command, e.g. "
@@ -155,7 +157,8 @@ def _prune(args) -> int:
                 preprocess=args.preprocess, compensate=args.compensate, seed=args.seed,
                 budget=args.budget, macs=args.macs, params=args.params, peak_memory=args.peak_memory,
                 round_to=args.round_to, latency_model=args.latency_model, cache_dir=args.cache_dir,
-                use_cache=not args.no_cache, latency_cmd=args.latency_cmd, batch=args.batch)
+                use_cache=not args.no_cache, latency_cmd=args.latency_cmd, batch=args.batch,
+                stages=args.stages)
     save(res.model, args.output, input_path=args.input)
     res.report.output = str(args.output)
     res.report.pruned.file_bytes = os.path.getsize(args.output)

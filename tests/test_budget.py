@@ -109,3 +109,13 @@ def test_round_to_auto_keeps_widest_width_of_a_latency_step():
     snap_to_steps([c], quantum=0.01)
     sol = solve_budget([c], 10.0, 8.5)  # must drop a step: budget 8.5 on a baseline of 10
     assert c.widths[sol.choice[0]] == 4  # the widest width on the cheap step, not 1
+
+
+def test_stages_compose_back_to_the_original_groups():
+    res = prune(MBV2, macs="40%", stages=3, scorer="sp-lamp", latency=False)
+    rep = res.report
+    assert rep.verification["passed"]
+    assert 0.9 * 0.4 * rep.baseline.macs <= rep.pruned.macs <= 0.4 * rep.baseline.macs
+    assert {it["stage"] for it in rep.budget["iterations"]} == {1, 2, 3}
+    # the last stage's exact count is the written model's
+    assert rep.budget["measured"] == pytest.approx(rep.pruned.macs)
