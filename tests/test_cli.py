@@ -144,3 +144,22 @@ def test_input_shape_errors(tmp_path):
     assert_clean_failure(r, str(out))
     r = run_cli("prune", src, out, "--ratio", "0.3", "--input-shape", "x=1x3x9x9")
     assert_clean_failure(r, str(out))
+
+
+def test_metadata_doc_strings_and_names_survive(tmp_path):
+    src = conv_net(tmp_path / "in.onnx")
+    m = onnx.load(str(src))
+    m.doc_string = "model doc"
+    m.graph.doc_string = "graph doc"
+    m.producer_name, m.producer_version = "myexporter", "9.9"
+    onnx.helper.set_model_props(m, {"author": "me", "license": "MIT"})
+    onnx.save_model(m, str(src))
+    out = tmp_path / "out.onnx"
+    r = run_cli(src, out, "--ratio", "0.5", "--no-latency", "-q")
+    assert r.returncode == 0, r.stderr
+    p = onnx.load(str(out))
+    assert p.doc_string == "model doc" and p.graph.doc_string == "graph doc"
+    assert (p.producer_name, p.producer_version) == ("myexporter", "9.9")
+    assert {e.key: e.value for e in p.metadata_props} == {"author": "me", "license": "MIT"}
+    assert [i.name for i in p.graph.input] == ["x"] and [o.name for o in p.graph.output] == ["y"]
+    assert p.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
