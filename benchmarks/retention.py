@@ -309,10 +309,14 @@ def summarize(results, targets):
         verdicts[name] = verdict(r, targets)
         v = verdicts[name]
         lines.append("")
-        lines.append(f"- vbp+mean >= best magnitude scorer ({'/'.join(MAGNITUDE)}, same mode, with or without "
-                     f"compensation): {v['vbp_wins']}/{v['reachable']} reductions (uniform), "
-                     f"{v['vbp_wins_best_mode']}/{v['reachable']} (best mode of each)")
-        lines.append(f"- compensation effect on vbp, mean over reductions and modes: {v['comp_gain_vbp']:+.4f} retention")
+        lines.append(f"- vbp+mean >= best magnitude scorer ({'/'.join(MAGNITUDE)}) without compensation: "
+                     f"{v['vbp_wins_vs_plain_magnitude_uniform']}/{v['reachable']} reductions (uniform), "
+                     f"{v['vbp_wins_vs_plain_magnitude_best_mode']}/{v['reachable']} (best mode of each)")
+        lines.append(f"- vbp+mean >= best magnitude scorer with or without compensation: "
+                     f"{v['vbp_wins_vs_compensated_magnitude_uniform']}/{v['reachable']} (uniform), "
+                     f"{v['vbp_wins_vs_compensated_magnitude_best_mode']}/{v['reachable']} (best mode of each)")
+        lines.append(f"- compensation effect on vbp, mean over reductions: {v['comp_gain_vbp_uniform']:+.4f} retention "
+                     f"(uniform), {v['comp_gain_vbp']:+.4f} (both modes)")
         if v.get("tp_best") is not None:
             lines.append(f"- best onnxprune vs best Torch-Pruning, per reduction: " + ", ".join(
                 f"-{int(t * 100)}%: {a:.3f} vs {b:.3f}" if a is not None and b is not None else f"-{int(t * 100)}%: n/a"
@@ -321,28 +325,33 @@ def summarize(results, targets):
 
 
 def verdict(r, targets):
+    """vbp+mean against the best magnitude scorer, two readings: magnitude scorers as they are used
+    without data (no compensation), and magnitude scorers also given mean compensation; in the
+    uniform mode, and with each method in its better mode (uniform or global)."""
     rows = [x for x in r["onnxprune"]["rows"] if x.get("reachable")]
 
     def get(mode, s, t, key):
         x = next((x for x in rows if x["mode"] == mode and x["scorer"] == s and x["target"] == t), None)
         return None if x is None else x[key]
 
-    wins = wins_best = reach = 0
-    for t in targets:
-        v = get("uniform", "vbp", t, "retention_comp")
-        if v is None:
-            continue
-        reach += 1
-        mag = [get("uniform", s, t, k) for s in MAGNITUDE for k in ("retention", "retention_comp")]
-        mag = [m for m in mag if m is not None]
-        wins += int(not mag or v >= max(mag) - 1e-12)
-        vb = max(x for x in (get(mo, "vbp", t, "retention_comp") for mo in ("uniform", "global")) if x is not None)
-        mb = [get(mo, s, t, k) for mo in ("uniform", "global") for s in MAGNITUDE for k in ("retention", "retention_comp")]
-        mb = [m for m in mb if m is not None]
-        wins_best += int(not mb or vb >= max(mb) - 1e-12)
+    out = dict(reachable=0)
+    for label, keys in (("plain", ("retention",)), ("compensated", ("retention", "retention_comp"))):
+        for modes, tag in ((("uniform",), "uniform"), (("uniform", "global"), "best_mode")):
+            wins = 0
+            for t in targets:
+                v = [get(mo, "vbp", t, "retention_comp") for mo in modes]
+                v = [x for x in v if x is not None]
+                if not v:
+                    continue
+                mag = [get(mo, s, t, k) for mo in modes for s in MAGNITUDE for k in keys]
+                mag = [m for m in mag if m is not None]
+                wins += int(not mag or max(v) >= max(mag) - 1e-12)
+            out[f"vbp_wins_vs_{label}_magnitude_{tag}"] = wins
+    out["reachable"] = sum(1 for t in targets if get("uniform", "vbp", t, "retention_comp") is not None)
     gains = [x["retention_comp"] - x["retention"] for x in rows if x["scorer"] == "vbp"]
-    out = dict(vbp_wins=wins, vbp_wins_best_mode=wins_best, reachable=reach,
-               comp_gain_vbp=float(np.mean(gains)) if gains else 0.0)
+    out["comp_gain_vbp"] = float(np.mean(gains)) if gains else 0.0
+    out["comp_gain_vbp_uniform"] = float(np.mean([x["retention_comp"] - x["retention"] for x in rows
+                                                  if x["scorer"] == "vbp" and x["mode"] == "uniform"] or [0.0]))
     tpr = r.get("torch_pruning")
     if tpr:
         best = []
@@ -460,6 +469,8 @@ def main(argv=None):
     ap.add_argument("--modes", default="uniform,global")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--out", default=str(RESULTS / "retention.json"))
+    ap.add_argument("--append", action="store_true",
+                    help="keep the other models' results already in --out (re-run some models only)")
     ap.add_argument("--rss", action="store_true", help="peak RSS of calibrating a 224x224 ResNet-50 instead")
     ap.add_argument("--rss-model", default=str(ROOT / "models" / "onnx" / "full" / "resnet50.ts.onnx"))
     ap.add_argument("--rss-counts", default="64,256", type=lambda s: [int(v) for v in s.split(",")])
@@ -500,11 +511,15 @@ def main(argv=None):
             except ImportError as e:
                 log(f"Torch-Pruning skipped: {e} (pip install torch-pruning)")
         results[name] = r
+    out = Path(args.out)
+    if args.append and out.exists():
+        prev = json.loads(out.read_text())
+        results = {**{k: v for k, v in prev.get("results", {}).items() if k not in results}, **results}
+        results = {k: results[k] for k in [k for k in manifest if k in results] + [k for k in results if k not in manifest]}
     table, verdicts = summarize(results, targets)
     print(table)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(command="python benchmarks/retention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = dict(command="python benchmarks/retention.py",
                 exporter=args.exporter, targets=targets, modes=modes, magnitude_scorers=MAGNITUDE,
                 ratio_search="bisection on the pruning ratio (uniform: same ratio per group; global: one ranking) "
                              "for the smallest ratio reaching the MACs reduction, MACs measured on the ONNX graph",
