@@ -32,32 +32,20 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import FULL, ROOT, ensure_full_model  # noqa: E402
 
-FULL = ROOT / "models" / "onnx" / "full"
 MODELS = {  # name -> (input resolution, description)
     "resnet50": (224, "ResNet-50"),
     "mobilenetv2": (224, "MobileNetV2"),
     "convnext": (224, "ConvNeXt-T"),
     "resnet56": (32, "CIFAR ResNet-56"),
 }
-
-
-def ensure_model(name: str, exporter: str) -> Path:
-    path = FULL / f"{name}.{exporter}.onnx"
-    if not path.exists():
-        print(f"exporting {path.name} (torch) ...", file=sys.stderr)
-        subprocess.run([sys.executable, str(ROOT / "models" / "export.py"), name, "--full", "--out", str(FULL)],
-                       check=True)
-    return path
 
 
 def load_avg() -> list[float]:
@@ -336,7 +324,7 @@ def main():
         res_px, desc = MODELS[name]
         if name == "convnext":
             res_px = args.convnext_res
-        path = ensure_model(name, args.exporter)
+        path = ensure_full_model(name, args.exporter)
         m = onnx.load(str(path))
         inp = [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}][0]
         shapes = {inp: [1, 3, res_px, res_px]}

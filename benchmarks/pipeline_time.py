@@ -11,22 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def ensure_model(exporter: str) -> Path:
-    path = ROOT / "models" / "onnx" / "full" / f"resnet50.{exporter}.onnx"
-    if not path.exists():
-        print(f"exporting {path.name} (torch) ...", file=sys.stderr)
-        subprocess.run([sys.executable, str(ROOT / "models" / "export.py"), "resnet50", "--full",
-                        "--out", str(path.parent)], check=True)
-    return path
+from common import ROOT, ensure_full_model
 
 
 def main():
@@ -41,7 +29,7 @@ def main():
     from onnxprune.api import prune
     from onnxprune.report import Progress
 
-    model = Path(args.model) if args.model else ensure_model(args.exporter)
+    model = Path(args.model) if args.model else ensure_full_model("resnet50", args.exporter)
     shapes = args.input_shape
     runs = []
     for _ in range(args.repeats):

@@ -25,17 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def ensure_model(exporter: str) -> Path:
-    path = ROOT / "models" / "onnx" / "full" / f"resnet50.{exporter}.onnx"
-    if not path.exists():
-        print(f"exporting {path.name} (torch) ...", file=sys.stderr)
-        subprocess.run([sys.executable, str(ROOT / "models" / "export.py"), "resnet50", "--full",
-                        "--out", str(path.parent)], check=True)
-    return path
+from common import ROOT, ensure_full_model
 
 
 def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess, list[float], list[float]]:
@@ -61,7 +51,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "profile_time.json"))
     args = ap.parse_args()
 
-    model = Path(args.model) if args.model else ensure_model(args.exporter)
+    model = Path(args.model) if args.model else ensure_full_model("resnet50", args.exporter)
     cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="onnxprune-cache-"))
     work = Path(tempfile.mkdtemp(prefix="onnxprune-profile-time-"))
     exe = [sys.executable, "-m", "onnxprune.cli"]

@@ -6,7 +6,7 @@
 
 For each model (models/digits/<name>.<exporter>.onnx, data from models/digits/data.npz): test
 accuracy in ONNX Runtime after pruning to MACs reductions of 10..50%, for every scorer, with and
-without mean compensation (calibration split = calib_x), and, on the same trained torch weights
+without compensation (mean, and least-squares refit; calibration split = calib_x), and, on the same trained torch weights
 (models/digits/<name>.pt + nets.py), Torch-Pruning's global GroupMagnitudeImportance and
 LAMPImportance pruners at the same MACs, exported to ONNX and evaluated in the same loop.
 
@@ -129,15 +129,15 @@ class OnnxBench:
                 lo = mid
         return hi
 
-    def compensate(self, kept, pruned):
+    def compensate(self, kept, pruned, method="mean"):
         from onnxprune.calib import cached_stats
-        from onnxprune.compensate import compensate_mean, compensation_spaces
+        from onnxprune.compensate import compensate, compensation_spaces
 
-        stats = cached_stats(self.ctx(), compensation_spaces(self.analysis, kept))
-        return compensate_mean(self.analysis, kept, pruned, stats).model
+        stats = cached_stats(self.ctx(), compensation_spaces(self.analysis, kept), cov=method == "lstsq")
+        return compensate(self.analysis, kept, pruned, stats, method).model
 
 
-def run_onnxprune(name, path, data, targets, scorers, modes, heads, log):
+def run_onnxprune(name, path, data, targets, scorers, modes, heads, log, lstsq=True):
     cx, tx, ty = data
     t0 = time.perf_counter()
     b = OnnxBench(path, cx, heads=heads)
@@ -160,10 +160,15 @@ def run_onnxprune(name, path, data, targets, scorers, modes, heads, log):
                 kept, pruned, macs = b.prune(all_scores[s], ratio, glob)
                 acc = accuracy(pruned, tx, ty)
                 acc_c = accuracy(b.compensate(kept, pruned), tx, ty)
-                rows.append(dict(row, reachable=True, ratio=ratio, macs_reduction=1 - macs / b.base_macs,
-                                 acc=acc, acc_comp=acc_c, retention=acc / base_acc, retention_comp=acc_c / base_acc))
+                row = dict(row, reachable=True, ratio=ratio, macs_reduction=1 - macs / b.base_macs,
+                           acc=acc, acc_comp=acc_c, retention=acc / base_acc, retention_comp=acc_c / base_acc)
+                if lstsq:
+                    acc_l = accuracy(b.compensate(kept, pruned, "lstsq"), tx, ty)
+                    row.update(acc_lstsq=acc_l, retention_lstsq=acc_l / base_acc)
+                rows.append(row)
             log(f"[{name}] {mode} {int(t * 100)}%: " + "  ".join(
-                f"{r['scorer']} {r['retention']:.3f}/{r['retention_comp']:.3f}" for r in rows[-len(scorers):]
+                f"{r['scorer']} {r['retention']:.3f}/{r['retention_comp']:.3f}"
+                + (f"/{r['retention_lstsq']:.3f}" if "retention_lstsq" in r else "") for r in rows[-len(scorers):]
                 if r.get("reachable")) + f"  ({time.perf_counter() - t0:.0f}s)")
     notes = {s: n for s, n in b.notes.items() if n}
     return dict(base_acc=base_acc, base_macs=b.base_macs, rows=rows, notes=notes,
@@ -291,13 +296,13 @@ def summarize(results, targets):
         modes = sorted({x["mode"] for x in rows}, key=["uniform", "global"].index)
         for mode in modes:
             for s in dict.fromkeys(x["scorer"] for x in rows):
-                for comp in (False, True):
+                for key, tag in (("retention", ""), ("retention_comp", " +mean"), ("retention_lstsq", " +lstsq")):
                     cells = []
                     for t in targets:
                         x = next((x for x in rows if x["mode"] == mode and x["scorer"] == s and x["target"] == t), None)
-                        cells.append("n/a" if not x or not x.get("reachable") else
-                                     f"{x['retention_comp' if comp else 'retention']:.3f}")
-                    lines.append(f"| {s}{' +mean' if comp else ''} | {mode} | " + " | ".join(cells) + " |")
+                        cells.append("n/a" if not x or not x.get("reachable") or key not in x else f"{x[key]:.3f}")
+                    if set(cells) != {"n/a"}:
+                        lines.append(f"| {s}{tag} | {mode} | " + " | ".join(cells) + " |")
         tpr = r.get("torch_pruning")
         if tpr:
             for s in ("magnitude", "lamp"):
@@ -317,8 +322,14 @@ def summarize(results, targets):
                      f"{v['vbp_wins_vs_compensated_magnitude_best_mode']}/{v['reachable']} (best mode of each)")
         lines.append(f"- compensation effect on vbp, mean over reductions: {v['comp_gain_vbp_uniform']:+.4f} retention "
                      f"(uniform), {v['comp_gain_vbp']:+.4f} (both modes)")
+        if "vbp_lstsq_wins_vs_plain_magnitude_uniform" in v:
+            lines.append(f"- vbp+lstsq >= best magnitude scorer without compensation: "
+                         f"{v['vbp_lstsq_wins_vs_plain_magnitude_uniform']}/{v['reachable']} (uniform), "
+                         f"{v['vbp_lstsq_wins_vs_plain_magnitude_best_mode']}/{v['reachable']} (best mode); "
+                         f"lstsq effect on vbp: {v['lstsq_gain_vbp_uniform']:+.4f} (uniform), "
+                         f"{v['lstsq_gain_vbp']:+.4f} (both modes)")
         if v.get("tp_best") is not None:
-            lines.append(f"- best onnxprune vs best Torch-Pruning, per reduction: " + ", ".join(
+            lines.append("- best onnxprune vs best Torch-Pruning, per reduction: " + ", ".join(
                 f"-{int(t * 100)}%: {a:.3f} vs {b:.3f}" if a is not None and b is not None else f"-{int(t * 100)}%: n/a"
                 for t, a, b in v["tp_best"]))
     return "\n".join(lines), verdicts
@@ -335,28 +346,38 @@ def verdict(r, targets):
         return None if x is None else x[key]
 
     out = dict(reachable=0)
-    for label, keys in (("plain", ("retention",)), ("compensated", ("retention", "retention_comp"))):
-        for modes, tag in ((("uniform",), "uniform"), (("uniform", "global"), "best_mode")):
-            wins = 0
-            for t in targets:
-                v = [get(mo, "vbp", t, "retention_comp") for mo in modes]
-                v = [x for x in v if x is not None]
-                if not v:
-                    continue
-                mag = [get(mo, s, t, k) for mo in modes for s in MAGNITUDE for k in keys]
-                mag = [m for m in mag if m is not None]
-                wins += int(not mag or max(v) >= max(mag) - 1e-12)
-            out[f"vbp_wins_vs_{label}_magnitude_{tag}"] = wins
+    has_lstsq = any("retention_lstsq" in x for x in rows)
+    for vkey, prefix in (("retention_comp", "vbp"), ("retention_lstsq", "vbp_lstsq")):
+        if vkey == "retention_lstsq" and not has_lstsq:
+            continue
+        for label, keys in (("plain", ("retention",)), ("compensated", ("retention", "retention_comp"))):
+            for modes, tag in ((("uniform",), "uniform"), (("uniform", "global"), "best_mode")):
+                wins = 0
+                for t in targets:
+                    v = [get(mo, "vbp", t, vkey) for mo in modes]
+                    v = [x for x in v if x is not None]
+                    if not v:
+                        continue
+                    mag = [get(mo, s, t, k) for mo in modes for s in MAGNITUDE for k in keys]
+                    mag = [m for m in mag if m is not None]
+                    wins += int(not mag or max(v) >= max(mag) - 1e-12)
+                out[f"{prefix}_wins_vs_{label}_magnitude_{tag}"] = wins
     out["reachable"] = sum(1 for t in targets if get("uniform", "vbp", t, "retention_comp") is not None)
     gains = [x["retention_comp"] - x["retention"] for x in rows if x["scorer"] == "vbp"]
     out["comp_gain_vbp"] = float(np.mean(gains)) if gains else 0.0
     out["comp_gain_vbp_uniform"] = float(np.mean([x["retention_comp"] - x["retention"] for x in rows
                                                   if x["scorer"] == "vbp" and x["mode"] == "uniform"] or [0.0]))
+    if has_lstsq:
+        lg = [x["retention_lstsq"] - x["retention"] for x in rows if x["scorer"] == "vbp"]
+        out["lstsq_gain_vbp"] = float(np.mean(lg)) if lg else 0.0
+        out["lstsq_gain_vbp_uniform"] = float(np.mean([x["retention_lstsq"] - x["retention"] for x in rows
+                                                       if x["scorer"] == "vbp" and x["mode"] == "uniform"] or [0.0]))
     tpr = r.get("torch_pruning")
     if tpr:
         best = []
         for t in targets:
-            ours = [x[k] for x in rows if x["target"] == t for k in ("retention", "retention_comp")]
+            ours = [x[k] for x in rows if x["target"] == t for k in ("retention", "retention_comp", "retention_lstsq")
+                    if k in x]
             theirs = [x["retention"] for x in tpr["rows"] if x["target"] == t and x.get("reachable")]
             best.append((t, max(ours) if ours else None, max(theirs) if theirs else None))
         out["tp_best"] = best
@@ -383,8 +404,10 @@ def plot(results, targets, path):
             ax.plot([x["target"] * 100 for x in xs], [x["retention"] for x in xs], "--", color=colors[s], alpha=0.6)
             ax.plot([x["target"] * 100 for x in xs], [x["retention_comp"] for x in xs], "-o", color=colors[s],
                     label=f"{s} (+mean: solid)", ms=3)
-        for x_ in (r.get("torch_pruning") or {}).get("rows", []):
-            pass
+        xs = [x for x in rows if x["scorer"] == "vbp" and "retention_lstsq" in x]
+        if xs:
+            ax.plot([x["target"] * 100 for x in xs], [x["retention_lstsq"] for x in xs], "-^", color="black",
+                    label="vbp +lstsq", ms=3)
         tpr = (r.get("torch_pruning") or {}).get("rows", [])
         for s in ("magnitude", "lamp"):
             xs = [x for x in tpr if x["scorer"] == s and x.get("reachable")]
@@ -404,7 +427,6 @@ def plot(results, targets, path):
 # ---------------------------------------------------------------------------------------- RSS
 def rss_child(args):
     """Calibrate (vbp statistics at every mixing point) on random data; print peak RSS as JSON."""
-    import onnx
 
     from onnxprune.analyze import analyze
     from onnxprune.calib import GeneratedSet, activation_spaces, activation_stats
@@ -441,9 +463,9 @@ def rss_child(args):
 def run_rss(args, log):
     model = Path(args.rss_model)
     if not model.exists():
-        log(f"exporting {model.name} (torch) ...")
-        subprocess.run([sys.executable, str(ROOT / "models" / "export.py"), "resnet50", "--full", "--out",
-                        str(model.parent)], check=True)
+        from common import ensure_full_model
+
+        model = ensure_full_model("resnet50", "ts")
     out = []
     for n in args.rss_counts:
         cmd = [sys.executable, __file__, "--rss-child", "--rss-model", str(model), "--rss-images", str(n),
@@ -468,6 +490,7 @@ def main(argv=None):
     ap.add_argument("--scorers", default=",".join(SCORERS))
     ap.add_argument("--modes", default="uniform,global")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
+    ap.add_argument("--no-lstsq", action="store_true", help="skip the --compensate lstsq column")
     ap.add_argument("--out", default=str(RESULTS / "retention.json"))
     ap.add_argument("--append", action="store_true",
                     help="keep the other models' results already in --out (re-run some models only)")
@@ -504,7 +527,8 @@ def main(argv=None):
         if not path.exists():
             log(f"[{name}] {path.name} missing, skipped")
             continue
-        r = dict(onnxprune=run_onnxprune(name, path, data, targets, scorers, modes, heads=False, log=log))
+        r = dict(onnxprune=run_onnxprune(name, path, data, targets, scorers, modes, heads=False, log=log,
+                                             lstsq=not args.no_lstsq))
         if not args.no_tp:
             try:
                 r["torch_pruning"] = run_torch_pruning(name, data, targets, r["onnxprune"]["base_acc"], log)

@@ -11,22 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, ensure_full_model
 
 MODES = {"mlp30": dict(), "mlp30+heads": dict(heads=True), "mlp30+heads+embed": dict(heads=True, embed_dim=True)}
-
-
-def ensure(name: str, exporter: str) -> Path:
-    path = ROOT / "models" / "onnx" / "full" / f"{name}.{exporter}.onnx"
-    if not path.exists():
-        subprocess.run([sys.executable, str(ROOT / "models" / "export.py"), name, "--full", "--exporter", exporter,
-                        "--out", str(path.parent), "--no-manifest"], check=True)
-    return path
 
 
 def main():
@@ -44,7 +32,7 @@ def main():
 
     rows = []
     for name in args.models:
-        path = ensure(name, args.exporter)
+        path = ensure_full_model(name, args.exporter)
         shapes = {"input_ids": [1, 128], "attention_mask": [1, 128]} if name == "bert" else None
         results = {m: prune(str(path), ratio=args.ratio, input_shapes=shapes, latency=False, **kw)
                    for m, kw in MODES.items()}

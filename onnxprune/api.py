@@ -229,14 +229,14 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     else:
         report.verification = dict(skipped="--no-verify")
 
-    if compensate == "mean" and kept:
-        progress.start("compensate", "mean")
-        from .compensate import apply_mean_compensation
+    if compensate != "none" and kept:
+        progress.start("compensate", compensate)
+        from .compensate import apply_compensation
 
-        pruned, comp, comp_check = apply_mean_compensation(analysis, kept, pruned, score_ctx, check=verify)
+        pruned, comp, comp_check = apply_compensation(analysis, kept, pruned, score_ctx, compensate, check=verify)
         report.notes.extend(comp.notes)
         if comp_check is not None:
-            report.verification["mean_compensation"] = comp_check
+            report.verification[f"{compensate}_compensation"] = comp_check
         report.pruned = model_stats(pruned, view.input_shapes)
 
     if latency:

@@ -14,7 +14,6 @@ memory is bounded by one batch of exposed activations whatever the number of sam
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -402,12 +401,22 @@ def _resize_nearest(img, size):
 
 
 # ----------------------------------------------------------------------- activation statistics
+# Co-moment matrices (for --compensate lstsq) only for spaces this wide: C x C float64 each; wider
+# spaces (e.g. a Flatten of 512x7x7 features) fall back to mean compensation.
+COV_MAX_POSITIONS = 4096
+
+
 @dataclass
 class SpaceStats:
     """Per-position statistics of one space (tensor, axis): every other axis is a sample axis."""
     n: float          # values seen per position
     mean: np.ndarray  # float64, one per position along the axis
     m2: np.ndarray    # sum of squared deviations from the mean
+    c2: np.ndarray | None = None  # optional co-moment matrix sum (x-mean)(x-mean)^T (for lstsq)
+
+    @property
+    def cov(self) -> np.ndarray:
+        return self.c2 / max(self.n, 1.0)
 
     @property
     def var(self) -> np.ndarray:
@@ -421,7 +430,10 @@ class SpaceStats:
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.n / n)
         m2 = self.m2 + other.m2 + delta * delta * (self.n * other.n / n)
-        return SpaceStats(n, mean, m2)
+        c2 = None
+        if self.c2 is not None and other.c2 is not None:
+            c2 = self.c2 + other.c2 + np.outer(delta, delta) * (self.n * other.n / n)
+        return SpaceStats(n, mean, m2, c2)
 
     def pooled(self, index_map: np.ndarray, size: int) -> "ChannelStats":
         """Pool positions that map to the same canonical channel (block maps: flatten, multipliers)."""
@@ -446,9 +458,9 @@ class ChannelStats:
         return self.m2 / np.where(self.n > 0, self.n, 1.0)
 
 
-def batch_stats(x: np.ndarray, axis: int) -> SpaceStats:
+def batch_stats(x: np.ndarray, axis: int, cov: bool = False) -> SpaceStats:
     """Mean and M2 per position of `axis` over every other axis of one batch (two-pass in the batch,
-    float64 sums, one float32 temporary of the batch's size)."""
+    float64 sums, one float32 temporary of the batch's size); with ``cov`` also the co-moment matrix."""
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     axes = tuple(i for i in range(x.ndim) if i != axis)
@@ -457,13 +469,19 @@ def batch_stats(x: np.ndarray, axis: int) -> SpaceStats:
     shape = [1] * x.ndim
     shape[axis] = x.shape[axis]
     d = np.subtract(x, mean.reshape(shape).astype(x.dtype, copy=False))
+    c2 = None
+    if cov and x.shape[axis] <= COV_MAX_POSITIONS:
+        rows = np.moveaxis(d, axis, -1).reshape(-1, x.shape[axis])
+        c2 = (rows.T @ rows).astype(np.float64)  # float32 product (BLAS), summed per batch in float64
+        del rows
     np.square(d, out=d)
     m2 = d.sum(axis=axes, dtype=np.float64)
-    return SpaceStats(n, mean, m2)
+    return SpaceStats(n, mean, m2, c2)
 
 
 def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[tuple[str, int]], *,
-                     budget_bytes: int = ACT_BUDGET_BYTES, provider: str = "cpu") -> dict[tuple[str, int], SpaceStats]:
+                     budget_bytes: int = ACT_BUDGET_BYTES, provider: str = "cpu",
+                     cov: bool = False) -> dict[tuple[str, int], SpaceStats]:
     """One streaming pass: run the (normalized) model with `spaces`' tensors as extra outputs and merge
     per-position statistics batch by batch. Never keeps more than one batch of activations."""
     import onnxruntime as ort
@@ -509,7 +527,7 @@ def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[
             for t, x in zip(tensors, outs):
                 x = np.asarray(x)
                 for a in by_tensor[t]:
-                    b = batch_stats(x, a)
+                    b = batch_stats(x, a, cov=cov)
                     stats[(t, a)] = stats[(t, a)].merge(b) if (t, a) in stats else b
             del outs
             seen += 1
@@ -538,19 +556,20 @@ def activation_spaces(analysis, groups=None) -> list[tuple[str, int]]:
     return sorted(out)
 
 
-def cached_stats(ctx, spaces) -> dict[tuple[str, int], SpaceStats]:
+def cached_stats(ctx, spaces, cov: bool = False) -> dict[tuple[str, int], SpaceStats]:
     """Statistics for `spaces` through ``ctx.cache['act_stats']``: computed once, in one pass, for all
-    spaces not cached yet (scorers and compensation share them)."""
+    spaces not cached yet (scorers and compensation share them). ``cov``: with co-moment matrices."""
     cache = ctx.cache.setdefault("act_stats", {})
-    missing = [s for s in spaces if s not in cache]
+    missing = [s for s in spaces if s not in cache
+               or (cov and cache[s].c2 is None and len(cache[s].mean) <= COV_MAX_POSITIONS)]
     if missing:
         if not ctx.calib:
             raise OnnxPruneError("calibration data is needed here: pass --calib FILE")
-        cache.update(activation_stats(ctx.analysis.view, ctx.calib, missing))
+        cache.update(activation_stats(ctx.analysis.view, ctx.calib, missing, cov=cov))
     return {s: cache[s] for s in spaces}
 
 
-COMPENSATE_CHOICES = ("mean", "none")
+COMPENSATE_CHOICES = ("mean", "lstsq", "none")
 
 
 def resolve_compensate(compensate: str | None, scorer: str, has_calib: bool) -> str:
@@ -559,6 +578,6 @@ def resolve_compensate(compensate: str | None, scorer: str, has_calib: bool) -> 
         return "mean" if scorer == "vbp" else "none"
     if compensate not in COMPENSATE_CHOICES:
         raise OnnxPruneError(f"unknown --compensate '{compensate}' (choose from {', '.join(COMPENSATE_CHOICES)})")
-    if compensate == "mean" and not has_calib:
-        raise OnnxPruneError("--compensate mean needs calibration data: pass --calib FILE")
+    if compensate != "none" and not has_calib:
+        raise OnnxPruneError(f"--compensate {compensate} needs calibration data: pass --calib FILE")
     return compensate

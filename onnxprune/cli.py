@@ -35,6 +35,13 @@ def _common(p):
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _latency_table_args(p, no_cache_help: str):
+    p.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command, e.g. "
+                   "'ssh board ./bench {model}'; it prints 'latency_ms: X' (see README)")
+    p.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default ~/.cache/onnxprune)")
+    p.add_argument("--no-cache", action="store_true", help=no_cache_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="onnxprune", description="Structured pruning for ONNX models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -56,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folders: size=HxW, mean=a,b,c, std=a,b,c, layout=NCHW|NHWC, scale=1/255 (repeatable)")
     p.add_argument("--calib-batch", type=int, default=None, metavar="N", help="calibration batch size (default 32)")
     p.add_argument("--calib-limit", type=int, default=None, metavar="N", help="use at most N calibration samples")
-    p.add_argument("--compensate", choices=["mean", "none"], default=None,
-                   help="fold the calibration mean of removed channels into the consumers' biases "
+    p.add_argument("--compensate", choices=["mean", "lstsq", "none"], default=None,
+                   help="mean: fold the calibration mean of removed channels into the consumers' biases; "
+                        "lstsq: also refit the kept weight columns by least squares on the calibration data "
                         "(default: mean for --scorer vbp, else none; needs --calib)")
     p.add_argument("--seed", type=int, default=0, help="seed of --scorer random (default 0)")
     # -- budgets (issue #3) --
@@ -73,18 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reach the budget in K stages, re-scoring and re-profiling the model pruned so far")
     p.add_argument("--latency-model", choices=["measured", "macs"], default="measured",
                    help="latency costs: measured per-group table (default) or analytic MACs share")
-    p.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command, e.g. "
-                   "'ssh board ./bench {model}'; it prints 'latency_ms: X' (see README)")
-    p.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default ~/.cache/onnxprune)")
-    p.add_argument("--no-cache", action="store_true", help="rebuild the latency table, do not store it")
+    _latency_table_args(p, "rebuild the latency table, do not store it")
     p.add_argument("--report", metavar="JSON", help="write the full report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the mask-oracle check")
     _common(p)
     pr = sub.add_parser("profile", help="build (or show the cached) per-group latency table")
     pr.add_argument("input")
-    pr.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default ~/.cache/onnxprune)")
-    pr.add_argument("--no-cache", action="store_true", help="rebuild the table even if cached")
-    pr.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command (see prune --help)")
+    _latency_table_args(pr, "rebuild the table even if cached (and store the new one)")
     pr.add_argument("--json", metavar="FILE", help="write the table as JSON")
     _common(pr)
     a = sub.add_parser("analyze", help="print channel groups, MACs, params and baseline latency")

@@ -14,7 +14,20 @@ convolutions without padding; a padded conv sees zeros, not m_c, in its border w
 the compensation is an approximation (right in the interior, off by the padded part of the kernel at
 the borders).
 
-The rewrite is checked by the mask oracle *before* compensation; compensation only touches biases.
+Least-squares compensation (``--compensate lstsq``) goes one step further: from the calibration
+covariance of the consumer's input it fits x_R ~ A x_K + c (removed channels as an affine function of
+the kept ones, ridge-regularized) and folds A into the kept weight columns and c into the bias:
+
+    Gemm / MatMul:  B_K += A^T B_R,   b += c B_R
+    Conv (group 1): W[:, K] += sum_r W[:, r] A[r, K] (per kernel tap),   b += sum_r c_r * ksum W[:, r]
+
+This minimizes the consumer's output error on the calibration data (exactly so for Gemm, MatMul and
+1x1 convs without padding; for kxk convs it assumes the same per-pixel relation at every tap, and
+padded borders are approximate as above). Where no covariance is available (spaces wider than
+calib.COV_MAX_POSITIONS) or the consumer is a grouped/depthwise conv, it falls back to the mean.
+
+The rewrite is checked by the mask oracle *before* compensation; compensation only touches the
+consumers' biases (and, for lstsq, their kept weight columns).
 """
 from __future__ import annotations
 
@@ -26,6 +39,7 @@ from onnx import helper, numpy_helper
 
 from .analyze import Analysis
 from .calib import SpaceStats, activation_spaces
+from .errors import OnnxPruneError
 from .graph import attr
 from .rewrite import kept_positions
 
@@ -37,6 +51,19 @@ class CompensationResult:
     nodes: int = 0          # consumers whose bias changed
     approximate: int = 0    # of those, padded convs (compensation exact away from the borders only)
     skipped: list[str] = field(default_factory=list)
+    refit: int = 0          # lstsq: consumers whose kept weight columns were refit
+    mean_fallback: list[str] = field(default_factory=list)  # lstsq: consumers compensated by the mean only
+
+
+def affine_fit(st: SpaceStats, keep: np.ndarray, removed: np.ndarray, ridge: float = 1e-3):
+    """A (R x K) and c (R,) with x_R ~ A x_K + c in least squares over the calibration data (from the
+    space's mean and co-moment matrix); ridge * mean kept variance regularizes near-singular inputs."""
+    cov = st.c2 / max(st.n, 1.0)
+    skk = cov[np.ix_(keep, keep)]
+    srk = cov[np.ix_(removed, keep)]
+    lam = ridge * max(float(np.trace(skk)) / max(len(keep), 1), 1e-12)
+    A = np.linalg.solve(skk + lam * np.eye(len(keep)), srk.T).T
+    return A, st.mean[removed] - A @ st.mean[keep]
 
 
 def compensation_spaces(analysis: Analysis, kept: dict[int, np.ndarray]) -> list[tuple[str, int]]:
@@ -44,13 +71,17 @@ def compensation_spaces(analysis: Analysis, kept: dict[int, np.ndarray]) -> list
     return activation_spaces(analysis, [analysis.groups[g] for g in kept])
 
 
-def bias_deltas(analysis: Analysis, kept: dict[int, np.ndarray], stats: dict[tuple[str, int], SpaceStats]):
+def bias_deltas(analysis: Analysis, kept: dict[int, np.ndarray], stats: dict[tuple[str, int], SpaceStats],
+                lstsq: bool = False):
     """Per consumer node index: (output tensor, output axis, delta over the ORIGINAL output channels,
-    approximate?). Nodes that cannot be compensated are returned in `skipped`."""
+    approximate?). Nodes that cannot be compensated are returned in `skipped`. With ``lstsq``, also
+    the refit weights per node index: (weight over original outputs x kept inputs, in the layout of
+    the node's weight), and the nodes where only the mean could be used."""
     view = analysis.view
     pos = kept_positions(analysis, kept)
     deltas: dict[int, list] = {}
-    skipped = []
+    weights: dict[int, np.ndarray] = {}
+    skipped, fallback = [], []
     for k, res in analysis.node_results.items():
         for (t, a) in res.mixes:
             if t in view.consts or (t, a) not in pos or (t, a) not in stats:
@@ -59,8 +90,18 @@ def bias_deltas(analysis: Analysis, kept: dict[int, np.ndarray], stats: dict[tup
             removed = np.setdiff1d(np.arange(size), pos[(t, a)])
             if len(removed) == 0:
                 continue
-            m = stats[(t, a)].mean[removed]
+            st = stats[(t, a)]
+            m = st.mean[removed]
             node = view.nodes[k]
+            if lstsq:
+                w = None
+                if st.c2 is not None and k not in weights:
+                    A, c = affine_fit(st, pos[(t, a)], removed)
+                    w = _refit_weight(view, node, t, a, pos[(t, a)], removed, A)
+                if w is not None:
+                    weights[k], m = w, c
+                else:
+                    fallback.append(view.node_label(k))
             d = _delta(view, node, t, a, removed, m)
             if d is None:
                 skipped.append(view.node_label(k))
@@ -71,7 +112,30 @@ def bias_deltas(analysis: Analysis, kept: dict[int, np.ndarray], stats: dict[tup
                 deltas[k][3] = deltas[k][3] or approx
             else:
                 deltas[k] = [y, y_axis, delta, approx]
+    if lstsq:
+        return deltas, skipped, pos, weights, fallback
     return deltas, skipped, pos
+
+
+def _refit_weight(view, node, t, a, keep, removed, A):
+    """The consumer's weight with A folded into its kept input columns (original output channels,
+    kept inputs only; the node's own layout), or None where lstsq does not apply."""
+    op = node.op_type
+    if op == "Conv" and node.input[0] == t and a == 1 and node.input[1] in view.consts:
+        if int(attr(node, "group", 1)) != 1:
+            return None
+        W = view.consts[node.input[1]].astype(np.float64)
+        return W[:, keep] + np.einsum("mr...,rk->mk...", W[:, removed], A)
+    if op in ("Gemm", "MatMul") and node.input[0] == t and node.input[1] in view.consts:
+        B = view.consts[node.input[1]].astype(np.float64)
+        if op == "MatMul" and (B.ndim != 2 or a != len(view.shape(t)) - 1):
+            return None
+        trans = op == "Gemm" and int(attr(node, "transB", 0))
+        if trans:
+            B = B.T
+        new = B[keep] + A.T @ B[removed]
+        return new.T if trans else new
+    return None
 
 
 def _delta(view, node, t, a, removed, m):
@@ -109,8 +173,19 @@ def _delta(view, node, t, a, removed, m):
 def compensate_mean(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.ModelProto,
                     stats: dict[tuple[str, int], SpaceStats]) -> CompensationResult:
     """Fold the means of removed channels into the consumers' biases of the pruned model."""
+    return compensate(analysis, kept, pruned, stats, "mean")
+
+
+def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.ModelProto,
+               stats: dict[tuple[str, int], SpaceStats], method: str = "mean") -> CompensationResult:
+    """``mean``: fold removed channels' means into the consumers' biases; ``lstsq``: also refit the
+    kept weight columns from the calibration covariance (stats with co-moments, see affine_fit)."""
     view = analysis.view
-    deltas, skipped, pos = bias_deltas(analysis, kept, stats)
+    weights, fallback = {}, []
+    if method == "lstsq":
+        deltas, skipped, pos, weights, fallback = bias_deltas(analysis, kept, stats, lstsq=True)
+    else:
+        deltas, skipped, pos = bias_deltas(analysis, kept, stats)
     m = onnx.ModelProto()
     m.CopyFrom(pruned)
     g = m.graph
@@ -127,7 +202,23 @@ def compensate_mean(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onn
         uid[0] += 1
         return f"{base}__meancomp{uid[0]}"
 
-    res = CompensationResult(m)
+    res = CompensationResult(m, mean_fallback=fallback)
+    for k, w in weights.items():
+        y = view.nodes[k].output[0]
+        node = producer.get(y)
+        if node is None or len(node.input) < 2 or node.input[1] not in inits:
+            raise OnnxPruneError(f"internal error: lstsq compensation lost the weight of {view.node_label(k)}")
+        out_axis = 1 if node.op_type == "Gemm" and int(attr(node, "transB", 0)) else (0 if node.op_type == "Conv" else -1)
+        y_axis = 1 if node.op_type in ("Conv", "Gemm") else len(view.shape(y)) - 1
+        if (y, y_axis) in pos:
+            w = np.take(w, pos[(y, y_axis)], axis=out_axis)
+        old = inits[node.input[1]]
+        if tuple(old.dims) != w.shape:
+            raise OnnxPruneError(f"internal error: lstsq weight {w.shape} does not fit {tuple(old.dims)} "
+                                 f"at {view.node_label(k)}")
+        dtype = helper.tensor_dtype_to_np_dtype(old.data_type)
+        node.input[1] = _new_init(g, inits, fresh, node.input[1], w.astype(dtype))
+        res.refit += 1
     for k, (y, y_axis, delta, approx) in deltas.items():
         if (y, y_axis) in pos:
             delta = delta[pos[(y, y_axis)]]
@@ -157,8 +248,12 @@ def compensate_mean(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onn
         res.nodes += 1
         res.approximate += int(approx)
     res.skipped = skipped
+    if method == "lstsq":
+        res.notes.append(f"lstsq compensation: kept weight columns of {res.refit} consumer(s) refit"
+                         + (f"; mean only at {len(fallback)} (grouped conv or no covariance): "
+                            + ", ".join(fallback[:5]) if fallback else ""))
     if res.nodes:
-        msg = f"mean compensation: biases of {res.nodes} consumer(s) updated"
+        msg = f"{method} compensation: biases of {res.nodes} consumer(s) updated"
         if res.approximate:
             msg += (f"; {res.approximate} of them are padded convs, where it is exact away from the borders "
                     "only (border windows see zero padding, not the mean)")
@@ -242,25 +337,34 @@ def mean_substituted_model(analysis: Analysis, kept: dict[int, np.ndarray],
     return masked_model(analysis, kept, fill=fill)
 
 
-def apply_mean_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.ModelProto, ctx, *,
-                            check: bool = True) -> tuple[onnx.ModelProto, CompensationResult, dict | None]:
-    """api.prune's compensation stage: statistics (shared with vbp through ``ctx.cache``), bias
-    update, ONNX checker, and (``check``) the compensated model against the mean-substituted original
-    on the first calibration batch. Returns (model, result, check summary or None)."""
+def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.ModelProto, ctx,
+                       method: str = "mean", *, check: bool = True
+                       ) -> tuple[onnx.ModelProto, CompensationResult, dict | None]:
+    """api.prune's compensation stage: statistics (shared with vbp through ``ctx.cache``; with
+    co-moments for lstsq), bias (and lstsq weight) update, ONNX checker, and (``check``) a run on the
+    first calibration batch: for ``mean`` the compensated model must equal the mean-substituted
+    original there (where that is exact); ``lstsq`` has no closed-form reference, its outputs must be
+    finite. Returns (model, result, check summary or None)."""
     from .calib import cached_stats
-    from .errors import OnnxPruneError
-    from .oracle import compare_models
+    from .oracle import compare_models, run_model
 
-    stats = cached_stats(ctx, compensation_spaces(analysis, kept))
-    res = compensate_mean(analysis, kept, pruned, stats)
+    stats = cached_stats(ctx, compensation_spaces(analysis, kept), cov=method == "lstsq")
+    res = compensate(analysis, kept, pruned, stats, method)
     try:
         onnx.checker.check_model(res.model, full_check=True)
     except Exception as e:
         raise OnnxPruneError("internal error: the compensated model fails the ONNX checker: "
                              f"{str(e).splitlines()[0]}") from None
     summary = None
-    if check and res.nodes:
+    if check and (res.nodes or res.refit):
         feeds = next(iter(ctx.calib))
+        if method == "lstsq":
+            outs = run_model(res.model, feeds)
+            finite = bool(all(np.all(np.isfinite(o)) for o in outs))
+            summary = dict(reference=None, finite_outputs=finite, inputs="first calibration batch")
+            if not finite:
+                raise OnnxPruneError("internal error: the lstsq-compensated model gives non-finite outputs")
+            return res.model, res, summary
         cmp = compare_models(mean_substituted_model(analysis, kept, stats), res.model, [feeds])
         exact = res.approximate == 0
         summary = dict(reference="original with removed channels replaced by their calibration mean",
@@ -270,3 +374,4 @@ def apply_mean_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pru
             raise OnnxPruneError(f"internal error: mean compensation differs from the mean-substituted original "
                                  f"by {cmp.max_abs_diff:.3e} (tolerance {cmp.tolerance:.3e})")
     return res.model, res, summary
+

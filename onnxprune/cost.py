@@ -19,7 +19,7 @@ def node_macs(view: GraphView, k: int) -> int:
             x = view.shape(n.input[0])
             return int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
         if op == "Gemm":
-            a, b = view.shape(n.input[0]), view.shape(n.input[1])
+            a = view.shape(n.input[0])
             k_dim = a[0] if attr(n, "transA", 0) else a[1]
             y = view.shape(n.output[0])
             return int(y[0] * y[1] * k_dim)

@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
-from .io import custom_ops, graph_input_shapes, opset_version, with_fixed_input_shapes
+from .io import graph_input_shapes, opset_version, with_fixed_input_shapes
 
 ONNX_TO_NP = {k: helper.tensor_dtype_to_np_dtype(k) for k in (
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64,

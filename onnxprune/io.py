@@ -366,7 +366,6 @@ def fold_static_shape_values(model: onnx.ModelProto) -> onnx.ModelProto:
     evaluated with two different values of every symbolic input dim; those that come out equal are
     replaced by constants (so channel counts become rewritable), the rest stay computed.
     """
-    from onnx import helper
 
     g = model.graph
     if not any(n.op_type == "Shape" for n in g.node):

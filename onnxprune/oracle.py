@@ -177,3 +177,8 @@ def _session(model: onnx.ModelProto, what: str):
         return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise OnnxPruneError(f"ONNX Runtime cannot run the {what}: {str(e).strip().splitlines()[0]}") from None
+
+
+def run_model(model: onnx.ModelProto, feeds: dict, what: str = "compensated model") -> list[np.ndarray]:
+    """All outputs of `model` on one feed dict (ONNX Runtime CPU)."""
+    return _session(model, what).run(None, feeds)

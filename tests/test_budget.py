@@ -8,7 +8,7 @@ import pytest
 
 from onnxprune import OnnxPruneError, prune
 from onnxprune.analyze import ChannelGroup
-from onnxprune.budget import GroupChoices, group_choices, kept_for, meet_budget, parse_budget_spec
+from onnxprune.budget import group_choices, kept_for, meet_budget, parse_budget_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2 = str(ROOT / "models" / "onnx" / "mobilenetv2.ts.onnx")

@@ -121,3 +121,64 @@ def test_padded_conv_is_flagged_approximate():
     comp = run(res.model, x)
     zero = run(masked_model(res.analysis, res.kept), x)
     assert np.abs(comp - orig).mean() < np.abs(zero - orig).mean()
+
+
+# ------------------------------------------------------------------------------- lstsq refit
+def low_rank_linear_model():
+    """x (4 features) -> Gemm to 12 (no activation: the 12 hidden features span a 4-dim affine space)
+    -> consumers of three kinds, each on its own hidden group: Gemm transB=1, Gemm transB=0, MatMul."""
+    b = GraphBuilder(seed=11)
+    x = b.input("x", [4])
+    outs = []
+    for i, (kind, tb) in enumerate((("gemm", 1), ("gemm", 0), ("matmul", None))):
+        h = b.gemm(x, 4, 12, name=f"up{i}")
+        outs.append(b.gemm(h, 12, 5, trans_b=tb, name=f"down{i}") if kind == "gemm"
+                    else b.matmul(h, 12, 5, bias=False, name=f"down{i}"))
+    return b.model([b.op("Add", [b.op("Add", [outs[0], outs[1]]), outs[2]])])
+
+
+def low_rank_conv_model():
+    """3 input channels -> 1x1 conv to 10 (no activation: per pixel, the 10 channels are affine in 3)
+    -> unpadded 3x3 conv consumer."""
+    b = GraphBuilder(seed=12)
+    x = b.input("x", [3, 7, 7])
+    h = b.conv(x, 3, 10, k=1, pads=[0] * 4, name="up")
+    return b.model([b.conv(h, 10, 4, k=3, pads=[0] * 4, name="down")])
+
+
+@pytest.mark.parametrize("builder,shape", [(low_rank_linear_model, (4,)), (low_rank_conv_model, (3, 7, 7))])
+def test_lstsq_recovers_exactly_predictable_channels(builder, shape):
+    """When the removed channels are exact affine functions of the kept ones, the least-squares refit
+    (Gemm transB 0/1, MatMul, kxk conv) reproduces the original outputs; the mean alone does not."""
+    model = builder()
+    x = data(shape, n=64)
+    orig = run(model, x)
+    errs = {}
+    for comp in ("mean", "lstsq"):
+        res = prune(model, ratio=0.5, scorer="l2", calib=x, compensate=comp, latency=False)
+        assert res.kept and res.report.verification["passed"]
+        errs[comp] = np.abs(run(res.model, x) - orig).max() / np.abs(orig).max()
+        if comp == "lstsq":
+            assert res.report.verification["lstsq_compensation"]["finite_outputs"]
+            assert any("refit" in n for n in res.report.notes)
+            onnx.checker.check_model(res.model, full_check=True)
+    x2 = data(shape, n=16, seed=1)  # fresh inputs: the relation holds everywhere, not only on calibration
+    res = prune(model, ratio=0.5, scorer="l2", calib=x, compensate="lstsq", latency=False)
+    held_out = np.abs(run(res.model, x2) - run(model, x2)).max() / np.abs(run(model, x2)).max()
+    assert errs["mean"] > 0.05, errs
+    assert errs["lstsq"] < 0.01 and held_out < 0.01, (errs, held_out)
+
+
+def test_lstsq_beats_mean_on_the_calibration_data_and_falls_back_on_grouped_convs():
+    """A single pruned layer (Relu between): least squares minimizes the consumer's error on the
+    calibration data, so it is not worse than the mean there. The grouped conv of conv1x1_model is
+    compensated by the mean only, and the note says so."""
+    model = conv1x1_model()
+    x = data((3, 5, 5), n=64)
+    orig = run(model, x)
+    err = {}
+    for comp in ("mean", "lstsq"):
+        res = prune(model, ratio=0.5, scorer="l2", calib=x, compensate=comp, latency=False)
+        err[comp] = float(np.mean((run(res.model, x) - orig) ** 2))
+    assert err["lstsq"] <= err["mean"] * 1.01, err
+    assert any("mean only at 1" in n and "c3" in n for n in res.report.notes), res.report.notes

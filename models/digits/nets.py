@@ -13,9 +13,15 @@ still trains on two CPU cores in well under two minutes.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/, for arch/
+from arch.vit import Mlp  # noqa: E402  (fc1 -> GELU -> fc2, the same module as the fixtures')
 
 NUM_CLASSES = 10
 IN_CHANNELS = 1
@@ -183,17 +189,6 @@ class Attention(nn.Module):
         attn = attn.softmax(dim=-1)
         x = (attn @ v).transpose(1, 2).reshape(B, N, C)
         return self.proj(x)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class TransformerBlock(nn.Module):
