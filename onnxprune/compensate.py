@@ -275,6 +275,7 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
         res.nodes += 1
         res.approximate += int(approx)
     res.skipped = skipped
+    _drop_unused_initializers(g)
     if method == "lstsq":
         res.notes.append(f"lstsq compensation: kept weight columns of {res.refit} consumer(s) refit"
                          + (f"; mean only at {len(fallback)} (grouped conv or no covariance): "
@@ -289,6 +290,28 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
         res.notes.append(f"mean compensation skipped at {len(skipped)} consumer(s) it cannot fold into a bias: "
                          + ", ".join(skipped[:5]))
     return res
+
+
+def _used_names(graph) -> set[str]:
+    """Every tensor name read by a node of `graph` or of its subgraphs (If/Loop/Scan bodies may read
+    outer-scope initializers), plus the graph outputs."""
+    used = {o.name for o in graph.output}
+    for n in graph.node:
+        used.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                used |= _used_names(sub)
+    return used
+
+
+def _drop_unused_initializers(graph) -> None:
+    """Compensation writes fresh initializers (old ones may be shared); drop those nothing reads now,
+    so params and file size count only what the model uses."""
+    used = _used_names(graph)
+    keep = [t for t in graph.initializer if t.name in used]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
 
 
 def _set_attr(node, name, value):

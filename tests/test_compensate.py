@@ -162,6 +162,9 @@ def test_lstsq_recovers_exactly_predictable_channels(builder, shape):
             assert res.report.verification["lstsq_compensation"]["finite_outputs"]
             assert any("refit" in n for n in res.report.notes)
             onnx.checker.check_model(res.model, full_check=True)
+        # replaced weights and biases do not linger as dead initializers (params, file size)
+        used = {i for n in res.model.graph.node for i in n.input}
+        assert all(t.name in used for t in res.model.graph.initializer)
     x2 = data(shape, n=16, seed=1)  # fresh inputs: the relation holds everywhere, not only on calibration
     res = prune(model, ratio=0.5, scorer="l2", calib=x, compensate="lstsq", latency=False)
     held_out = np.abs(run(res.model, x2) - run(model, x2)).max() / np.abs(run(model, x2)).max()
@@ -182,3 +185,21 @@ def test_lstsq_beats_mean_on_the_calibration_data_and_falls_back_on_grouped_conv
         err[comp] = float(np.mean((run(res.model, x) - orig) ** 2))
     assert err["lstsq"] <= err["mean"] * 1.01, err
     assert any("mean only at 1" in n and "c3" in n for n in res.report.notes), res.report.notes
+
+
+def test_mean_compensation_leaves_out_groups_through_a_channel_layernorm():
+    """ConvNeXt: residual-stream groups pass LayerNorm over C; mean compensation skips them (and says
+    so) and stays exact against the mean-substituted original on the groups it does compensate."""
+    from pathlib import Path
+
+    from onnxprune.compensate import channel_normalized_groups
+
+    path = Path(__file__).resolve().parents[1] / "models" / "onnx" / "convnext.ts.onnx"
+    x = data((3, 64, 64), n=4)
+    res = prune(str(path), ratio=0.3, scorer="l2", calib=x, compensate="mean", latency=False,
+                input_shapes={"input": [1, 3, 64, 64]})
+    norm = channel_normalized_groups(res.analysis) & set(res.kept)
+    assert norm and set(res.kept) - norm  # both kinds are pruned here
+    assert any("left out" in n and "LayerNorm" in n for n in res.report.notes), res.report.notes
+    mc = res.report.verification["mean_compensation"]
+    assert mc["passed"] in (True, None) and mc["max_abs_diff"] <= 10 * mc["tolerance"]
