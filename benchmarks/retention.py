@@ -549,7 +549,7 @@ def main(argv=None):
     table, verdicts = summarize(results, targets)
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(command="python benchmarks/retention.py",
+    meta = dict(command="python benchmarks/retention.py " + " ".join(sys.argv[1:]),
                 exporter=args.exporter, targets=targets, modes=modes, magnitude_scorers=MAGNITUDE,
                 ratio_search="bisection on the pruning ratio (uniform: same ratio per group; global: one ranking) "
                              "for the smallest ratio reaching the MACs reduction, MACs measured on the ONNX graph",
