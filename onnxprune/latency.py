@@ -80,7 +80,8 @@ def resolve_providers(provider: str) -> list[str]:
         wanted = [exact[0]] + (["CPUExecutionProvider"] if exact[0] != "CPUExecutionProvider" else [])
     if wanted[0] not in available:
         raise LatencyError(f"execution provider {wanted[0]} ({provider!r}) is not available in this onnxruntime "
-                           f"build; available: {', '.join(available)}")
+                           f"build (available: {', '.join(available)}); pass --provider cpu to time on the CPU "
+                           "instead (a latency budget met there does not carry over to another provider)")
     return [p for p in wanted if p in available]
 
 
