@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/, for arch/
+from arch.convnext import Block as ConvNeXtBlock  # noqa: E402  (the fixtures' block)
 from arch.vit import Mlp  # noqa: E402  (fc1 -> GELU -> fc2, the same module as the fixtures')
 
 NUM_CLASSES = 10
@@ -129,26 +130,6 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
-class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim: int, mlp_ratio: int = 4, layer_scale_init: float = 0.1):
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
-        self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
-        self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim))
-
-    def forward(self, x):
-        shortcut = x
-        x = self.dwconv(x)
-        x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC
-        x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
-        x = self.gamma * x
-        x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
-        return shortcut + x
-
-
 class ConvNeXt(nn.Module):
     """ConvNeXt-style: 2x2/2 patchify stem, 3 stages (32/64/128, 2 blocks each)."""
 
@@ -159,7 +140,7 @@ class ConvNeXt(nn.Module):
         for i in range(1, len(dims)):
             self.downsample.append(nn.Sequential(LayerNorm2d(dims[i - 1], eps=1e-6),
                                                  nn.Conv2d(dims[i - 1], dims[i], 2, 2)))
-        self.stages = nn.ModuleList(nn.Sequential(*[ConvNeXtBlock(d) for _ in range(n)])
+        self.stages = nn.ModuleList(nn.Sequential(*[ConvNeXtBlock(d, layer_scale=0.1) for _ in range(n)])
                                     for d, n in zip(dims, depths))
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)
