@@ -3,9 +3,11 @@ never modified. Uses small models built with onnx.helper so no fixtures are need
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -162,3 +164,21 @@ def test_metadata_doc_strings_and_names_survive(tmp_path):
     assert {e.key: e.value for e in p.metadata_props} == {"author": "me", "license": "MIT"}
     assert [i.name for i in p.graph.input] == ["x"] and [o.name for o in p.graph.output] == ["y"]
     assert p.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+
+
+def test_vbp_calib_npz_key_and_lstsq_compensation(tmp_path):
+    """The issue-4 command line on a trained model: vbp scores from FILE.npz:KEY, lstsq refit; the
+    report records the compensation and the written model runs with the original input name."""
+    root = Path(__file__).resolve().parents[1] / "models" / "digits"
+    out, rep = tmp_path / "vit.onnx", tmp_path / "r.json"
+    r = run_cli(root / "vit.ts.onnx", out, "--ratio", "0.3", "--scorer", "vbp", "--calib",
+                f"{root / 'data.npz'}:calib_x", "--compensate", "lstsq", "--no-latency", "-q", "--report", rep)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(rep.read_text())
+    assert report["settings"]["compensate"] == "lstsq" and report["verification"]["passed"]
+    assert report["verification"]["lstsq_compensation"]["finite_outputs"]
+    assert any("refit" in n for n in report["notes"])
+    m = onnx.load(str(out))
+    assert [i.name for i in m.graph.input] == ["input"]
+    bad = run_cli(root / "vit.ts.onnx", tmp_path / "x.onnx", "--ratio", "0.3", "--compensate", "lstsq")
+    assert bad.returncode == 2 and "needs calibration data" in bad.stderr and not (tmp_path / "x.onnx").exists()
