@@ -235,7 +235,8 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
         node = producer.get(y)
         if node is None or len(node.input) < 2 or node.input[1] not in inits:
             raise OnnxPruneError(f"internal error: lstsq compensation lost the weight of {view.node_label(k)}")
-        out_axis = 1 if node.op_type == "Gemm" and int(attr(node, "transB", 0)) else (0 if node.op_type == "Conv" else -1)
+        # output channels: Conv W[M, C, ...] and Gemm transB=1 B[N, K] on axis 0; Gemm B[K, N] / MatMul on the last
+        out_axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and int(attr(node, "transB", 0))) else -1
         y_axis = 1 if node.op_type in ("Conv", "Gemm") else len(view.shape(y)) - 1
         if (y, y_axis) in pos:
             w = np.take(w, pos[(y, y_axis)], axis=out_axis)
