@@ -199,8 +199,8 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
                              baseline=budget_res.baseline, predicted=budget_res.predicted,
                              measured=budget_res.measured, met=budget_res.met, iterations=budget_res.iterations,
                              round_to=round_to, stages=stages,
-                             latency_model=latency_model if spec.metric == "latency" else None,
-                             **budget_res.info)
+                             **{"latency_model": latency_model if spec.metric == "latency" else None,
+                                **budget_res.info})
         if not budget_res.met:
             raise OnnxPruneError(
                 f"{spec.metric} budget {spec.text} not met after {len(budget_res.iterations)} tries "

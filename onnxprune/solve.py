@@ -103,6 +103,8 @@ def discretize(costs: list[np.ndarray], budget: float, resolution: int | None = 
     base = np.array([c.min() for c in costs]) if costs else np.zeros(0)
     shifted = [c - b for c, b in zip(costs, base)]
     slack = float(budget) - float(base.sum())
+    if -1e-9 * max(1.0, abs(float(base.sum()))) <= slack < 0:
+        slack = 0.0  # a budget equal to the cheapest choice, summed in another order by the caller
     if not slack >= 0:
         raise ValueError(f"budget {budget} is below the cheapest choice ({base.sum()})")
 
@@ -255,9 +257,10 @@ def solve_group_knapsack(values: list[np.ndarray], costs: list[np.ndarray], budg
     if not vs:
         return KnapsackSolution([], 0.0, 0.0, feasible=budget >= 0)
 
+    tol = 1e-9 * max(1.0, abs(budget))  # float round-off: sums of the same costs in another order
     cheapest = [int(np.lexsort((-v, c))[0]) for v, c in zip(vs, cs)]  # min cost, then max value
     value, cost = _totals(cheapest, vs, cs)
-    if cost > budget:
+    if cost > budget + tol:
         return KnapsackSolution(cheapest, value, cost, feasible=False)
 
     best = [int(np.lexsort((c, -v))[0]) for v, c in zip(vs, cs)]  # max value, then min cost
@@ -271,5 +274,5 @@ def solve_group_knapsack(values: list[np.ndarray], costs: list[np.ndarray], budg
         choice = _fill_slack(choice, vs, cs, budget)
     value, cost = _totals(choice, vs, cs)
     # Rounding up guarantees cost <= budget in exact arithmetic; allow float round-off in the sums.
-    feasible = cost <= budget + 1e-9 * max(1.0, abs(budget))
+    feasible = cost <= budget + tol
     return KnapsackSolution(choice, value, cost, feasible=feasible, exact=disc.exact, unit=disc.unit)

@@ -87,6 +87,16 @@ def test_analytic_budget_met_and_used(kind, text, frac):
     assert rep.budget["met"]
 
 
+def test_latency_budget_with_the_macs_latency_model():
+    """--budget with --latency-model macs: analytic costs, measured closed loop; the report says
+    which model priced the choices (this combination used to crash building the report)."""
+    res = prune(R18, budget="0.7x", latency_model="macs", latency=False)
+    b = res.report.budget
+    assert b["latency_model"] == "macs" and b["metric"] == "latency"
+    assert b["met"] and b["measured"] <= 1.03 * b["budget"]
+    assert res.report.verification["passed"]
+
+
 def test_peak_memory_budget():
     res = prune(R18, peak_memory="60%", latency=False)
     rep = res.report

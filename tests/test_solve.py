@@ -202,3 +202,16 @@ def test_bad_input():
     with pytest.raises(ValueError):
         solve_group_knapsack([np.array([1.0])], [np.array([1.0])], float("nan"))
     assert solve_group_knapsack([], [], 0.0).feasible
+
+
+def test_budget_equal_to_the_cheapest_choice_summed_in_another_order():
+    """A budget computed as the sum of the cheapest costs in a different order (off by round-off)
+    is feasible and gives the cheapest choice; it used to raise from the discretization."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        costs = [np.sort(rng.standard_normal(int(rng.integers(1, 5)))) for _ in range(int(rng.integers(3, 30)))]
+        values = [np.arange(len(c), dtype=float) for c in costs]
+        budget = float(sum(reversed([c.min() for c in costs])))
+        sol = solve_group_knapsack(values, costs, budget)
+        assert sol.feasible
+        assert sol.choice == [int(np.argmin(c)) for c in costs]
