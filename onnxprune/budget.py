@@ -303,7 +303,7 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
 
         res = _meet_peak(analysis, choices, baseline, budget, evaluate)
     res.iterations = [dict(it, **info) if i == 0 else it for i, it in enumerate(res.iterations)]
-    res.info = info
+    res.info = {**info, **res.info}
     return res
 
 
@@ -333,9 +333,42 @@ def _meet_peak(analysis, choices, baseline, budget, evaluate) -> BudgetResult:
         fractions = {c.group.id: c.widths[i] / c.group.size for c, i in zip(choices, sol.choice)}
         target = target + (budget - measured) * 0.8
     if best is None:
-        return BudgetResult(kept, "peak_memory", budget, baseline, iters[-1]["predicted"], iters[-1]["measured"], iters,
-                            met=False)
+        # The peak moved between tensors at every try (a max over time is not one linear cost).
+        # Peak memory only falls as widths fall, so the same fraction kept in every group
+        # (each group's best-scored channels) is monotone: bisect it, and say so.
+        best = _uniform_peak(choices, budget, evaluate, iters)
+        if best is None:
+            raise OnnxPruneError(f"peak_memory budget {_fmt('peak_memory', budget)} cannot be met even with one "
+                                 f"channel per prunable group")
+        return BudgetResult(best[0], "peak_memory", budget, baseline, best[1], best[1], iters, met=True,
+                            info=dict(method=f"uniform keep fraction {best[2]:.3f} per group (best-scored channels): "
+                                             "the knapsack's linearized peak moved between tensors at every try"))
     return BudgetResult(best[0], "peak_memory", budget, baseline, best[2], best[1], iters, met=True)
+
+
+def _uniform_peak(choices, budget, evaluate, iters, steps: int = 12):
+    """Largest keep fraction f (the same in every group, >= 1 channel) whose peak memory is within
+    budget, by bisection; (kept, measured, f) or None if even one channel per group is over."""
+    def kept_at(f):
+        pick = [int(np.searchsorted(c.widths, max(1.0, f * c.group.size), side="right") - 1) for c in choices]
+        return kept_for(choices, [max(i, 0) for i in pick])
+
+    kept = kept_at(0.0)
+    measured = evaluate(kept)
+    iters.append(dict(target=budget, predicted=None, measured=measured, value=None, uniform_fraction=0.0))
+    if measured > budget:
+        return None
+    best, lo, hi = (kept, measured, 0.0), 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        kept = kept_at(mid)
+        measured = evaluate(kept)
+        iters.append(dict(target=budget, predicted=None, measured=measured, value=None, uniform_fraction=mid))
+        if measured <= budget:
+            best, lo = (kept, measured, mid), mid
+        else:
+            hi = mid
+    return best
 
 
 def _measure_pair(a, b, view, provider, threads, latency_cmd):

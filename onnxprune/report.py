@@ -88,6 +88,8 @@ class Report:
             lines.append(f"budget: {bd['metric']} {bd['spec']} = {f(bd['budget'])}; predicted {f(bd['predicted'])}, "
                          f"measured {f(bd['measured'])} ({'met' if bd['met'] else 'NOT met'}, "
                          f"{len(bd['iterations'])} solve(s){', latency table from cache' if bd.get('table_cached') else ''})")
+            if bd.get("method"):
+                lines.append(f"budget method: {bd['method']}")
         if self.verification:
             v = self.verification
             if v.get("skipped"):
