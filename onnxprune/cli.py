@@ -43,7 +43,12 @@ def _latency_table_args(p, no_cache_help: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="onnxprune", description="Structured pruning for ONNX models.")
+    from . import __version__
+
+    ap = argparse.ArgumentParser(
+        prog="onnxprune", description="Structured pruning for ONNX models.",
+        epilog="'onnxprune IN OUT [options]' (without a command) means 'onnxprune prune IN OUT [options]'.")
+    ap.add_argument("--version", action="version", version=f"onnxprune {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prune", help="prune channels and write a slimmer model")
     p.add_argument("input")

@@ -182,3 +182,12 @@ def test_vbp_calib_npz_key_and_lstsq_compensation(tmp_path):
     assert [i.name for i in m.graph.input] == ["input"]
     bad = run_cli(root / "vit.ts.onnx", tmp_path / "x.onnx", "--ratio", "0.3", "--compensate", "lstsq")
     assert bad.returncode == 2 and "needs calibration data" in bad.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_version_and_help_mention_implicit_prune():
+    from onnxprune import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"onnxprune {__version__}"
+    r = run_cli("--help")
+    assert r.returncode == 0 and "onnxprune IN OUT" in r.stdout.replace("\n", " ")
