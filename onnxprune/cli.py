@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prune(args) -> int:
     from .api import prune, save
-    from .io import _same_path
+    from .io import _same_path, check_not_input_file
     from pathlib import Path
 
     budgets = [b for b in (args.budget, args.macs, args.params, args.peak_memory) if b is not None]
@@ -150,11 +150,15 @@ def _prune(args) -> int:
     for r in (args.ratio, args.ratio_dw):
         if r is not None and not 0.0 <= r < 1.0:
             raise OnnxPruneError(f"ratio must be in [0, 1), got {r}")
-    if _same_path(Path(args.output), Path(args.input)):
-        raise OnnxPruneError("output path is the input path: refusing to overwrite the input model")
+    check_not_input_file(args.output, args.input, "output path")
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
         raise OnnxPruneError(f"output folder does not exist: {out_dir}")
+    if args.report:
+        _check_side_output(args.report, args.input, "--report")
+        for f in (Path(args.output), Path(str(args.output) + ".data")):
+            if _same_path(Path(args.report), f):
+                raise OnnxPruneError("--report is the output model path: give the report its own file")
     progress = args.progress
     res = prune(args.input, ratio=args.ratio if args.ratio is not None else 0.0, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
                 scorer=args.scorer, exclude=_split(args.exclude), input_shapes=args.input_shape,
@@ -185,6 +189,8 @@ def _analyze(args) -> int:
     from .report import _si
 
     progress = args.progress
+    if args.json:
+        _check_side_output(args.json, args.input, "--json")
     a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), heads=args.heads,
                       embed_dim=args.embed_dim, progress=progress)
     view = a.view
@@ -224,6 +230,8 @@ def _profile(args) -> int:
     from .api import analyze_model
     from .profile import build_latency_table, default_cache_dir
 
+    if args.json:
+        _check_side_output(args.json, args.input, "--json")
     a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), heads=args.heads,
                       embed_dim=args.embed_dim, progress=args.progress)
     groups = a.prunable_groups
@@ -249,6 +257,13 @@ def _profile(args) -> int:
         with open(args.json, "w") as f:
             json.dump(dict(asdict(table), wall_s=wall, groups={g.id: g.name for g in groups}), f, indent=1)
     return 0
+
+
+def _check_side_output(path, input_path, what: str) -> None:
+    from .io import check_not_input_file, check_writable_file
+
+    check_not_input_file(path, input_path, what)
+    check_writable_file(path, what)
 
 
 def _round_to(text: str):

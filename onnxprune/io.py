@@ -300,8 +300,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: s
     Models over ~1.8 GB are written with external data (``<name>.data``) as protobuf cannot hold them.
     """
     p = Path(path)
-    if input_path is not None and _same_path(p, Path(input_path)):
-        raise OnnxPruneError("output path is the input path: refusing to overwrite the input model")
+    if input_path is not None:
+        check_not_input_file(p, input_path, "output path")
+        check_not_input_file(p.parent / (p.name + ".data"), input_path, "output's external data file")
     if p.exists() and p.is_dir():
         raise OnnxPruneError(f"output path is a directory: {p}")
     if not p.parent.exists():
@@ -309,6 +310,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: s
     big = model.ByteSize() > 1_800_000_000 if _safe_bytesize(model) else True
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written model should be as readable as any file
     data_name = p.name + ".data"
     tmp_data = None
     try:
@@ -332,6 +334,46 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: s
             if f and os.path.exists(f):
                 os.unlink(f)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def input_files(input_path: str | os.PathLike) -> list[Path]:
+    """The model file and every external-data file it references (all must stay untouched)."""
+    src = Path(input_path)
+    files = [src]
+    try:
+        m = onnx.load(str(src), load_external_data=False)
+    except Exception:
+        return files
+    for t in _all_tensors(m):
+        for e in t.external_data:
+            if e.key == "location":
+                f = src.parent / e.value
+                if f not in files:
+                    files.append(f)
+    return files
+
+
+def check_not_input_file(path: str | os.PathLike, input_path: str | os.PathLike, what: str) -> None:
+    """Refuse to write `path` when it is the input model or one of its external-data files."""
+    for f in input_files(input_path):
+        if _same_path(Path(path), f):
+            kind = "the input model" if f == Path(input_path) else f"the input's external data file {f.name}"
+            raise OnnxPruneError(f"{what} is {kind}: refusing to overwrite it")
+
+
+def check_writable_file(path: str | os.PathLike, what: str) -> None:
+    """Fail before any work when a side output (report, JSON) cannot be written where asked."""
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise OnnxPruneError(f"{what} is a directory: {p}")
+    if not p.resolve().parent.is_dir():
+        raise OnnxPruneError(f"{what} folder does not exist: {p.resolve().parent}")
 
 
 def _safe_bytesize(model) -> bool:

@@ -108,6 +108,38 @@ def test_output_equals_input(tmp_path):
     assert src.read_bytes() == before
 
 
+def test_side_outputs_never_overwrite_the_input_or_the_model(tmp_path):
+    src = conv_net(tmp_path / "in.onnx", external=True)
+    data = tmp_path / "in.onnx.data"
+    before = (src.read_bytes(), data.read_bytes())
+    out = tmp_path / "out.onnx"
+    for bad in (src, data):
+        r = run_cli("prune", src, out, "--ratio", "0.3", "--no-latency", "--report", bad)
+        assert_clean_failure(r, str(out))
+        r = run_cli("analyze", src, "--no-latency", "--json", bad)
+        assert r.returncode == 2 and "refusing" in r.stderr
+    r = run_cli("prune", src, data, "--ratio", "0.3", "--no-latency")  # output onto the input's weights
+    assert r.returncode == 2 and "external data" in r.stderr
+    assert (src.read_bytes(), data.read_bytes()) == before
+    r = run_cli("prune", src, out, "--ratio", "0.3", "--no-latency", "--report", out)
+    assert_clean_failure(r, str(out))
+    r = run_cli("prune", src, out, "--ratio", "0.3", "--no-latency", "--report", tmp_path / "nodir" / "r.json")
+    assert_clean_failure(r, str(out))
+    assert "folder does not exist" in r.stderr
+
+
+def test_written_model_follows_umask(tmp_path):
+    src = conv_net(tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    old = os.umask(0o022)
+    try:
+        r = run_cli("prune", src, out, "--ratio", "0.3", "--no-latency", "-q")
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    assert (os.stat(out).st_mode & 0o777) == 0o644
+
+
 def test_missing_input_file(tmp_path):
     out = tmp_path / "out.onnx"
     assert_clean_failure(run_cli("prune", tmp_path / "nope.onnx", out, "--ratio", "0.3"), str(out))
