@@ -59,7 +59,8 @@ class CalibSet:
     (numpy array, memory map, or any object with ``__len__`` and slice ``__getitem__``)."""
 
     def __init__(self, sources: dict[str, object], batch_size: int = DEFAULT_BATCH, limit: int | None = None,
-                 dtypes: dict[str, np.dtype] | None = None, description: str = "arrays"):
+                 dtypes: dict[str, np.dtype] | None = None, description: str = "arrays",
+                 fixed_batch: bool = False):
         if not sources:
             raise OnnxPruneError("calibration data is empty")
         lens = {k: len(v) for k, v in sources.items()}
@@ -70,7 +71,15 @@ class CalibSet:
             n = min(n, int(limit))
         if n <= 0:
             raise OnnxPruneError("calibration data has no samples")
-        self.sources, self.n, self.batch_size = sources, n, max(1, int(batch_size))
+        batch_size = max(1, int(batch_size))
+        if fixed_batch and n % batch_size:
+            # a static batch dim cannot take a partial last batch: leave the remainder out, and say so
+            if n < batch_size:
+                raise OnnxPruneError(f"the model's batch size is fixed at {batch_size}; calibration has only "
+                                     f"{n} samples")
+            description += f" (last {n % batch_size} samples left out: the model's batch is fixed at {batch_size})"
+            n -= n % batch_size
+        self.sources, self.n, self.batch_size = sources, n, batch_size
         self.dtypes = dtypes or {}
         self.description = description
 
@@ -85,7 +94,7 @@ class CalibSet:
                 a = np.asarray(src[i:j])
                 dt = self.dtypes.get(k)
                 feeds[k] = np.ascontiguousarray(a.astype(dt, copy=False) if dt is not None else a)
-            yield feeds
+            yield check_finite(feeds, f"samples {i}..{j - 1}")
 
     def __repr__(self):
         return f"CalibSet({self.description}: {self.n} samples in {len(self)} batches of {self.batch_size})"
@@ -103,7 +112,8 @@ class FeedList:
         return len(self.feeds)
 
     def __iter__(self):
-        return iter(self.feeds)
+        for i, f in enumerate(self.feeds):
+            yield check_finite(f, f"feed dict {i}")
 
 
 class GeneratedSet:
@@ -117,7 +127,17 @@ class GeneratedSet:
 
     def __iter__(self):
         for i in range(self.n_batches):
-            yield self.make(i)
+            yield check_finite(self.make(i), f"batch {i}")
+
+
+def check_finite(feeds: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """NaN/Inf in calibration data would turn means, variances and refits (and so the written model's
+    biases) into NaN without any error: refuse it."""
+    for k, a in feeds.items():
+        a = np.asarray(a)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise OnnxPruneError(f"calibration data for input '{k}' has NaN or Inf values ({where})")
+    return feeds
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -176,17 +196,16 @@ def load_calib(calib, model: onnx.ModelProto, *, batch_size: int | None = None, 
     else:
         arrays, desc, preprocess = _read_path(str(calib), specs, parse_preprocess(preprocess))
     sources = _match_inputs(arrays, specs, desc)
-    bs = _batch_size(specs, batch_size)
+    bs, fixed = _batch_size(specs, batch_size)
     return CalibSet(sources, batch_size=bs, limit=limit, dtypes={s.name: s.dtype for s in specs},
-                    description=desc)
+                    description=desc, fixed_batch=fixed)
 
 
-def _batch_size(specs, requested):
+def _batch_size(specs, requested) -> tuple[int, bool]:
     fixed = {s.dims[0] for s in specs if s.dims and s.dims[0] is not None}
     if fixed:
-        b = fixed.pop()
-        return b  # the model's batch dim is static: feed exactly that many samples per run
-    return requested or DEFAULT_BATCH
+        return fixed.pop(), True  # the model's batch dim is static: feed exactly that many samples per run
+    return requested or DEFAULT_BATCH, False
 
 
 def _check_feed_names(feeds, specs):
@@ -340,10 +359,13 @@ class _ImageFolder:
         except ImportError:
             raise OnnxPruneError(f"reading {f.suffix} images needs Pillow (pip install Pillow); "
                                  "PGM/PPM images and .npy/.npz arrays work without it") from None
-        with Image.open(f) as im:
-            im = im.convert("L" if self.channels == 1 else "RGB")
-            im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32)
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if self.channels == 1 else "RGB")
+                im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.float32)
+        except OSError as e:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+            raise OnnxPruneError(f"cannot read calibration image {f}: {type(e).__name__}") from None
         return arr[..., None] if arr.ndim == 2 else arr
 
 

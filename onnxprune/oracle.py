@@ -159,13 +159,27 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             if a.shape != b.shape:
                 raise OnnxPruneError(f"verification failed: output '{n}' has shape {b.shape}, expected {a.shape}")
-            d = float(np.max(np.abs(a - b))) if a.size else 0.0
+            d = _max_abs_diff(a, b)
             per[n] = max(per.get(n, 0.0), d)
             worst = max(worst, d)
-            scale = max(scale, float(np.max(np.abs(a))) if a.size else 0.0)
+            fin = a[np.isfinite(a)]
+            scale = max(scale, float(np.max(np.abs(fin))) if fin.size else 0.0)
     scale = scale if scale > 0 else 1.0
     tol = rel_tol * scale
     return VerifyResult(worst, scale, tol, bool(worst <= tol), per)
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|, where a NaN/Inf in one output that the other does not have at the same place is an
+    infinite difference (a plain max would skip NaN and let a broken model pass)."""
+    if not a.size:
+        return 0.0
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    same_nonfinite = ~fa & ~fb & ((a == b) | (np.isnan(a) & np.isnan(b)))
+    if np.any((fa != fb) | (~fa & ~fb & ~same_nonfinite)):
+        return float("inf")
+    both = fa & fb
+    return float(np.max(np.abs(a[both] - b[both]))) if both.any() else 0.0
 
 
 def _session(model: onnx.ModelProto, what: str):

@@ -98,6 +98,37 @@ def test_shape_mismatch_and_static_batch(tmp_path):
         load_calib(str(tmp_path / "c.txt"), conv_model())
 
 
+def test_static_batch_leaves_out_a_partial_last_batch():
+    cs = load_calib(np.zeros((20, 1, 8, 8), np.float32), conv_model(batch=8))
+    assert cs.batch_size == 8 and [len(f["x"]) for f in cs] == [8, 8]
+    assert "4 samples left out" in cs.description
+    with pytest.raises(OnnxPruneError, match="fixed at 8"):
+        load_calib(np.zeros((5, 1, 8, 8), np.float32), conv_model(batch=8))
+
+
+def test_non_finite_calibration_is_refused(tmp_path):
+    x = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    x[9, 0, 3, 3] = np.nan
+    with pytest.raises(OnnxPruneError, match="NaN or Inf"):
+        batches(load_calib(x, conv_model(), batch_size=4))
+    onnx.save(conv_model(), str(tmp_path / "in.onnx"))
+    np.save(tmp_path / "c.npy", x)
+    r = run_cli(tmp_path / "in.onnx", tmp_path / "out.onnx", "--ratio", "0.5", "--scorer", "vbp",
+                "--calib", tmp_path / "c.npy", "--no-latency", "-q")
+    assert "NaN or Inf" in one_error_line(r)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_oracle_comparison_does_not_skip_nan():
+    from onnxprune.oracle import _max_abs_diff
+
+    a = np.array([1.0, 2.0, np.nan, np.inf])
+    assert _max_abs_diff(a, a.copy()) == 0.0  # the same NaN/Inf in both: equal
+    assert _max_abs_diff(a, np.array([1.0, 2.5, np.nan, np.inf])) == 0.5
+    assert _max_abs_diff(a, np.array([1.0, 2.0, 0.0, np.inf])) == np.inf
+    assert _max_abs_diff(np.array([1.0]), np.array([np.nan])) == np.inf
+
+
 def _write_pgm(path, arr):
     h, w = arr.shape
     path.write_bytes(b"P5\n# comment\n%d %d\n255\n" % (w, h) + arr.astype(np.uint8).tobytes())
