@@ -136,6 +136,11 @@ def _unclaimed(view, spaces, results, opaque, excluded) -> dict[Space, str]:
         if t in outputs:
             freeze[sp] = f"model output '{t}'"
             continue
+        inner = [k for k, slot in view.consumers.get(t, []) if slot == -1]
+        if inner:
+            # no rule sees inside a subgraph: the channels it reads cannot be rewritten there
+            freeze[sp] = f"{view.node_label(inner[0])}: reads '{t}' inside a subgraph"
+            continue
         users = [view.producer[t]] if t in view.producer else []
         users += [k for k, _ in view.consumers.get(t, [])]
         for k in users:

@@ -41,6 +41,9 @@ class GraphView:
     inputs: list[str] = field(init=False)
     outputs: list[str] = field(init=False)
     opset: int = field(init=False)
+    # node index -> outer-scope tensors its subgraphs (If/Loop/Scan bodies) read without listing
+    # them as inputs; they are also in `consumers` with slot -1
+    implicit: dict[int, list[str]] = field(init=False)
 
     def __post_init__(self):
         g = self.model.graph
@@ -49,7 +52,7 @@ class GraphView:
         self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in self.consts]
         self.outputs = [o.name for o in g.output]
-        self.producer, self.consumers = {}, {}
+        self.producer, self.consumers, self.implicit = {}, {}, {}
         for k, n in enumerate(self.nodes):
             for t in n.output:
                 if t:
@@ -57,6 +60,13 @@ class GraphView:
             for s, t in enumerate(n.input):
                 if t:
                     self.consumers.setdefault(t, []).append((k, s))
+            # a tensor read inside a subgraph is an input of the node like any other: whatever
+            # touches its channels must see this node as a consumer (slot -1: no input slot)
+            refs = [t for t in subgraph_outer_refs(n, set(self.consts)) if t not in set(n.input)]
+            if refs:
+                self.implicit[k] = refs
+                for t in refs:
+                    self.consumers.setdefault(t, []).append((k, -1))
         self._infer_shapes()
 
     # --- shapes -------------------------------------------------------------------------------
@@ -119,6 +129,33 @@ class GraphView:
             for c, _ in self.consumers.get(t, []):
                 g.add_edge(k, c, tensor=t)
         return g
+
+
+def subgraph_outer_refs(node: onnx.NodeProto, outer_consts: set[str] = frozenset()) -> list[str]:
+    """Names the node's subgraphs (If branches, Loop/Scan bodies, nested at any depth) read from an
+    enclosing scope: used inside but not defined there (no input, initializer or node output).
+    A subgraph initializer named like one of `outer_consts` counts as a read of the outer one:
+    graphsurgeon's cleanup (normalize) copies outer initializers into the subgraphs that use them,
+    and rewriting the outer one rewrites that copy too (same name, one tensor)."""
+    refs: set[str] = set()
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            refs |= _free_names(a.g, outer_consts)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            for g in a.graphs:
+                refs |= _free_names(g, outer_consts)
+    return sorted(refs)
+
+
+def _free_names(g: onnx.GraphProto, outer_consts) -> set[str]:
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer if t.name not in outer_consts}
+    defined |= {t.values.name for t in g.sparse_initializer}
+    used = {o.name for o in g.output} | {t.name for t in g.initializer if t.name in outer_consts}
+    for n in g.node:
+        defined.update(o for o in n.output if o)
+        used.update(i for i in n.input if i)
+        used.update(subgraph_outer_refs(n, outer_consts))
+    return used - defined
 
 
 def random_feeds(view_or_model, seed: int = 0, input_shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
