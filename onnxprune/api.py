@@ -16,7 +16,8 @@ from .analyze import Analysis, analyze
 from .cost import total_macs, total_params
 from .errors import OnnxPruneError, VerificationError
 from .graph import build_view, random_feeds
-from .io import custom_ops, load_model, normalize, parse_input_shapes, save_model, validate_model, with_batch
+from .io import (custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes, sanitized,
+                 save_model, validate_model, with_batch)
 from .oracle import compare_models, masked_model
 from .report import GroupReport, ModelStats, Progress, Report
 from .rewrite import rewrite
@@ -34,7 +35,7 @@ class PruneResult:
 
 def _as_model(model) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
-        return model, "<in-memory model>"
+        return sanitized(model), "<in-memory model>"  # ORT must run it for the latency baseline
     return load_model(model), str(model)
 
 
@@ -239,6 +240,7 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
             report.verification[f"{compensate}_compensation"] = comp_check
         report.pruned = model_stats(pruned, view.input_shapes)
 
+    pruned = initializers_as_inputs(m, pruned)  # the written model keeps the original's inputs
     if latency:
         progress.start("latency", f"({provider})")
         if customs:

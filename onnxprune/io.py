@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import TensorProto, numpy_helper
 
 from .errors import OnnxPruneError
@@ -35,7 +36,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise OnnxPruneError(f"{p} is not an ONNX model (empty or not a ModelProto)")
     _load_external(model, p.parent)
-    return model
+    return sanitized(model)
 
 
 def _load_external(model: onnx.ModelProto, base: Path) -> None:
@@ -88,7 +89,64 @@ def validate_model(model: onnx.ModelProto, name: str = "model") -> str | None:
 
 
 def custom_ops(model: onnx.ModelProto) -> list[str]:
-    return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+    # a call of a model-local function is not a custom op: ONNX Runtime runs its body
+    local = {(f.domain, f.name) for f in model.functions}
+    return sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node
+                   if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in local})
+
+
+def sanitized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model, or a fixed copy where it has legal ONNX that ONNX Runtime mishandles: trailing
+    empty optional outputs (BatchNormalization(..., ["y", "", ""]) crashes ORT) and duplicate node
+    names (ORT refuses the model). Neither is part of the model's interface."""
+    if not _needs_sanitizing(model.graph):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    _sanitize_graph(m.graph, set())
+    return m
+
+
+def _subgraphs(g: onnx.GraphProto):
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield a.g
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                yield from a.graphs
+
+
+def _needs_sanitizing(g: onnx.GraphProto, seen: set | None = None) -> bool:
+    seen = set() if seen is None else seen
+    for n in g.node:
+        if n.output and not n.output[-1]:
+            return True
+        if n.name:
+            if n.name in seen:
+                return True
+            seen.add(n.name)
+    return any(_needs_sanitizing(sg, seen) for sg in _subgraphs(g))
+
+
+def _sanitize_graph(g: onnx.GraphProto, names: set[str]) -> None:
+    """In place; `names` holds node names already used (across subgraphs too, so renames stay unique)."""
+    dups = []
+    for n in g.node:
+        while n.output and not n.output[-1]:
+            n.output.pop()
+        if n.name:
+            if n.name in names:
+                dups.append(n)
+            else:
+                names.add(n.name)
+    for n in dups:  # later duplicates get a suffix; the first keeps its name
+        k = 1
+        while f"{n.name}_{k}" in names:
+            k += 1
+        n.name = f"{n.name}_{k}"
+        names.add(n.name)
+    for sg in _subgraphs(g):
+        _sanitize_graph(sg, names)
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -105,7 +163,14 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
 
     ort.set_default_logger_severity(3)  # constant folding runs ORT; its optimizer chatter is noise here
     m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m.CopyFrom(sanitized(model))
+    if m.functions:  # model-local functions (dynamo/onnxscript exports): analyze their bodies like any op
+        try:
+            m = onnx.inliner.inline_local_functions(m)
+        except Exception:
+            pass  # left as calls: frozen like unknown ops, yet ORT still runs them
+        _sanitize_graph(m.graph, set())
+    _constant_attrs_to_tensors(m.graph)
     g = m.graph
     # IR < 4 (old Caffe2 exports): initializers also listed as graph inputs. Treat them as weights.
     init_names = {t.name for t in g.initializer}
@@ -116,6 +181,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         if m.ir_version < 4:
             m.ir_version = 4
     fold = dict(error_ok=True, should_exclude_node=lambda n: (n.domain or "") not in STANDARD_DOMAINS)
+    dtypes = _elem_types(m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # Rounds of (shape inference with data propagation, constant folding) while the graph
@@ -127,6 +193,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
                 m = onnx.shape_inference.infer_shapes(m, data_prop=True)
             except Exception:
                 pass
+            _explicit_squeeze_axes(m)
             graph = gs.import_onnx(m)
             n_before = len(graph.nodes)
             graph.fold_constants(**fold)
@@ -139,6 +206,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             if len(m.graph.node) == n_before:
                 break
         out = m
+    _restore_dtypes(out, dtypes)
     _copy_model_fields(model, out)
     out.graph.ClearField("value_info")
     # Neither shape inference nor ONNX Runtime can give shapes past a custom op: keep what the
@@ -147,6 +215,123 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     out.graph.value_info.extend(vi for vi in model.graph.value_info
                                 if vi.name in custom_outs and vi.type.tensor_type.HasField("shape"))
     return out
+
+
+def _constant_attrs_to_tensors(g: onnx.GraphProto) -> None:
+    """Constant(value_float(s)/value_int(s)) -> Constant(value=tensor) of the spec's dtype (float32,
+    int64): graphsurgeon's folding would make float64 of a float attribute, so a Mul(x, 0.5) would
+    mix float and double."""
+    from onnx import helper
+
+    kinds = {"value_float": (TensorProto.FLOAT, False), "value_floats": (TensorProto.FLOAT, True),
+             "value_int": (TensorProto.INT64, False), "value_ints": (TensorProto.INT64, True)}
+    for n in g.node:
+        if n.op_type != "Constant" or n.domain not in ("", "ai.onnx") or len(n.attribute) != 1 \
+                or n.attribute[0].name not in kinds:
+            continue
+        a = n.attribute[0]
+        dtype, is_list = kinds[a.name]
+        v = helper.get_attribute_value(a)
+        t = helper.make_tensor(n.output[0], dtype, [len(v)] if is_list else [], list(v) if is_list else [v])
+        del n.attribute[:]
+        n.attribute.append(helper.make_attribute("value", t))
+    for sg in _subgraphs(g):
+        _constant_attrs_to_tensors(sg)
+
+
+def _elem_types(m: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of the main graph whose type is known (inferred where not declared)."""
+    try:
+        inf = onnx.shape_inference.infer_shapes(m)
+    except Exception:
+        inf = m
+    g = inf.graph
+    out = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)
+           if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    out.update({t.name: t.data_type for t in g.initializer})
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = n.attribute[0].t.data_type
+    return out
+
+
+def _restore_dtypes(m: onnx.ModelProto, dtypes: dict[str, int]) -> None:
+    """Folding must not change a tensor's element type (a consumer's type constraints expect the
+    original one): cast folded initializers back where they drifted."""
+    from onnx import helper
+
+    for i, t in enumerate(m.graph.initializer):
+        want = dtypes.get(t.name)
+        if want and t.data_type != want and want not in (TensorProto.STRING, TensorProto.UNDEFINED):
+            try:
+                arr = numpy_helper.to_array(t).astype(helper.tensor_dtype_to_np_dtype(want))
+            except Exception:
+                continue
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, t.name))
+
+
+def _explicit_squeeze_axes(m: onnx.ModelProto) -> None:
+    """Squeeze without axes removes every size-1 dim, so a channel axis pruned to one channel would
+    go too. Pin its axes to the dims that are 1 now, where the input shape is fully static (a
+    symbolic dim may be 1 at run time: left as is; the analyzer freezes channels through it)."""
+    from onnx import helper
+
+    g = m.graph
+    shapes = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shapes[vi.name] = [d.dim_value for d in dims]
+    shapes.update({t.name: list(t.dims) for t in g.initializer})
+    attr_axes = opset_version(m) < 13
+    names = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    for n in g.node:
+        if n.op_type != "Squeeze" or n.domain not in ("", "ai.onnx") or not n.input:
+            continue
+        if any(a.name == "axes" for a in n.attribute) or (len(n.input) > 1 and n.input[1]):
+            continue
+        s = shapes.get(n.input[0])
+        if s is None or 1 not in s:
+            continue
+        axes = [i for i, d in enumerate(s) if d == 1]
+        if attr_axes:
+            n.attribute.append(helper.make_attribute("axes", axes))
+        else:
+            name, k = f"{n.output[0]}__axes", 0
+            while name in names:
+                k += 1
+                name = f"{n.output[0]}__axes{k}"
+            names.add(name)
+            g.initializer.append(numpy_helper.from_array(np.asarray(axes, np.int64), name))
+            del n.input[1:]
+            n.input.append(name)
+
+
+def initializers_as_inputs(original: onnx.ModelProto, written: onnx.ModelProto) -> onnx.ModelProto:
+    """Where the original listed initializers as graph inputs (torch keep_initializers_as_inputs=True,
+    IR < 4), list the written model's surviving ones again, in the original order, with their new
+    (pruned) shapes: normalize strips them for analysis, but they are part of the model's interface."""
+    from onnx import helper
+
+    orig_inits = {t.name for t in original.graph.initializer}
+    if not any(i.name in orig_inits for i in original.graph.input):
+        return written
+    inits = {t.name: t for t in written.graph.initializer}
+    have = {i.name: i for i in written.graph.input}
+    new = []
+    for i in original.graph.input:
+        if i.name in have:
+            new.append(have.pop(i.name))
+        elif i.name in orig_inits and i.name in inits:
+            t = inits[i.name]
+            new.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    new.extend(have.values())  # inputs the original did not have (none expected)
+    m = onnx.ModelProto()
+    m.CopyFrom(written)
+    del m.graph.input[:]
+    m.graph.input.extend(new)
+    return m
 
 
 def _fold_dequantize(graph) -> bool:
@@ -195,10 +380,13 @@ def _copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
     dst.graph.doc_string = src.graph.doc_string
     del dst.metadata_props[:]
     dst.metadata_props.extend(src.metadata_props)
+    extra = [o for o in dst.opset_import if o.domain not in {s.domain for s in src.opset_import}]
     del dst.opset_import[:]
-    dst.opset_import.extend(src.opset_import)
-    if src.functions and not dst.functions:
-        dst.functions.extend(src.functions)
+    dst.opset_import.extend(list(src.opset_import) + extra)  # + domains that inlined function bodies use
+    if src.functions and not dst.functions:  # only functions still called (normalize inlines them)
+        called = {(n.domain, n.op_type) for n in dst.graph.node}
+        if any((f.domain, f.name) in called for f in src.functions):
+            dst.functions.extend(src.functions)
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:

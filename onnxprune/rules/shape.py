@@ -42,6 +42,10 @@ class ReshapeLike(OpRule):
         x, y = node.input[0], node.output[0]
         sx, sy = ctx.shape(x), ctx.shape(y)
         res = RuleResult()
+        if node.op_type == "Squeeze" and attr(node, "axes") is None and not (len(node.input) > 1 and node.input[1]) \
+                and any(ctx.live(x, a) and sx[a] > 1 for a in range(len(sx))):
+            # normalize pins the axes where shapes are static; here a pruned-to-1 channel axis would go too
+            raise Opaque("Squeeze without axes would also remove a channel axis pruned to one channel")
         for ins, outs in align_blocks(sx, sy):
             lin = [a for a in ins if ctx.live(x, a) and sx[a] > 1]
             lout = [b for b in outs if ctx.live(y, b) and sy[b] > 1]
