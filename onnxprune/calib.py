@@ -14,6 +14,8 @@ memory is bounded by one batch of exposed activations whatever the number of sam
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -189,6 +191,11 @@ def load_calib(calib, model: onnx.ModelProto, *, batch_size: int | None = None, 
     if isinstance(calib, (list, tuple)) and calib and all(isinstance(f, dict) for f in calib):
         _check_feed_names(calib[0], specs)
         return FeedList(calib)
+    if isinstance(calib, (list, tuple)):
+        raise OnnxPruneError("calibration data as a list must be a list of feed dicts {input name: batch array}; "
+                             "give one array (or a dict of arrays) holding all samples instead")
+    if not isinstance(calib, (str, os.PathLike, dict, np.ndarray)) and hasattr(calib, "__array__"):
+        calib = np.asarray(calib)  # torch tensors and other array-likes
     if isinstance(calib, np.ndarray):
         calib = {"": calib}
     if isinstance(calib, dict):

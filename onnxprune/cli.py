@@ -38,7 +38,7 @@ def _common(p):
 def _latency_table_args(p, no_cache_help: str):
     p.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command, e.g. "
                    "'ssh board ./bench {model}'; it prints 'latency_ms: X' (see README)")
-    p.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default ~/.cache/onnxprune)")
+    p.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default $ONNXPRUNE_CACHE/latency, else ~/.cache/onnxprune/latency)")
     p.add_argument("--no-cache", action="store_true", help=no_cache_help)
 
 
@@ -145,11 +145,14 @@ def _prune(args) -> int:
     budgets = [b for b in (args.budget, args.macs, args.params, args.peak_memory) if b is not None]
     if args.ratio is None and not budgets:
         raise OnnxPruneError("nothing to do: give --ratio (e.g. --ratio 0.3) or a budget (--budget 0.6x, --macs 50%)")
-    if args.ratio is not None and budgets:
-        raise OnnxPruneError("give either --ratio or a budget, not both")
-    for r in (args.ratio, args.ratio_dw):
-        if r is not None and not 0.0 <= r < 1.0:
-            raise OnnxPruneError(f"ratio must be in [0, 1), got {r}")
+    from .api import check_prune_args
+
+    check_prune_args(ratio=args.ratio, ratio_dw=args.ratio_dw,
+                     budgets=dict(budget=args.budget, macs=args.macs, params=args.params,
+                                  peak_memory=args.peak_memory),
+                     round_to=args.round_to, stages=args.stages, latency_model=args.latency_model, seed=args.seed,
+                     calib_batch=args.calib_batch, calib_limit=args.calib_limit, threads=args.threads,
+                     batch=args.batch)
     check_not_input_file(args.output, args.input, "output path")
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
@@ -160,8 +163,8 @@ def _prune(args) -> int:
             if _same_path(Path(args.report), f):
                 raise OnnxPruneError("--report is the output model path: give the report its own file")
     progress = args.progress
-    res = prune(args.input, ratio=args.ratio if args.ratio is not None else 0.0, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
-                scorer=args.scorer, exclude=_split(args.exclude), input_shapes=args.input_shape,
+    res = prune(args.input, ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
+                scorer=args.scorer, exclude=args.exclude, input_shapes=args.input_shape,
                 heads=args.heads, embed_dim=args.embed_dim,
                 verify=not args.no_verify, latency=not args.no_latency, provider=args.provider,
                 threads=args.threads, progress=progress,
@@ -191,7 +194,7 @@ def _analyze(args) -> int:
     progress = args.progress
     if args.json:
         _check_side_output(args.json, args.input, "--json")
-    a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), heads=args.heads,
+    a = analyze_model(args.input, input_shapes=args.input_shape, exclude=args.exclude, heads=args.heads,
                       embed_dim=args.embed_dim, progress=progress)
     view = a.view
     stats = model_stats(view.model, view.input_shapes)
@@ -232,7 +235,10 @@ def _profile(args) -> int:
 
     if args.json:
         _check_side_output(args.json, args.input, "--json")
-    a = analyze_model(args.input, input_shapes=args.input_shape, exclude=_split(args.exclude), heads=args.heads,
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise OnnxPruneError(f"latency cache folder is a file: {cache}")
+    a = analyze_model(args.input, input_shapes=args.input_shape, exclude=args.exclude, heads=args.heads,
                       embed_dim=args.embed_dim, progress=args.progress)
     groups = a.prunable_groups
     args.progress.start("profile", f"({len(groups)} groups, {args.provider})")
@@ -276,10 +282,6 @@ def _round_to(text: str):
     if n < 1:
         raise argparse.ArgumentTypeError("expected a positive integer or 'auto'")
     return n
-
-
-def _split(patterns):
-    return [p for s in patterns for p in s.split(",") if p]
 
 
 if __name__ == "__main__":

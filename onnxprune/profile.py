@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .analyze import Analysis, ChannelGroup
+from .errors import OnnxPruneError
 from .graph import random_feeds
 from .latency import measure_latencies
 from .rewrite import rewrite
@@ -62,7 +63,11 @@ class LatencyTable:
         d = json.loads(path.read_text())
         d["samples"] = {int(k): v for k, v in d["samples"].items()}
         d["group_sizes"] = {int(k): v for k, v in d["group_sizes"].items()}
-        return cls(**d, from_cache=True)
+        t = cls(**d, from_cache=True)
+        vals = [t.baseline_ms] + [x for pts in t.samples.values() for p in pts for x in p]
+        if not np.all(np.isfinite(np.asarray(vals, dtype=np.float64))) or t.baseline_ms <= 0:
+            raise ValueError("non-finite or non-positive latency in the cached table")
+        return t
 
 
 def sample_widths(size: int, n_frozen: int = 0) -> list[int]:
@@ -99,13 +104,17 @@ def build_latency_table(analysis: Analysis, groups: list[ChannelGroup], *, provi
     import time
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if use_cache and cache_dir.exists() and not cache_dir.is_dir():
+        raise OnnxPruneError(f"latency cache folder is a file: {cache_dir}")
     key = table_key(analysis, groups, provider, threads, extra=latency_cmd or "")
     path = cache_dir / f"{key}.json"
     if use_cache and path.exists():
         try:
-            return LatencyTable.load(path)
+            table = LatencyTable.load(path)
+            if set(table.group_sizes) == {g.id for g in groups}:
+                return table
         except Exception:
-            pass  # a corrupt cache entry is rebuilt
+            pass  # a corrupt or incomplete cache entry is rebuilt
     t0 = time.perf_counter()
     base_model = analysis.view.model
     feeds = random_feeds(analysis.view, seed=0)

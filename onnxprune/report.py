@@ -85,7 +85,8 @@ class Report:
             bd = self.budget
             unit = {"latency": (1.0, " ms"), "peak_memory": (1e-6, " MB")}.get(bd["metric"], (1e-6, "M"))
             f = lambda v: f"{v * unit[0]:.3f}{unit[1]}" if v is not None else "-"  # noqa: E731
-            lines.append(f"budget: {bd['metric']} {bd['spec']} = {f(bd['budget'])}; predicted {f(bd['predicted'])}, "
+            pred = f(bd["predicted"]) if bd["predicted"] is not None else "n/a (per-group costs not additive here)"
+            lines.append(f"budget: {bd['metric']} {bd['spec']} = {f(bd['budget'])}; predicted {pred}, "
                          f"measured {f(bd['measured'])} ({'met' if bd['met'] else 'NOT met'}, "
                          f"{len(bd['iterations'])} solve(s){', latency table from cache' if bd.get('table_cached') else ''})")
             if bd.get("method"):

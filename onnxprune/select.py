@@ -26,21 +26,59 @@ def keep_from_removed(size: int, removed: np.ndarray) -> np.ndarray:
 
 
 def select_by_ratio(groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float,
-                    ratio_dw: float | None = None, global_rank: bool = False) -> dict[int, np.ndarray]:
-    """Kept canonical channels per group id (only groups that lose channels appear)."""
+                    ratio_dw: float | None = None, global_rank: bool = False,
+                    round_to: int | None = None) -> dict[int, np.ndarray]:
+    """Kept canonical channels per group id (only groups that lose channels appear).
+
+    With ``global_rank`` and ``ratio_dw``, depthwise groups are ranked among themselves at
+    ``ratio_dw`` and the others at ``ratio``. ``round_to`` moves every kept count to the nearest
+    multiple of N (see :func:`round_kept_counts`)."""
     for r in (ratio, ratio_dw):
         if r is not None and not 0.0 <= r < 1.0:
             raise ValueError(f"ratio must be in [0, 1), got {r}")
     groups = [g for g in groups if g.prunable and g.id in scores]
     if global_rank:
-        return _select_global(groups, scores, ratio)
+        if ratio_dw is None:
+            kept = _select_global(groups, scores, ratio)
+        else:
+            kept = {**_select_global([g for g in groups if not g.depthwise], scores, ratio),
+                    **_select_global([g for g in groups if g.depthwise], scores, ratio_dw)}
+        return round_kept_counts(groups, kept, scores, round_to)
     kept = {}
     for g in groups:
         r = ratio_dw if (g.depthwise and ratio_dw is not None) else ratio
         k = n_remove(g.size, int((~g.frozen).sum()), r)
         if k:
             kept[g.id] = keep_from_removed(g.size, lowest_free(scores[g.id], g.frozen, k))
-    return kept
+    return round_kept_counts(groups, kept, scores, round_to)
+
+
+def rounded_count(keep: int, size: int, n_frozen: int, n: int) -> int:
+    """`keep` moved to the nearest multiple of `n` (at least `n`), never above `size` and never below
+    the frozen channels; a group of `size` <= n stays whole."""
+    if not n or n <= 1 or keep >= size:
+        return keep
+    r = max(n, int(np.floor(keep / n + 0.5)) * n)
+    return int(min(size, max(r, n_frozen, 1)))
+
+
+def round_kept_counts(groups: list[ChannelGroup], kept: dict[int, np.ndarray], scores: dict[int, np.ndarray],
+                      n: int | None) -> dict[int, np.ndarray]:
+    """Hardware-friendly widths for ratio pruning: each group keeps its best `rounded_count` channels."""
+    if not n or n <= 1:
+        return kept
+    out = {}
+    for g in groups:
+        k = kept.get(g.id)
+        keep = len(k) if k is not None else g.size
+        r = rounded_count(keep, g.size, int(g.frozen.sum()), n)
+        if r == keep:
+            if k is not None:
+                out[g.id] = k
+            continue
+        if r < g.size:
+            out[g.id] = keep_from_removed(g.size, lowest_free(scores[g.id], g.frozen, g.size - r))
+    return out
 
 
 def _select_global(groups, scores, ratio):

@@ -76,6 +76,42 @@ def test_meet_budget_infeasible_says_so():
         meet_budget(choices, 100.0, 10.0, lambda kept: 100.0, metric="latency")
 
 
+def test_meet_budget_remeasures_a_noisy_miss_at_the_floor():
+    """Costs so far off that the loop goes straight to one channel per group, where the first median
+    lands 0.2% over the budget by noise: two more measurements decide (median of three), instead of
+    declaring a feasible budget impossible. A real miss is still refused, quoting the floor's figure."""
+    g = [_group(0, 2)]
+    choices = group_choices(g, {0: np.linspace(1, 2, 2)})
+    choices[0].costs = (choices[0].widths - 2) * 100.0  # predicts a huge saving: width 1 from the start
+    noisy = iter([90.2, 89.5, 89.7])
+
+    def evaluate(kept):
+        return next(noisy) if len(kept.get(0, np.arange(2))) == 1 else 100.0
+
+    res = meet_budget(choices, 100.0, 90.0, evaluate, metric="latency")
+    assert res.met and res.measured == pytest.approx(89.7) and res.iterations[-1]["remeasured"] == 3
+    calls = iter([93.0, 96.0, 99.0])
+    with pytest.raises(OnnxPruneError, match="still measures 96.000 ms"):
+        meet_budget(choices, 100.0, 90.0, lambda kept: next(calls), metric="latency")
+
+
+def test_check_prune_args_refuses_flags_that_would_be_ignored():
+    from onnxprune.api import check_prune_args
+
+    ok = dict(ratio=None, ratio_dw=None, budgets=dict(budget="0.8x"), round_to=None, stages=1,
+              latency_model="measured", seed=0, calib_batch=None, calib_limit=None, threads=None, batch=None)
+    check_prune_args(**ok)
+    for bad, msg in [(dict(ratio=0.3), "not both"), (dict(ratio_dw=0.5), "ratio-dw"), (dict(stages=0), "stages"),
+                     (dict(round_to=0), "round_to"), (dict(latency_model="bogus"), "latency model"),
+                     (dict(seed=-1), "seed"), (dict(calib_batch=0), "calib batch"),
+                     (dict(budgets=dict(macs="50%"), round_to="auto"), "auto"),
+                     (dict(budgets=dict(budget=None), ratio=0.3, stages=2), "stages"),
+                     (dict(budgets=dict(budget=None), ratio=0.3, latency_model="macs"), "latency budgets"),
+                     (dict(budgets=dict(budget=None), ratio=1.2), r"\[0, 1\)")]:
+        with pytest.raises(OnnxPruneError, match=msg):
+            check_prune_args(**{**ok, **bad})
+
+
 @pytest.mark.parametrize("kind,text,frac", [("macs", "50%", 0.5), ("params", "0.4x", 0.4)])
 def test_analytic_budget_met_and_used(kind, text, frac):
     res = prune(MBV2, scorer="sp-lamp", latency=False, **{kind: text})
