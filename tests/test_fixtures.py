@@ -119,3 +119,32 @@ def test_unknown_op_in_transformer_freezes_only_its_groups(exporter):
     assert len(frozen) == 1 and frozen[0].size == 128 and frozen[0].kind == "channels"
     assert len(a.prunable_groups) == len(base.prunable_groups) - 1
     assert sum(g.kind == "heads" and g.prunable for g in a.groups) == 2
+
+
+@pytest.mark.parametrize("fx", TRANSFORMERS, ids=[f["name"] for f in TRANSFORMERS])
+def test_transformer_fixture_uneven_heads(fx):
+    """Layers keeping different numbers of heads and MLP widths (dynamo exports share one Reshape
+    shape tensor across layers; each layer needs its own sizes): rewrite matches the oracle, and
+    the global ranking through the whole pipeline does too."""
+    import numpy as np
+
+    from onnxprune.oracle import compare_models, masked_model
+    from onnxprune.rewrite import rewrite
+
+    a = analyze_model(str(ROOT / fx["file"]), input_shapes=_shapes(fx), heads=True)
+    heads = [g for g in a.prunable_groups if g.kind == "heads"]
+    assert len(heads) >= 2
+    kept = {}
+    for i, g in enumerate(a.prunable_groups):  # a different share in every group: layer j keeps j+1 heads
+        n = min(heads.index(g) + 1, g.size - 1) if g in heads else max(1, g.size * (i + 1) // (len(a.groups) + 1))
+        kept[g.id] = np.sort(np.random.default_rng(i).choice(g.size, n, replace=False))
+    assert len({len(kept[g.id]) for g in heads}) > 1
+    pruned = rewrite(a, kept)
+    onnx.checker.check_model(pruned, full_check=True)
+    r = compare_models(masked_model(a, kept), pruned, [random_feeds(a.view, seed=s) for s in range(2)])
+    assert r.passed, (r.max_abs_diff, r.tolerance)
+
+    res = prune(str(ROOT / fx["file"]), ratio=0.5, global_rank=True, heads=True, input_shapes=_shapes(fx),
+                latency=False)
+    assert res.report.verification["passed"], res.report.verification
+    ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])

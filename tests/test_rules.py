@@ -724,3 +724,55 @@ def test_exclude_freezes_groups_the_node_touches():
         assert not g.prunable and any("excluded" in r and "conv2" in r for r in g.reasons), g.reasons
     assert group_at(a, "conv3_out", 1).prunable
     assert_prunes(model, [("conv3_out", 1)], IMG, frozen=[("conv1_out", 1), ("conv2_out", 1)], exclude=["conv2*"])
+
+
+# --- 19. shape constants shared by layers pruned to different widths -----------------------------------
+
+def _rewrite_and_verify(model, shapes, choose):
+    """Analyze, keep the channels `choose(analysis)` picks per group ({group id: kept positions},
+    non-uniform on purpose), rewrite, and check the result against the mask oracle."""
+    from onnxprune.graph import random_feeds
+    from onnxprune.oracle import compare_models, masked_model
+    from onnxprune.rewrite import rewrite
+
+    view = build_view(normalize(model), shapes)
+    a = analyze(view)
+    kept = {g: np.asarray(k) for g, k in choose(a).items()}
+    pruned = rewrite(a, kept)
+    onnx.checker.check_model(pruned, full_check=True)
+    r = compare_models(masked_model(a, kept), pruned, [random_feeds(view, seed=s) for s in range(2)])
+    assert r.passed, (r.max_abs_diff, r.tolerance)
+    return pruned
+
+
+def test_reshape_shape_shared_by_layers_of_different_widths():
+    """Two layers reshape with ONE shape tensor each way (Concat of a run-time batch dim and
+    constants, as dynamo exports do); when they keep different widths each Reshape needs its own
+    copy, when they keep the same width they keep sharing it."""
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [16, 8])
+    n = b.op("Slice", [b.op("Shape", [x]), b.const([0]), b.const([1])])  # batch, symbolic
+    split = b.op("Concat", [n, b.const([16]), b.const([3]), b.const([4])], axis=0, name="split_shape")
+    merge = b.op("Concat", [n, b.const([16]), b.const([12])], axis=0, name="merge_shape")
+    outs = []
+    for i in range(2):
+        h = b.matmul(x, 8, 12, name=f"fc{i}")
+        h = b.op("Relu", [b.op("Reshape", [h, split], name=f"split{i}")])
+        outs.append(b.matmul(b.op("Reshape", [h, merge], name=f"merge{i}"), 12, 8, name=f"proj{i}"))
+    model = b.model([b.op("Add", outs)])
+    shapes = {"x": [2, 16, 8]}
+
+    def groups(a):
+        return group_at(a, "fc0_out", 2).id, group_at(a, "fc1_out", 2).id
+
+    def concats(m):
+        return sum(n.op_type == "Concat" for n in m.graph.node)
+
+    pruned = _rewrite_and_verify(model, shapes, lambda a: dict(zip(groups(a), ([0, 1, 3], [2]))))
+    assert concats(pruned) == 4  # one private split/merge shape per layer
+    pruned = _rewrite_and_verify(model, shapes, lambda a: dict(zip(groups(a), ([0, 1, 3], [0, 2, 3]))))
+    assert concats(pruned) == 2  # same widths: still shared
+    pruned = _rewrite_and_verify(model, shapes, lambda a: {groups(a)[1]: [1, 2]})  # one layer only
+    assert concats(pruned) == 4
+    # and through the whole pipeline (equal widths)
+    assert_prunes(model, [("fc0_out", 2), ("fc1_out", 2)], shapes, sizes=[4, 4])
