@@ -108,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "prune")
     args = build_parser().parse_args(argv)
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so no half-written file stays behind
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (main() called from a user's worker thread)
+        pass
     from .report import Progress
 
     args.progress = Progress(enabled=not args.quiet)
@@ -252,7 +261,8 @@ def _profile(args) -> int:
     args.progress.done()
     src = "cache" if table.from_cache else f"measured in {table.build_s:.1f}s"
     print(f"{args.input}: latency table for {len(groups)} groups ({src}, {wall:.1f}s), baseline "
-          f"{table.baseline_ms:.3f} ms, {args.provider}, inputs {a.view.input_shapes}")
+          f"{table.baseline_ms:.3f} ms, {'--latency-cmd' if args.latency_cmd else args.provider}, "
+          f"inputs {a.view.input_shapes}")
     print(f"  {'id':>3}  {'group':<40} {'ch':>5}  latency delta (ms) at sampled widths")
     for g in groups:
         pts = ", ".join(f"{int(w)}:{d:+.3f}" for w, d in sorted(table.samples.get(g.id, [])))

@@ -115,7 +115,7 @@ def _si(v) -> str:
 def _bytes(v) -> str:
     if v is None:
         return "-"
-    for unit, d in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+    for unit, d in (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3)):  # decimal, as budgets are parsed
         if v >= d:
             return f"{v / d:.2f} {unit}"
     return f"{v} B"

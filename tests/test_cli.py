@@ -223,3 +223,19 @@ def test_version_and_help_mention_implicit_prune():
     assert r.returncode == 0 and r.stdout.strip() == f"onnxprune {__version__}"
     r = run_cli("--help")
     assert r.returncode == 0 and "onnxprune IN OUT" in r.stdout.replace("\n", " ")
+
+
+def test_sigterm_unwinds_cleanly(tmp_path):
+    import signal
+    import time
+
+    src = Path(__file__).resolve().parents[1] / "models" / "onnx" / "resnet50.ts.onnx"
+    out = tmp_path / "out.onnx"
+    slow = "sleep 60 && echo latency_ms: 1 # {model}"  # parks the run in a known place
+    p = subprocess.Popen([sys.executable, "-m", "onnxprune.cli", "prune", str(src), str(out), "--ratio", "0.3",
+                          "--latency-cmd", slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
