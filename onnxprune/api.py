@@ -16,9 +16,9 @@ from .analyze import Analysis, analyze
 from .cost import total_macs, total_params
 from .errors import OnnxPruneError, VerificationError
 from .graph import build_view, random_feeds
-from .io import (custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes, sanitized,
-                 save_model, validate_model, with_batch)
-from .oracle import compare_models, masked_model
+from .io import (custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes,
+                 requantize_weights, sanitized, save_model, validate_model, with_batch)
+from .oracle import compare_models, masked_model, needs_plain_execution
 from .report import GroupReport, ModelStats, Progress, Report
 from .rewrite import rewrite
 from .score import score_groups
@@ -42,7 +42,57 @@ def _as_model(model) -> tuple[onnx.ModelProto, str]:
 def _shapes(input_shapes):
     if input_shapes is None or isinstance(input_shapes, dict):
         return input_shapes
+    if isinstance(input_shapes, str):  # "x=1x3x224x224" or "a=1x16,b=1x16"
+        input_shapes = input_shapes.split(",")
     return parse_input_shapes(list(input_shapes))
+
+
+def split_patterns(patterns) -> list[str]:
+    """--exclude values: a string or a list of strings, each possibly comma-separated."""
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return [p.strip() for s in patterns for p in str(s).split(",") if p.strip()]
+
+
+LATENCY_MODELS = ("measured", "macs")
+
+
+def check_prune_args(*, ratio, ratio_dw, budgets: dict, round_to, stages, latency_model, seed, calib_batch,
+                     calib_limit, threads, batch) -> None:
+    """One place for the argument rules, so the CLI and the Python API accept and refuse the same
+    things (a flag that would be silently ignored is refused with the reason)."""
+    given = [k for k, v in budgets.items() if v is not None]
+    if ratio is not None and given:
+        raise OnnxPruneError("give either a ratio or a budget, not both")
+    for r in (ratio, ratio_dw):
+        if r is not None and not (isinstance(r, (int, float)) and 0.0 <= r < 1.0):
+            raise OnnxPruneError(f"ratio must be in [0, 1), got {r}")
+    if ratio_dw is not None and given:
+        raise OnnxPruneError("--ratio-dw applies to ratio pruning, not to budgets")
+    if round_to is not None and round_to != "auto" and not (isinstance(round_to, int) and round_to >= 1):
+        raise OnnxPruneError(f"round_to must be a positive integer or 'auto', got {round_to!r}")
+    if round_to == "auto" and given != ["budget"]:
+        raise OnnxPruneError("--round-to auto uses measured latency steps: it needs a latency budget (--budget)")
+    if not (isinstance(stages, int) and stages >= 1):
+        raise OnnxPruneError(f"stages must be an integer >= 1, got {stages!r}")
+    if stages > 1 and not given:
+        raise OnnxPruneError("--stages applies to budgets, not to --ratio")
+    if latency_model not in LATENCY_MODELS:
+        raise OnnxPruneError(f"latency model must be one of {', '.join(LATENCY_MODELS)}, got {latency_model!r}")
+    if latency_model != "measured" and given != ["budget"]:
+        raise OnnxPruneError("--latency-model applies to latency budgets (--budget)")
+    for name, v, lo in (("seed", seed, 0), ("calib batch", calib_batch, 1), ("calib limit", calib_limit, 1),
+                        ("threads", threads, 1), ("batch", batch, 1)):
+        if v is not None and not (isinstance(v, (int, np.integer)) and v >= lo):
+            raise OnnxPruneError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def unmatched_excludes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
+    from .analyze import _excluded
+
+    return [p for p in patterns if not any(_excluded(n, [p]) for n in model.graph.node)]
 
 
 def analyze_model(model, *, input_shapes=None, exclude=None, heads: bool = False, embed_dim: bool = False,
@@ -56,7 +106,7 @@ def analyze_model(model, *, input_shapes=None, exclude=None, heads: bool = False
     norm = normalize(m)
     progress.start("analyze")
     view = build_view(norm, _shapes(input_shapes))
-    a = analyze(view, exclude=exclude, heads=heads, embed_dim=embed_dim)
+    a = analyze(view, exclude=split_patterns(exclude), heads=heads, embed_dim=embed_dim)
     progress.done()
     return a
 
@@ -105,7 +155,7 @@ def _budget_spec(budget, macs, params, peak_memory):
     return v if isinstance(v, BudgetSpec) else parse_budget_spec(k, v)
 
 
-def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_rank: bool = False,
+def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, global_rank: bool = False,
           scorer: str = "l2", exclude: list[str] | None = None, input_shapes=None, heads: bool = False,
           embed_dim: bool = False, verify: bool = True,
           latency: bool = True, provider: str = "cpu", threads: int | None = None,
@@ -116,7 +166,8 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
           peak_memory: str | None = None, round_to: int | None = None, latency_model: str = "measured",
           cache_dir=None, use_cache: bool = True, latency_cmd: str | None = None,
           batch: int | None = None, stages: int = 1) -> PruneResult:
-    """Remove `ratio` of the channels of every prunable channel group (lowest scores first).
+    """Remove `ratio` of the channels of every prunable channel group (lowest scores first; 0.3 when
+    neither a ratio nor a budget is given).
 
     Calibration (data-driven scorers such as ``vbp``, and ``compensate="mean"``): ``calib`` is a
     .npz/.npy path, a folder of images (``preprocess``), an array, a dict of arrays or a list of feed
@@ -134,6 +185,13 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     The result is verified against the mask oracle unless ``verify=False``; a mismatch raises
     :class:`VerificationError` and no model is returned.
     """
+    check_prune_args(ratio=ratio, ratio_dw=ratio_dw,
+                     budgets=dict(budget=budget, macs=macs, params=params, peak_memory=peak_memory),
+                     round_to=round_to, stages=stages, latency_model=latency_model, seed=seed,
+                     calib_batch=calib_batch, calib_limit=calib_limit, threads=threads, batch=batch)
+    if ratio is None and all(v is None for v in (budget, macs, params, peak_memory)):
+        ratio = 0.3
+    exclude = split_patterns(exclude)
     progress = progress or Progress(False)
     progress.start("load")
     m, src = _as_model(model)
@@ -154,9 +212,14 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     progress.start("score", scorer)
     scores = score_groups(analysis, scorer, context=score_ctx)
     spec = _budget_spec(budget, macs, params, peak_memory)
+    customs = custom_ops(norm)
+    if spec is not None and spec.metric == "latency" and customs and not latency_cmd:
+        raise OnnxPruneError(f"a latency budget needs ONNX Runtime to run the model, which has custom op(s) "
+                             f"{', '.join(customs)}: time it with --latency-cmd, or use --macs / --params")
     budget_res = None
     if spec is None:
-        kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank)
+        kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank,
+                               round_to=round_to)
     else:
         from .budget import plan_for_budget
 
@@ -184,7 +247,8 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
         raise OnnxPruneError(f"internal error: the rewritten model fails the ONNX checker: {str(e).splitlines()[0]}") from None
 
     report = Report(input=src, output=None,
-                    settings=dict(ratio=ratio, ratio_dw=ratio_dw, global_rank=global_rank, scorer=scorer,
+                    settings=dict(ratio=ratio, ratio_dw=ratio_dw, global_rank=global_rank, round_to=round_to,
+                                  scorer=scorer,
                                   exclude=exclude or [], heads=heads, embed_dim=embed_dim,
                                   input_shapes=view.input_shapes, provider=provider,
                                   threads=threads),
@@ -192,12 +256,17 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     report.baseline.file_bytes = m.ByteSize()
     if checker_note:
         report.notes.append(checker_note)
+    for p in unmatched_excludes(norm, exclude):
+        report.notes.append(f"--exclude '{p}' matches no node name or op type")
     report.settings.update(seed=seed, compensate=compensate,
                            calib=getattr(calib_set, "description", None) if calib_set is not None else None)
     report.notes.extend(score_ctx.notes)
     if budget_res is not None:
         report.budget = dict(metric=budget_res.metric, spec=spec.text, budget=budget_res.budget,
-                             baseline=budget_res.baseline, predicted=budget_res.predicted,
+                             baseline=budget_res.baseline,
+                             # a sum of per-group deltas can fall below zero where latency is not
+                             # additive (tiny, overhead-bound models): no prediction then, the loop measured
+                             predicted=budget_res.predicted if budget_res.predicted > 0 else None,
                              measured=budget_res.measured, met=budget_res.met, iterations=budget_res.iterations,
                              round_to=round_to, stages=stages,
                              **{"latency_model": latency_model if spec.metric == "latency" else None,
@@ -209,7 +278,6 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
     progress.start("stats")
     report.pruned = model_stats(pruned, view.input_shapes)
     report.groups = group_reports(analysis, kept)
-    customs = custom_ops(norm)
     if customs:
         report.notes.append(f"custom op(s) {', '.join(customs)}: groups touching them are frozen")
 
@@ -220,9 +288,13 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
                 f"cannot verify: ONNX Runtime has no kernel for custom op(s) {', '.join(customs)}; "
                 "rerun with --no-verify to write the model unverified")
         feeds = [random_feeds(view, seed=s) for s in range(3)]
-        res = compare_models(masked_model(analysis, kept), pruned, feeds)
+        plain = needs_plain_execution(norm)
+        res = compare_models(masked_model(analysis, kept), pruned, feeds, optimize=not plain)
         report.verification = dict(passed=res.passed, max_abs_diff=res.max_abs_diff, tolerance=res.tolerance,
                                    output_scale=res.scale, inputs=len(feeds), per_output=res.per_output)
+        if plain:
+            report.verification["note"] = ("quantize/dequantize ops: both models run op by op (ONNX Runtime graph "
+                                            "optimizations off), as fused integer kernels round differently")
         if not res.passed:
             raise VerificationError(
                 f"verification failed: pruned model differs from the masked original by {res.max_abs_diff:.3e} "
@@ -240,15 +312,24 @@ def prune(model, *, ratio: float = 0.3, ratio_dw: float | None = None, global_ra
             report.verification[f"{compensate}_compensation"] = comp_check
         report.pruned = model_stats(pruned, view.input_shapes)
 
+    pruned, notes = requantize_weights(pruned, analysis, kept)  # int8 weights behind DQ stay int8
+    report.notes.extend(notes)
+    report.pruned.file_bytes = pruned.ByteSize()
     pruned = initializers_as_inputs(m, pruned)  # the written model keeps the original's inputs
     if latency:
         progress.start("latency", f"({provider})")
-        if customs:
+        if customs and not latency_cmd:
             report.baseline.latency_note = "not measured: custom ops have no ONNX Runtime kernel"
         else:
-            base_ms, pruned_ms = measure([m, pruned], view.input_shapes, provider=provider, threads=threads)
+            if latency_cmd:
+                from .latency_cmd import measure_with_command
+
+                base_ms, pruned_ms = (measure_with_command(latency_cmd, x) for x in (m, pruned))
+                report.baseline.latency_note = "measured by --latency-cmd"
+            else:
+                base_ms, pruned_ms = measure([m, pruned], view.input_shapes, provider=provider, threads=threads)
+                report.baseline.latency_note = f"median, {provider}, side by side in one process"
             report.baseline.latency_ms, report.pruned.latency_ms = base_ms, pruned_ms
-            report.baseline.latency_note = f"median, {provider}, side by side in one process"
     progress.done()
     report.timings_s = dict(progress.timings)
     return PruneResult(pruned, report, analysis, kept)

@@ -7,6 +7,7 @@ Symbolic dims are kept: the written model must accept what the original accepted
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -15,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.inliner
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .errors import OnnxPruneError
 
+DEQUANTIZED_KEY = "onnxprune:dequantized"  # normalized model -> rewrite: weights folded from DQ
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 
 
@@ -182,6 +184,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             m.ir_version = 4
     fold = dict(error_ok=True, should_exclude_node=lambda n: (n.domain or "") not in STANDARD_DOMAINS)
     dtypes = _elem_types(m)
+    dequantized: dict[str, dict] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # Rounds of (shape inference with data propagation, constant folding) while the graph
@@ -197,7 +200,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
             graph = gs.import_onnx(m)
             n_before = len(graph.nodes)
             graph.fold_constants(**fold)
-            if _fold_dequantize(graph):  # graphsurgeon never folds Q/DQ; weights behind DQ are weights
+            if _fold_dequantize(graph, dequantized):  # graphsurgeon never folds Q/DQ; weights behind DQ are weights
                 graph.cleanup(remove_unused_graph_inputs=False)
                 graph.fold_constants(**fold)
             graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -214,6 +217,11 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     custom_outs = {t for n in out.graph.node if n.domain not in STANDARD_DOMAINS for t in n.output}
     out.graph.value_info.extend(vi for vi in model.graph.value_info
                                 if vi.name in custom_outs and vi.type.tensor_type.HasField("shape"))
+    # for requantize_weights (the written model keeps its integer weights): the folded weights that
+    # are initializers now (not folded further, e.g. through a Transpose)
+    dequantized = {k: v for k, v in dequantized.items() if k in {t.name for t in out.graph.initializer}}
+    if dequantized:
+        out.metadata_props.add(key=DEQUANTIZED_KEY, value=json.dumps(dequantized))
     return out
 
 
@@ -334,9 +342,93 @@ def initializers_as_inputs(original: onnx.ModelProto, written: onnx.ModelProto) 
     return m
 
 
-def _fold_dequantize(graph) -> bool:
+def requantize_weights(model: onnx.ModelProto, analysis, kept) -> tuple[onnx.ModelProto, list[str]]:
+    """Undo normalize's DequantizeLinear folding in a pruned model: every surviving folded weight
+    becomes integers + DequantizeLinear again, with its scale / zero point (per-axis ones sliced
+    like the weight). Exact, as the float values came from integers; a weight that is no longer
+    on its integer grid (refit by compensation) stays float, with a note. Returns (model, notes)."""
+    from .rewrite import kept_positions
+
+    meta = next((p.value for p in model.metadata_props if p.key == DEQUANTIZED_KEY), None)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep_meta = [p for p in m.metadata_props if p.key != DEQUANTIZED_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep_meta)
+    if meta is None:
+        return m, []
+    g = m.graph
+    pos = kept_positions(analysis, kept)
+    inits = {t.name: k for k, t in enumerate(g.initializer)}
+    used = set(inits) | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    node_names = {n.name for n in g.node}
+
+    def fresh(name, taken):
+        k, out = 0, name
+        while out in taken:
+            k += 1
+            out = f"{name}_{k}"
+        taken.add(out)
+        return out
+
+    new_nodes, drop, floats = [], set(), []
+    for wname, r in json.loads(meta).items():
+        if wname not in inits:  # replaced by a new float tensor (compensation refits under a new name)
+            floats.append(wname)
+            continue
+        w = numpy_helper.to_array(g.initializer[inits[wname]])
+        scale = np.asarray(r["scale_values"], w.dtype)  # folding made w of the scale's dtype
+        qdt = helper.tensor_dtype_to_np_dtype(r["q_type"])
+        zp = np.asarray(r["zp_values"], np.int64)
+        shape = [1] * w.ndim
+        if r["axis"] is not None:
+            p = pos.get((wname, r["axis"]), np.arange(len(scale)))
+            if len(p) != w.shape[r["axis"]]:
+                floats.append(wname)
+                continue
+            scale, zp = scale[p], (zp[p] if zp.size > 1 else zp)
+            shape[r["axis"]] = -1
+        sb, zb = scale.reshape(shape if scale.size > 1 else ()), zp.reshape(shape if zp.size > 1 else ())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.round(w / sb) + zb
+        info = np.iinfo(qdt)
+        if not np.all(np.isfinite(q)) or q.min(initial=0) < info.min or q.max(initial=0) > info.max:
+            floats.append(wname)
+            continue
+        q = q.astype(qdt)
+        if not np.array_equal((q.astype(np.int64) - zb).astype(w.dtype) * sb, w):
+            floats.append(wname)  # e.g. refit by lstsq compensation
+            continue
+        names = [fresh(r["q"], used), fresh(r["scale"], used)]
+        g.initializer.append(numpy_helper.from_array(q, names[0]))
+        g.initializer.append(numpy_helper.from_array(scale.reshape(() if r["axis"] is None else -1), names[1]))
+        if r["zp"] is not None:
+            names.append(fresh(r["zp"], used))
+            zdt = helper.tensor_dtype_to_np_dtype(r["zp_type"])
+            g.initializer.append(numpy_helper.from_array(zp.reshape(() if r["axis"] is None else -1).astype(zdt), names[2]))
+        attrs = {} if r["axis"] is None else dict(axis=r["axis"])
+        new_nodes.append(helper.make_node("DequantizeLinear", names, [wname],
+                                          name=fresh(r["node"] or f"{wname}_dequantize", node_names), **attrs))
+        drop.add(wname)
+    if drop:
+        kept_inits = [t for t in g.initializer if t.name not in drop]
+        del g.initializer[:]
+        g.initializer.extend(kept_inits)
+        rest = list(g.node)
+        del g.node[:]
+        g.node.extend(new_nodes + rest)  # inputs are initializers: first is topological
+    notes = []
+    if floats:
+        notes.append(f"quantized weight(s) {', '.join(sorted(floats))} are written dequantized, as float (changed "
+                     "by compensation: no longer integers times their scale); other quantized weights stay "
+                     "integer + DequantizeLinear")
+    return m, notes
+
+
+def _fold_dequantize(graph, record: dict | None = None) -> bool:
     """Replace DequantizeLinear of constant integer tensors (per-tensor or per-axis) by its float
-    result, computed as ONNX Runtime does: float(x - zero_point) * scale. Returns whether any folded."""
+    result, computed as ONNX Runtime does: float(x - zero_point) * scale. Returns whether any folded;
+    `record` gets, per folded output, what requantize_weights needs to undo it."""
     import onnx_graphsurgeon as gs
 
     outputs = {t.name for t in graph.outputs}
@@ -362,6 +454,13 @@ def _fold_dequantize(graph) -> bool:
             bshape[axis] = -1
             scale, zp = scale.reshape(bshape), zp.reshape(bshape) if zp.size > 1 else zp.reshape(())
         y = (x.astype(np.int64) - zp.astype(np.int64)).astype(scale.dtype) * scale
+        if record is not None:
+            record[node.outputs[0].name] = dict(
+                node=node.name, axis=None if scale.ndim == 0 else axis,
+                q=ins[0].name, q_type=int(helper.np_dtype_to_tensor_dtype(x.dtype)),
+                scale=ins[1].name, scale_values=scale.reshape(-1).tolist(),
+                zp=ins[2].name if len(ins) > 2 else None, zp_values=zp.reshape(-1).tolist(),
+                zp_type=int(helper.np_dtype_to_tensor_dtype(zp.dtype)) if len(ins) > 2 else None)
         node.outputs[0].to_constant(np.ascontiguousarray(y.astype(scale.dtype)))
         node.outputs.clear()
         folded = True
@@ -400,6 +499,8 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
             raise OnnxPruneError(f"bad --input-shape '{s}': expected name=1x3x224x224") from None
         if any(d <= 0 for d in shape):
             raise OnnxPruneError(f"bad --input-shape '{s}': dims must be positive")
+        if name in out:
+            raise OnnxPruneError(f"--input-shape given twice for {name or 'the input'}")
         out[name] = shape
     return out
 
@@ -419,6 +520,15 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
     unknown = set(overrides) - {i.name for i in inputs}
     if unknown:
         raise OnnxPruneError(f"--input-shape names unknown input(s): {', '.join(sorted(unknown))}; inputs are: {', '.join(i.name for i in inputs)}")
+    # a symbolic dim shared by several inputs (batch, seq of input_ids and attention_mask) takes the
+    # value given for any of them, so the inputs stay consistent
+    named: dict[str, int] = {}
+    for i in inputs:
+        for d, o in zip(i.type.tensor_type.shape.dim, overrides.get(i.name, [])):
+            if d.HasField("dim_param") and d.dim_param:
+                if named.setdefault(d.dim_param, o) != o:
+                    raise OnnxPruneError(f"--input-shape: symbolic dim '{d.dim_param}' is given as both "
+                                         f"{named[d.dim_param]} and {o}")
     shapes = {}
     for i in inputs:
         dims = i.type.tensor_type.shape.dim
@@ -431,12 +541,17 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
             shapes[i.name] = list(overrides[i.name])
             continue
         shape = []
+        static = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+        # image spatial axes: 2,3 (NCHW), or 1,2 for channels-last inputs (tf2onnx: N x H x W x 3)
+        spatial = (1, 2) if len(dims) == 4 and static[1] is None and static[3] in (1, 3, 4) else (2, 3)
         for k, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(d.dim_value)
+            elif d.HasField("dim_param") and d.dim_param in named:
+                shape.append(named[d.dim_param])
             elif k == 0:
                 shape.append(1)
-            elif len(dims) == 4 and k >= 2:
+            elif len(dims) == 4 and k in spatial:
                 shape.append(224)
             else:
                 shape.append(16)
@@ -452,12 +567,23 @@ def with_batch(model: onnx.ModelProto, shapes: dict[str, list[int]] | None, batc
         raise OnnxPruneError(f"--batch must be >= 1, got {batch}")
     out = dict(shapes or {})
     defaults = graph_input_shapes(model, out)
+    static = {v[0] for k, v in defaults.items() if v and not _symbolic_batch(model, k)}
+    if static and not any(_symbolic_batch(model, k) for k in defaults) and batch not in static:
+        raise OnnxPruneError(f"--batch {batch}: the model's batch dim is fixed at {min(static)}")
     for i in model.graph.input:
         if i.name in defaults and i.name not in out:
             dims = i.type.tensor_type.shape.dim
             if dims and not dims[0].HasField("dim_value"):
                 out[i.name] = [batch] + defaults[i.name][1:]
     return out
+
+
+def _symbolic_batch(model: onnx.ModelProto, name: str) -> bool:
+    for i in model.graph.input:
+        if i.name == name:
+            dims = i.type.tensor_type.shape.dim
+            return bool(dims) and not dims[0].HasField("dim_value")
+    return False
 
 
 def with_fixed_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:

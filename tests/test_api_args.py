@@ -100,3 +100,16 @@ def test_latency_budget_on_custom_op_model_says_what_to_do():
     y = b.conv(b.op("Relu", [b.conv(y, 8, 8, name="conv2")]), 8, 4, name="conv3")
     with pytest.raises(OnnxPruneError, match="--latency-cmd"):
         prune(b.model([y], output_shapes=[["N", 4, 8, 8]]), budget="0.8x", verify=False)
+
+
+@pytest.mark.parametrize("dims,want", [(["N", "H", "W", 3], [1, 224, 224, 3]), (["N", 3, "H", "W"], [1, 3, 224, 224]),
+                                       (["N", "C", "H", "W"], [1, 16, 224, 224])])
+def test_default_shapes_find_the_spatial_axes(dims, want):
+    from onnx import TensorProto, helper
+
+    from onnxprune.io import graph_input_shapes
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert graph_input_shapes(helper.make_model(g))["x"] == want

@@ -776,3 +776,22 @@ def test_reshape_shape_shared_by_layers_of_different_widths():
     assert concats(pruned) == 4
     # and through the whole pipeline (equal widths)
     assert_prunes(model, [("fc0_out", 2), ("fc1_out", 2)], shapes, sizes=[4, 4])
+
+
+def test_weight_shared_by_two_convs_ties_their_groups():
+    """One weight initializer used by two Convs on different inputs: its input axis ties the two
+    producers' channels, its output axis the two conv outputs; one slicing serves both."""
+    b = GraphBuilder()
+    x = b.input("x", [3, 8, 8])
+    h1 = b.op("Relu", [b.conv(x, 3, 8, name="conv1")])
+    h2 = b.op("Relu", [b.conv(x, 3, 8, name="conv2")])
+    w = b.weight((6, 8, 3, 3), "shared.w")
+    a1 = b.op("Relu", [b.op("Conv", [h1, w], kernel_shape=[3, 3], pads=[1] * 4, name="convA")])
+    a2 = b.op("Relu", [b.op("Conv", [h2, w], kernel_shape=[3, 3], pads=[1] * 4, name="convB")])
+    y = head(b, b.op("Add", [b.conv(a1, 6, 5, name="hA"), b.conv(a2, 6, 5, name="hB")]), 5)
+    model = b.model([y])
+    a = analyze_model(model, input_shapes=IMG)
+    assert group_at(a, "conv1_out", 1) is group_at(a, "conv2_out", 1) is group_at(a, "shared.w", 1)
+    assert group_at(a, "convA_out", 1) is group_at(a, "convB_out", 1) is group_at(a, "shared.w", 0)
+    res = assert_prunes(model, [("conv1_out", 1), ("convA_out", 1)], IMG, sizes=[8, 6])
+    assert weight_shape(res.model, "shared.w") == (3, 4, 3, 3)

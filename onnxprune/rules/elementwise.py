@@ -1,7 +1,10 @@
 """Unary activations, broadcasting binary/n-ary ops, Cast/Identity/Dropout."""
 from __future__ import annotations
 
-from .base import Opaque, OpRule, RuleResult, broadcast_relate, register
+import math
+
+from ..graph import attr
+from .base import Opaque, OpRule, RuleResult, broadcast_relate, norm_axis, register
 
 UNARY = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -40,3 +43,29 @@ class Dropout(OpRule):
         if len(node.output) > 1 and node.output[1] and node.output[1] in ctx.view.consumers:
             raise Opaque("Dropout mask output is used")
         return broadcast_relate(RuleResult(), node, ctx, [node.input[0]], node.output[0])
+
+
+@register
+class QuantDequant(OpRule):
+    """QuantizeLinear / DequantizeLinear of activations: elementwise, channel by channel. A removed
+    channel needs no special value: the oracle zeroes channels where they enter mixing nodes, and
+    0 stays exact through Q/DQ anyway (quantize(0) = zero_point, dequantize(zero_point) = 0).
+    Per-axis scale / zero_point on a channel axis are per-channel constants: members, sliced."""
+    op_types = ("QuantizeLinear", "DequantizeLinear")
+
+    def relate(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        if int(attr(node, "block_size", 0) or 0):
+            raise Opaque(f"{node.op_type} with blocked quantization")
+        res = broadcast_relate(RuleResult(), node, ctx, [x], y)
+        params = [t for t in node.input[1:3] if t]
+        if all(math.prod(ctx.shape(t)) == 1 for t in params):
+            return res  # per tensor
+        axis = norm_axis(int(attr(node, "axis", 1)), ctx.rank(x))
+        if not (ctx.live(x, axis) or ctx.live(y, axis)):
+            return res
+        for t in params:
+            if not ctx.is_const(t) or len(ctx.shape(t)) != 1:
+                raise Opaque(f"{node.op_type}: per-axis scale / zero_point '{t}' is not a constant vector")
+            res.relate((t, 0), (y, axis))
+        return res
