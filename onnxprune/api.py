@@ -278,6 +278,12 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     progress.start("stats")
     report.pruned = model_stats(pruned, view.input_shapes)
     report.groups = group_reports(analysis, kept)
+    if not any(len(kept[g.id]) < g.size for g in analysis.groups if g.id in kept):
+        prunable = [g for g in analysis.groups if g.prunable]
+        why = ("no channel group was found (every node is excluded or not understood: see `onnxprune analyze`)"
+               if not analysis.groups else "every channel group is frozen" if not prunable
+               else "the ratio or budget leaves every group at full width")
+        report.notes.append(f"no channel was removed: {why}")
     if customs:
         report.notes.append(f"custom op(s) {', '.join(customs)}: groups touching them are frozen")
 

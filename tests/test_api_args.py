@@ -113,3 +113,18 @@ def test_default_shapes_find_the_spatial_axes(dims, want):
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     assert graph_input_shapes(helper.make_model(g))["x"] == want
+
+
+@pytest.mark.parametrize("kw,why", [(dict(exclude="*"), "no channel group was found"),
+                                    (dict(exclude="conv2"), "every channel group is frozen"),
+                                    (dict(ratio=0.01), "leaves every group at full width")])
+def test_a_run_that_removes_nothing_says_why(kw, why):
+    kw = {"ratio": 0.3, **kw}
+    res = prune(conv_chain(), latency=False, **kw)
+    assert any(n.startswith("no channel was removed") and why in n for n in res.report.notes), res.report.notes
+    assert res.report.pruned.macs == res.report.baseline.macs
+
+
+def test_a_run_that_removes_something_has_no_such_note():
+    res = prune(conv_chain(), ratio=0.3, latency=False)
+    assert not any(n.startswith("no channel was removed") for n in res.report.notes)
