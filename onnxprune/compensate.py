@@ -38,6 +38,8 @@ consumers' biases (and, for lstsq, their kept weight columns).
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -223,7 +225,7 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
 
     def fresh(base):
         uid[0] += 1
-        return f"{base}__meancomp{uid[0]}"
+        return f"{base}{COMP_SUFFIX}{uid[0]}"
 
     res = CompensationResult(m, mean_fallback=fallback)
     if left_out:
@@ -303,6 +305,15 @@ def _used_names(graph) -> set[str]:
             for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                 used |= _used_names(sub)
     return used
+
+
+COMP_SUFFIX = "__meancomp"
+_COMP_RE = re.compile(rf"(?:{COMP_SUFFIX}\d+)+$")
+
+
+def compensated_base(name: str) -> str:
+    """The tensor a compensated initializer replaced (its name without the fresh-name suffixes)."""
+    return _COMP_RE.sub("", name)
 
 
 def _drop_unused_initializers(graph) -> None:
@@ -397,7 +408,7 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
     original there (where that is exact); ``lstsq`` has no closed-form reference, its outputs must be
     finite. Returns (model, result, check summary or None)."""
     from .calib import cached_stats
-    from .oracle import compare_models, run_model
+    from .oracle import compare_models, needs_plain_execution, run_model, verify_tolerance
 
     stats = cached_stats(ctx, compensation_spaces(analysis, kept), cov=method == "lstsq")
     res = compensate(analysis, kept, pruned, stats, method)
@@ -416,8 +427,9 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
             if not finite:
                 raise OnnxPruneError("internal error: the lstsq-compensated model gives non-finite outputs")
             return res.model, res, summary
-        cmp = compare_models(mean_substituted_model(analysis, kept, mean_compensable(analysis, kept, stats)[0]),
-                             res.model, [feeds])
+        ref = mean_substituted_model(analysis, kept, mean_compensable(analysis, kept, stats)[0])
+        cmp = compare_models(ref, res.model, [feeds], rel_tol=verify_tolerance(ref)[0],
+                             optimize=not needs_plain_execution(ref))
         exact = res.approximate == 0
         summary = dict(reference="original with removed channels replaced by their calibration mean",
                        max_abs_diff=cmp.max_abs_diff, tolerance=cmp.tolerance, exact_expected=exact,

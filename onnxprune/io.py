@@ -67,11 +67,12 @@ def _all_tensors(model: onnx.ModelProto):
                 yield a.t
 
 
-def validate_model(model: onnx.ModelProto, name: str = "model") -> str | None:
+def validate_model(model: onnx.ModelProto, name: str = "model", full: bool = False) -> str | None:
     """Raise if the model is broken; return a note if only the (strict) checker objects but ONNX
-    Runtime loads it, as exporters in the wild often leave e.g. output shapes out."""
+    Runtime loads it, as exporters in the wild often leave e.g. output shapes out. `full` adds the
+    checker's type and shape inference (as slow as the plain check on large models)."""
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model, full_check=full)
         return None
     except Exception as e:
         msg = str(e).strip().splitlines()
@@ -87,7 +88,8 @@ def validate_model(model: onnx.ModelProto, name: str = "model") -> str | None:
             return f"the ONNX checker objects ({first}) but ONNX Runtime loads the model"
         except Exception:
             pass
-    raise OnnxPruneError(f"{name} fails the ONNX checker: {first}")
+    raise OnnxPruneError(f"{name} is not a valid model (ONNX Runtime cannot load it either): the ONNX checker "
+                         f"says {first}")
 
 
 def custom_ops(model: onnx.ModelProto) -> list[str]:
@@ -345,8 +347,10 @@ def initializers_as_inputs(original: onnx.ModelProto, written: onnx.ModelProto) 
 def requantize_weights(model: onnx.ModelProto, analysis, kept) -> tuple[onnx.ModelProto, list[str]]:
     """Undo normalize's DequantizeLinear folding in a pruned model: every surviving folded weight
     becomes integers + DequantizeLinear again, with its scale / zero point (per-axis ones sliced
-    like the weight). Exact, as the float values came from integers; a weight that is no longer
-    on its integer grid (refit by compensation) stays float, with a note. Returns (model, notes)."""
+    like the weight). Exact, as the float values came from integers; a weight that compensation
+    moved off its grid is rounded back onto it, or kept float where it left the integer range,
+    with a note.
+    Returns (model, notes)."""
     from .rewrite import kept_positions
 
     meta = next((p.value for p in model.metadata_props if p.key == DEQUANTIZED_KEY), None)
@@ -371,18 +375,22 @@ def requantize_weights(model: onnx.ModelProto, analysis, kept) -> tuple[onnx.Mod
         taken.add(out)
         return out
 
-    new_nodes, drop, floats = [], set(), []
-    for wname, r in json.loads(meta).items():
-        if wname not in inits:  # replaced by a new float tensor (compensation refits under a new name)
-            floats.append(wname)
-            continue
+    from .compensate import compensated_base
+
+    records = json.loads(meta)
+    # compensation writes a changed weight under a new name derived from the old one
+    items = [(t.name, compensated_base(t.name)) for t in g.initializer]
+    items = [(name, base) for name, base in items if base in records]
+    new_nodes, drop, floats, rounded = [], set(), [], []
+    for wname, base in items:
+        r = records[base]
         w = numpy_helper.to_array(g.initializer[inits[wname]])
         scale = np.asarray(r["scale_values"], w.dtype)  # folding made w of the scale's dtype
         qdt = helper.tensor_dtype_to_np_dtype(r["q_type"])
         zp = np.asarray(r["zp_values"], np.int64)
         shape = [1] * w.ndim
         if r["axis"] is not None:
-            p = pos.get((wname, r["axis"]), np.arange(len(scale)))
+            p = pos.get((base, r["axis"]), np.arange(len(scale)))
             if len(p) != w.shape[r["axis"]]:
                 floats.append(wname)
                 continue
@@ -392,13 +400,19 @@ def requantize_weights(model: onnx.ModelProto, analysis, kept) -> tuple[onnx.Mod
         with np.errstate(divide="ignore", invalid="ignore"):
             q = np.round(w / sb) + zb
         info = np.iinfo(qdt)
-        if not np.all(np.isfinite(q)) or q.min(initial=0) < info.min or q.max(initial=0) > info.max:
+        if not np.all(np.isfinite(q)):
+            floats.append(wname)
+            continue
+        if q.min(initial=0) < info.min or q.max(initial=0) > info.max:
+            # out of the integer range of its scale (lstsq refits can grow weights): a new scale would
+            # have to go to the bias too (its scale is input x weight scale); keep it float instead
             floats.append(wname)
             continue
         q = q.astype(qdt)
         if not np.array_equal((q.astype(np.int64) - zb).astype(w.dtype) * sb, w):
-            floats.append(wname)  # e.g. refit by lstsq compensation
-            continue
+            # moved by compensation (mean: biases; lstsq: weights too): back onto the original grid, as a
+            # quantizer would put it, so the model stays integer and ONNX Runtime keeps its int8 kernels
+            rounded.append(wname)
         names = [fresh(r["q"], used), fresh(r["scale"], used)]
         g.initializer.append(numpy_helper.from_array(q, names[0]))
         g.initializer.append(numpy_helper.from_array(scale.reshape(() if r["axis"] is None else -1), names[1]))
@@ -419,10 +433,18 @@ def requantize_weights(model: onnx.ModelProto, analysis, kept) -> tuple[onnx.Mod
         g.node.extend(new_nodes + rest)  # inputs are initializers: first is topological
     notes = []
     if floats:
-        notes.append(f"quantized weight(s) {', '.join(sorted(floats))} are written dequantized, as float (changed "
-                     "by compensation: no longer integers times their scale); other quantized weights stay "
-                     "integer + DequantizeLinear")
+        notes.append(f"{len(floats)} quantized weight(s) changed by compensation ({_few(floats)}) fall outside the "
+                     "integer range of their scale: written as float (ONNX Runtime runs their layers in float, not "
+                     "int8; --compensate mean leaves weights alone); other quantized weights stay integer + DequantizeLinear")
+    if rounded:
+        notes.append(f"{len(rounded)} quantized weight(s)/bias(es) changed by compensation ({_few(rounded)}) are "
+                     f"re-quantized with their original scales and zero points (rounding within half a step)")
     return m, notes
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _fold_dequantize(graph, record: dict | None = None) -> bool:

@@ -140,19 +140,56 @@ def test_int8_weights_stay_int8(weights, act):
     assert not any("dequantized" in n for n in res.report.notes)
 
 
-def test_weights_off_their_integer_grid_stay_float_with_a_note():
+@pytest.mark.parametrize("change", ["nudge", "grow"])
+def test_weights_moved_by_compensation_are_requantized_or_kept_float(change):
+    """A weight moved off its grid (as compensation does) goes back onto it with its own scales; one
+    that left the integer range of its scale is kept float. Both with a note."""
     from onnxprune.io import requantize_weights
     from onnxprune.rewrite import rewrite
 
     res = _prune(qdq_net(act=None, weights="int8-channel"))
     pruned = rewrite(res.analysis, res.kept)
     t = next(t for t in pruned.graph.initializer if t.name == "w2")
-    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + np.float32(1e-3), "w2"))  # e.g. an lstsq refit
+    w = numpy_helper.to_array(t)
+    moved = w + np.float32(1e-3) if change == "nudge" else w * np.float32(3)
+    t.CopyFrom(numpy_helper.from_array(moved, "w2__meancomp1"))  # compensation's fresh name
+    next(n for n in pruned.graph.node if n.op_type == "Conv" and n.input[1] == "w2").input[1] = "w2__meancomp1"
     out, notes = requantize_weights(pruned, res.analysis, res.kept)
-    inits = {t.name: t.data_type for t in out.graph.initializer}
-    assert inits["w2"] == TensorProto.FLOAT and "w1" not in inits and "w3" not in inits
-    assert len(notes) == 1 and "w2" in notes[0] and "dequantized" in notes[0]
     onnx.checker.check_model(out, full_check=True)
+    inits = {t.name: t for t in out.graph.initializer}
+    assert "w1" not in inits and "w3" not in inits  # untouched ones: integers + DequantizeLinear
+    assert len(notes) == 1 and "w2__meancomp1" in notes[0]
+    if change == "grow":
+        assert inits["w2__meancomp1"].data_type == TensorProto.FLOAT and "outside the integer range" in notes[0]
+        return
+    assert "w2__meancomp1" not in inits and "re-quantized" in notes[0]
+    dq = next(n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "w2__meancomp1")
+    q, s = numpy_helper.to_array(inits[dq.input[0]]), numpy_helper.to_array(inits[dq.input[1]])
+    assert q.dtype == np.int8
+    back = q.astype(np.float32) * s.reshape(-1, 1, 1, 1)
+    assert np.max(np.abs(back - moved)) <= 0.5 * s.max() + 1e-7  # within half a step
+
+
+def test_mean_compensation_keeps_int32_biases_integer(tmp_path):
+    from onnxprune import prune
+
+    m = qdq_net(act="tensor", weights="int8-channel")
+    b = next(t for t in m.graph.initializer if t.name == "b2")  # bias as int32 behind DQ, scale tiny
+    bq = np.round(numpy_helper.to_array(b) / 1e-4).astype(np.int32)
+    b.CopyFrom(numpy_helper.from_array(bq, "b2_q"))
+    m.graph.initializer.append(numpy_helper.from_array(np.float32(1e-4), "b2_s"))
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["b2_q", "b2_s"], ["b2"], name="dq_b2"))
+    calib = np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    res = prune(m, ratio=0.5, scorer="vbp", calib=calib, compensate="mean", latency=False, input_shapes=SHAPES)
+    o = res.model
+    conv2 = next(n for n in o.graph.node if n.name == "conv2")
+    conv3 = next(n for n in o.graph.node if n.name == "conv3")
+    dqs = {n.output[0]: n for n in o.graph.node if n.op_type == "DequantizeLinear"}
+    inits = {t.name: t for t in o.graph.initializer}
+    assert conv2.input[2] in dqs and inits[dqs[conv2.input[2]].input[0]].data_type == TensorProto.INT32
+    assert conv3.input[1] in dqs  # int8 weights untouched by mean compensation
+    assert any("re-quantized" in n for n in res.report.notes), res.report.notes
+    onnx.checker.check_model(o, full_check=True)
 
 
 def test_onnxruntime_quantized_model_prunes_and_verifies(tmp_path):
