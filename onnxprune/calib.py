@@ -95,11 +95,26 @@ class CalibSet:
             for k, src in self.sources.items():
                 a = np.asarray(src[i:j])
                 dt = self.dtypes.get(k)
+                if dt is not None and dt.kind in "iub" and a.dtype != dt:
+                    _check_integral(a, dt, k)
                 feeds[k] = np.ascontiguousarray(a.astype(dt, copy=False) if dt is not None else a)
             yield check_finite(feeds, f"samples {i}..{j - 1}")
 
     def __repr__(self):
         return f"CalibSet({self.description}: {self.n} samples in {len(self)} batches of {self.batch_size})"
+
+
+def _check_integral(a: np.ndarray, dt: np.dtype, name: str) -> None:
+    """An integer input (uint8 images, token ids) fed from other data: refuse what a cast would change
+    (0..1 floats into a uint8 image input would all become 0 or 1)."""
+    if a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        raise OnnxPruneError(f"calibration data for input '{name}' has fractional values, but the input is {dt}: "
+                             "give integer data (for uint8 images: raw 0..255 pixels)")
+    if dt.kind in "iu" and a.size:
+        info = np.iinfo(dt)
+        if a.min() < info.min or a.max() > info.max:
+            raise OnnxPruneError(f"calibration data for input '{name}' has values in [{a.min()}, {a.max()}], "
+                                 f"outside the range of its type {dt}")
 
 
 class FeedList:
@@ -328,7 +343,13 @@ class _ImageFolder:
                 raise OnnxPruneError("the model's image size is symbolic: give --preprocess size=HxW")
             size = (h, w)
         self.size = size
-        self.scale = pre.get("scale", 1.0 / 255.0)
+        self.dtype = spec.dtype
+        if spec.dtype.kind in "iu":  # the model takes raw pixels (tf2onnx uint8 inputs): feed them as they are
+            given = [k for k in ("scale", "mean", "std") if k in pre]
+            if given:
+                raise OnnxPruneError(f"input '{spec.name}' is {spec.dtype}: it takes raw pixels, so --preprocess "
+                                     f"{'/'.join(given)} cannot apply (the model normalizes them itself)")
+        self.scale = pre.get("scale", 1.0 / 255.0 if spec.dtype.kind == "f" else 1.0)
         self.mean = np.asarray(pre.get("mean", [0.0]), np.float32)
         self.std = np.asarray(pre.get("std", [1.0]), np.float32)
         for k, v in (("mean", self.mean), ("std", self.std)):
@@ -340,8 +361,6 @@ class _ImageFolder:
     def __len__(self):
         return len(self.files)
 
-    dtype = np.dtype(np.float32)
-
     @property
     def shape(self):
         h, w = self.size
@@ -352,6 +371,9 @@ class _ImageFolder:
         imgs = [self._load(f) for f in self.files[sl]]
         x = np.stack(imgs).astype(np.float32) * self.scale  # N, H, W, C
         x = (x - self.mean) / self.std
+        if self.dtype.kind in "iu":
+            x = np.clip(np.round(x), 0, 255)
+        x = x.astype(self.dtype if self.dtype.kind in "iuf" else np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if self.layout == "NCHW" else x)
 
     def _load(self, f: Path) -> np.ndarray:

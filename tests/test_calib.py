@@ -214,3 +214,40 @@ def test_cli_vbp_with_calib(tmp_path):
     assert rep["verification"]["passed"] is True
     assert any("mean compensation" in n for n in rep["notes"])
     assert (tmp_path / "out.onnx").exists()
+
+
+def uint8_nhwc_model():
+    """tf2onnx-style image input: uint8 NHWC raw pixels, cast and scaled inside the model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((4, 1, 3, 3)) * 0.3).astype(np.float32), "w")
+    nodes = [helper.make_node("Cast", ["img"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["f"], ["x"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])]
+    g = helper.make_graph(nodes, "u8", [helper.make_tensor_value_info("img", TensorProto.UINT8, ["N", 8, 8, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_integer_image_inputs_get_raw_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (8, 8)) for _ in range(3)]
+    for i, im in enumerate(imgs):
+        _write_pgm(tmp_path / f"{i}.pgm", im)
+    x = np.concatenate([f["img"] for f in load_calib(str(tmp_path), uint8_nhwc_model())])
+    assert x.dtype == np.uint8 and x.shape == (3, 8, 8, 1)
+    np.testing.assert_array_equal(x[2, ..., 0], imgs[2])  # not 0/1 from 0..1 floats cast to uint8
+    with pytest.raises(OnnxPruneError, match="raw pixels, so --preprocess scale"):
+        load_calib(str(tmp_path), uint8_nhwc_model(), preprocess=["scale=1/255"])
+
+
+def test_fractional_data_for_an_integer_input_is_refused(tmp_path):
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32))
+    with pytest.raises(OnnxPruneError, match="fractional values, but the input is uint8"):
+        list(load_calib(str(tmp_path / "f.npy"), uint8_nhwc_model()))
+    np.save(tmp_path / "big.npy", np.full((4, 8, 8, 1), 300.0, np.float32))
+    with pytest.raises(OnnxPruneError, match="outside the range"):
+        list(load_calib(str(tmp_path / "big.npy"), uint8_nhwc_model()))
+    np.save(tmp_path / "ok.npy", np.full((4, 8, 8, 1), 200.0, np.float32))
+    assert next(iter(load_calib(str(tmp_path / "ok.npy"), uint8_nhwc_model())))["img"].max() == 200
