@@ -97,10 +97,14 @@ class Report:
                 lines.append(f"verification: skipped ({v['skipped']})")
             else:
                 lines.append(f"verification: {'passed' if v['passed'] else 'FAILED'} (max |diff| {v['max_abs_diff']:.2e} "
-                             f"<= {v['tolerance']:.2e} = {v.get('rel_tol', 1e-4):g} x output scale, {v['inputs']} random inputs)")
+                             f"<= {v['tolerance']:.2e} = {_rel(v.get('rel_tol', 1e-4))} x output scale, {v['inputs']} random inputs)")
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
+
+
+def _rel(v: float) -> str:
+    return f"{v:.0e}".replace("e-0", "e-")  # 1e-4, 1e-2
 
 
 def _si(v) -> str:
