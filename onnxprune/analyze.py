@@ -145,7 +145,7 @@ def _unclaimed(view, spaces, results, opaque, excluded) -> dict[Space, str]:
         users += [k for k, _ in view.consumers.get(t, [])]
         for k in users:
             if sp not in touched[k]:
-                why = opaque.get(k) or f"does not map axis {sp[1]} of '{t}'"
+                why = opaque.get(k) or results[k].refused.get(sp) or f"does not map axis {sp[1]} of '{t}'"
                 freeze[sp] = f"{view.node_label(k)}: {why}"
                 break
     return freeze

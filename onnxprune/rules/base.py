@@ -40,6 +40,7 @@ class RuleResult:
     claims: list[Space] = field(default_factory=list)      # handled spaces with no relation
     mixes: list[Space] = field(default_factory=list)       # input spaces whose channels are summed here
     normalizes: list[Space] = field(default_factory=list)  # input spaces reduced/normalized over here
+    refused: dict[Space, str] = field(default_factory=dict)  # spaces left unhandled (frozen), and why
 
     def relate(self, a: Space, b: Space, pairs=None) -> "RuleResult":
         self.relations.append(Relation(a, b, pairs))

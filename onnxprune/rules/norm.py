@@ -3,6 +3,10 @@ ones over the channel axis (LayerNorm over C, Softmax/Reduce over C) see fewer c
 which the oracle models by computing them over the kept channels only."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ..graph import attr
 from .base import Opaque, OpRule, RuleResult, norm_axis, read_ints, register
 
@@ -95,10 +99,16 @@ class Reduce(OpRule):
                 axes = list(range(r))
         axes = {norm_axis(a, r) for a in axes}
         res = RuleResult()
+        stale = node.op_type in ("ReduceSum", "ReduceSumSquare") and any(ctx.live(x, a) for a in axes) and \
+            _divided_by_count(ctx.view, y, math.prod(ctx.shape(x)[a] for a in axes))
         o = 0
         for a in range(r):
             if a in axes:
-                if ctx.live(x, a):
+                if ctx.live(x, a) and stale:
+                    # a mean spelled as sum / constant count (tf2onnx's LayerNorm variance): the count
+                    # would not follow the pruned width
+                    res.refused[(x, a)] = "sum over channels divided by their count as a constant"
+                elif ctx.live(x, a):
                     res.normalizes.append((x, a))
                 if keep:
                     o += 1
@@ -107,6 +117,27 @@ class Reduce(OpRule):
                 res.relate((x, a), (y, o))
             o += 1
         return res
+
+
+def _divided_by_count(view, t, count: int, depth=0) -> bool:
+    """Whether `t` is divided by the constant `count` (or multiplied by 1/count) downstream, through
+    Squeeze/Unsqueeze/Cast/Identity/Reshape."""
+    if depth > 4:
+        return False
+    for k, slot in view.consumers.get(t, []):
+        n = view.nodes[k]
+        if n.op_type in ("Squeeze", "Unsqueeze", "Cast", "Identity", "Reshape") and slot == 0:
+            if _divided_by_count(view, n.output[0], count, depth + 1):
+                return True
+        elif n.op_type in ("Div", "Mul") and len(n.input) == 2:
+            c = view.const(n.input[1 - slot])
+            if c is None or np.size(c) != 1 or (n.op_type == "Div" and slot != 0):
+                continue
+            v = float(np.asarray(c).reshape(-1)[0])
+            want = count if n.op_type == "Div" else 1.0 / count
+            if count > 1 and abs(v - want) <= 1e-6 * abs(want):
+                return True
+    return False
 
 
 @register

@@ -130,9 +130,9 @@ def _shape_entry(view, shape_t, index, depth=0):
         start = attr(n, "start", 0)
         start = start + r if start < 0 else start
         return ("dynamic", n.input[0], start + index)
-    if op in ("Gather", "Slice") and view.producer.get(n.input[0]) is not None \
-            and view.nodes[view.producer[n.input[0]]].op_type == "Shape":
-        sh = view.nodes[view.producer[n.input[0]]]
+    src = _through_casts(view, n.input[0]) if op in ("Gather", "Slice") else None
+    if src is not None and view.producer.get(src) is not None and view.nodes[view.producer[src]].op_type == "Shape":
+        sh = view.nodes[view.producer[src]]  # tf2onnx casts shapes to int32 and back
         r = len(view.shape(sh.input[0]) or ())
         start = attr(sh, "start", 0)
         start = start + r if start < 0 else start
@@ -148,6 +148,12 @@ def _shape_entry(view, shape_t, index, depth=0):
         s0 = int(np.atleast_1d(st)[0])
         return ("dynamic", sh.input[0], start + (s0 + r if s0 < 0 else s0) + index)
     return None
+
+
+def _through_casts(view, t):
+    while view.producer.get(t) is not None and view.nodes[view.producer[t]].op_type in ("Cast", "Identity"):
+        t = view.nodes[view.producer[t]].input[0]
+    return t
 
 
 def _relate_shape_entries(res, ctx, shape_t, x, y, allowzero=0):
@@ -414,9 +420,6 @@ class Tile(OpRule):
         return res
 
 
-SHAPE_PLUMBING = ("Gather", "Slice", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity")
-
-
 @register
 class Shape(OpRule):
     """The shape of a channel tensor may feed Reshape/Expand targets (those rules relate the dims
@@ -426,33 +429,81 @@ class Shape(OpRule):
     def relate(self, node, ctx):
         x = node.input[0]
         live = ctx.live_axes(x)
-        res = RuleResult(claims=[(x, a) for a in live])
+        res = RuleResult()
         if not live:
             return res
         if node.op_type == "Size":
             raise Opaque("Size of a channel tensor")
-        if not _feeds_only_shape_targets(ctx.view, node.output[0]):
-            r = ctx.rank(x)
-            start = norm_axis(int(attr(node, "start", 0)), r)
-            for k, _ in ctx.view.consumers.get(node.output[0], []):
-                c = ctx.view.nodes[k]
-                if c.op_type != "Gather" or not ctx.is_const(c.input[1]):
-                    raise Opaque("shape of a channel tensor is used at run time")
-                read = {norm_axis(int(i), r - start) + start for i in np.atleast_1d(ctx.const(c.input[1]))}
-                if read & set(live) and not _feeds_only_shape_targets(ctx.view, c.output[0]):
-                    raise Opaque("channel count read at run time")
+        r = ctx.rank(x)
+        start = norm_axis(int(attr(node, "start", 0)), r) if r else 0
+        end = attr(node, "end", None)
+        end = r if end is None else max(start, min(r, norm_axis(int(end), r) if int(end) < 0 else int(end)))
+        for a in live:  # each axis on its own: one dim read into arithmetic freezes only its group
+            why = _channel_entries_escape(ctx.view, node.output[0], {a - start} if start <= a < end else set())
+            if why:
+                res.refused[(x, a)] = why
+            else:
+                res.claims.append((x, a))
         return res
 
 
-def _feeds_only_shape_targets(view, t, depth=0) -> bool:
-    users = view.consumers.get(t, [])
-    if not users or depth > 8 or t in view.outputs:
-        return False
-    for k, slot in users:
+def _channel_entries_escape(view, t, entries: set[int], depth=0) -> str | None:
+    """Follow the entries of shape tensor `t` that hold channel counts through shape plumbing (Cast,
+    Gather/Slice with constant indices, Concat, Unsqueeze/Squeeze): fine where they only reach
+    Reshape/Expand targets (whose rules relate the dims they read) or drop out (Gather of N,H,W then
+    ReduceProd, as tf2onnx lowers Dense on NHWC); a reason when one reaches arithmetic."""
+    if not entries:
+        return None
+    if depth > 12 or t in view.outputs:
+        return "channel count read at run time"
+    for k, slot in view.consumers.get(t, []):
         n = view.nodes[k]
-        if n.op_type in ("Reshape", "Expand") and slot == 1:
+        op = n.op_type
+        if op in ("Reshape", "Expand") and slot == 1:
             continue
-        if n.op_type in SHAPE_PLUMBING and slot == 0 and _feeds_only_shape_targets(view, n.output[0], depth + 1):
-            continue
-        return False
-    return True
+        nxt = _follow_entries(view, n, slot, entries)
+        if nxt is None:
+            return ("channel count read at run time" if op not in ("Gather", "Slice", "Concat")
+                    else "shape of a channel tensor is used at run time")
+        why = _channel_entries_escape(view, n.output[0], nxt, depth + 1)
+        if why:
+            return why
+    return None
+
+
+def _follow_entries(view, n, slot, entries: set[int]) -> set[int] | None:
+    """Positions of `entries` (of input `slot`) in the output of plumbing node `n`, or None."""
+    op = n.op_type
+    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze") and slot == 0:
+        return set(entries)  # 1-D shape vectors and their scalars: positions are kept
+    if op == "Reshape" and slot == 0 and len(view.shape(n.input[0]) or ()) <= 1:
+        return set(entries)
+    if op == "Gather" and slot == 0 and int(attr(n, "axis", 0)) == 0:
+        idx = view.const(n.input[1])
+        if idx is None:
+            return None
+        size = (view.shape(n.input[0]) or [0])[0]
+        flat = [int(i) + size if int(i) < 0 else int(i) for i in np.atleast_1d(idx).reshape(-1)]
+        return {j for j, i in enumerate(flat) if i in entries}
+    if op == "Slice" and slot == 0:
+        size = (view.shape(n.input[0]) or [None])[0]
+        params = [view.const(i) if i else None for i in (list(n.input[1:5]) + [""] * 4)[:4]]
+        if size is None or params[0] is None or params[1] is None:
+            return None
+        axes = params[2]
+        if axes is not None and int(np.atleast_1d(axes)[0]) not in (0, -1):
+            return None
+        if params[3] is not None and int(np.atleast_1d(params[3])[0]) != 1:
+            return None  # as _shape_entry, which resolves unit steps only
+        picked = list(range(size))[int(np.atleast_1d(params[0])[0]):int(np.atleast_1d(params[1])[0])]
+        return {j for j, i in enumerate(picked) if i in entries}
+    if op == "Concat" and int(attr(n, "axis", 0)) in (0, -1):
+        off = 0
+        for i, piece in enumerate(n.input):
+            sh = view.shape(piece)
+            if sh is None or len(sh) > 1:
+                return None
+            if i == slot:
+                return {off + e for e in entries}
+            off += sh[0] if sh else 1
+    return None
