@@ -217,6 +217,10 @@ def _build_groups(view, spaces, results, freeze):
         if not any(m.is_weight for m in members):
             frozen[:] = True
             reasons.append("no weights in this group")
+        if K == 1 and not reasons:
+            widest = max(len(mm.index_map) for mm in members)
+            reasons.append(f"its {widest} channels are tied into one by the ops they pass (e.g. a grouped "
+                           "conv feeding a channel shuffle): nothing to choose" if widest > 1 else "a single channel")
         g = ChannelGroup(gid, K, members, frozen, reasons,
                          depthwise=any((m.tensor, m.axis) in dw_spaces for m in members))
         g.name = _group_name(view, g)

@@ -176,6 +176,14 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         _sanitize_graph(m.graph, set())
     _constant_attrs_to_tensors(m.graph)
     g = m.graph
+    # a dim of -1 or 0 in a declared shape (paddle2onnx after Polygraphy folding) means "unknown":
+    # spell it as a symbolic dim, as shape inference and ONNX Runtime read it
+    k = 0
+    for v in [*g.input, *g.output, *g.value_info]:
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.dim_param = f"unk__dim{k}"
+                k += 1
     # IR < 4 (old Caffe2 exports): initializers also listed as graph inputs. Treat them as weights.
     init_names = {t.name for t in g.initializer}
     keep_inputs = [i for i in g.input if i.name not in init_names]

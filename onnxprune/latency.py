@@ -98,6 +98,11 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def make_session(model: bytes | str | os.PathLike | onnx.ModelProto, provider: str = "cpu",
                  threads: int | None = None) -> ort.InferenceSession:
     """An InferenceSession set up for fair timing (see :func:`session_options`).
@@ -113,7 +118,10 @@ def make_session(model: bytes | str | os.PathLike | onnx.ModelProto, provider: s
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):
         model = os.fspath(model)
-    sess = ort.InferenceSession(model, session_options(threads), providers=providers)
+    try:
+        sess = ort.InferenceSession(model, session_options(threads), providers=providers)
+    except Exception as e:  # ORT's own exception types: a model it cannot load is bad input here
+        raise LatencyError(f"ONNX Runtime cannot load the model: {_first_line(e)}") from None
     got = sess.get_providers()
     if not got or got[0] != providers[0]:
         raise LatencyError(f"onnxruntime did not start {providers[0]} (session runs on {', '.join(got)}); "
@@ -170,7 +178,10 @@ def measure_latencies(models: list, feeds: dict[str, np.ndarray] | list[dict[str
         t0 = time.perf_counter()
         for j in range(m):
             k = (r + j) % m
-            sessions[k].run(None, run_feeds[k])
+            try:
+                sessions[k].run(None, run_feeds[k])
+            except Exception as e:
+                raise LatencyError(f"ONNX Runtime cannot run the model: {_first_line(e)}") from None
         round_times.append(time.perf_counter() - t0)
         if r >= 1 and over_budget():
             break

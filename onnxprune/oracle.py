@@ -155,8 +155,15 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
     names = [o.name for o in reference.graph.output]
     worst, scale, per = 0.0, 0.0, {}
     for feeds in feeds_list:
-        r = ref_s.run(names, feeds)
-        c = cand_s.run(names, feeds)
+        try:
+            r = ref_s.run(names, feeds)
+        except Exception as e:  # the original itself (masks only zero channels) does not run
+            raise OnnxPruneError(f"ONNX Runtime cannot run the model on random inputs: {_first_line(e)}") from None
+        try:
+            c = cand_s.run(names, feeds)
+        except Exception as e:
+            raise OnnxPruneError(f"internal error: the pruned model does not run in ONNX Runtime: "
+                                 f"{_first_line(e)}; nothing written") from None
         for n, a, b in zip(names, r, c):
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             if a.shape != b.shape:
@@ -169,6 +176,11 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
     scale = scale if scale > 0 else 1.0
     tol = rel_tol * scale
     return VerifyResult(worst, scale, tol, bool(worst <= tol), per)
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

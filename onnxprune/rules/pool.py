@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..graph import attr
 from .base import Opaque, OpRule, RuleResult, read_ints, register
+from .shape import _relate_shape_entries, _rewrite_shape_entries
 
 
 def _channel_passthrough(node, ctx, x, y, allowed=(0, 1)):
@@ -60,11 +62,18 @@ class Resize(OpRule):
             res.relate((x, a), (y, a))
         if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] and res.relations:
             if not ctx.is_const(node.input[3]):
-                raise Opaque("Resize sizes computed at run time")
+                # paddle2onnx: sizes = Concat(Slice(Shape(x), 0, 2), [H, W]); entries read from a shape
+                # follow the pruned width by themselves, constant pieces are rewritten
+                if attr(node, "axes", None) is not None:
+                    raise Opaque("Resize sizes computed at run time")
+                _relate_shape_entries(res, ctx, node.input[3], None, y)
         return res
 
     def rewrite(self, node, rctx):
         if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
+            if rctx.view.const(node.inputs[3].name) is None:
+                _rewrite_shape_entries(node, rctx, 3)
+                return
             x = node.inputs[0].name
             sizes = np.array(rctx.view.const(node.inputs[3].name)).copy()
             r = len(rctx.view.shape(x))

@@ -459,8 +459,8 @@ def _channel_entries_escape(view, t, entries: set[int], depth=0) -> str | None:
     for k, slot in view.consumers.get(t, []):
         n = view.nodes[k]
         op = n.op_type
-        if op in ("Reshape", "Expand") and slot == 1:
-            continue
+        if (op in ("Reshape", "Expand") and slot == 1) or (op == "Resize" and slot == 3):
+            continue  # shape targets: their rules relate (or refuse) the dims they read
         nxt = _follow_entries(view, n, slot, entries)
         if nxt is None:
             return ("channel count read at run time" if op not in ("Gather", "Slice", "Concat")
