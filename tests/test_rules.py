@@ -795,3 +795,44 @@ def test_weight_shared_by_two_convs_ties_their_groups():
     assert group_at(a, "convA_out", 1) is group_at(a, "convB_out", 1) is group_at(a, "shared.w", 0)
     res = assert_prunes(model, [("conv1_out", 1), ("convA_out", 1)], IMG, sizes=[8, 6])
     assert weight_shape(res.model, "shared.w") == (3, 4, 3, 3)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_pixel_shuffle(mode):
+    """conv (4 x 6 channels) -> DepthToSpace(2) -> conv: a kept output channel keeps its 4 inputs."""
+    b = GraphBuilder()
+    h = stem(b, 24)
+    d = b.op("DepthToSpace", [h], blocksize=2, mode=mode)
+    y = head(b, b.op("Relu", [b.conv(d, 6, 8, name="c2")]), 8)
+    res = assert_prunes(b.model([y], output_shapes=[["N", 4, 16, 16]]), [("conv0_out", 1)], IMG, sizes=[6])
+    k = len(res.kept[group_at(res.analysis, "conv0_out", 1).id])
+    assert weight_shape(res.model, "conv0.weight")[0] == 4 * k and weight_shape(res.model, "c2.weight")[1] == k
+
+
+def test_space_to_depth():
+    b = GraphBuilder()
+    h = stem(b, 6)
+    d = b.op("SpaceToDepth", [h], blocksize=2)
+    y = head(b, b.op("Relu", [b.conv(d, 24, 8, name="c2")]), 8)
+    res = assert_prunes(b.model([y], output_shapes=[["N", 4, 4, 4]]), [("conv0_out", 1)], IMG, sizes=[6])
+    k = len(res.kept[group_at(res.analysis, "conv0_out", 1).id])
+    assert weight_shape(res.model, "c2.weight")[1] == 4 * k
+
+
+@pytest.mark.parametrize("sel", [[0, 2, 4, 6, 1], [7, 6, 5, 4, 3, 2, 1, 0], [3, 3, 5, -1]])
+def test_gather_selects_channels(sel):
+    """conv (8) -> Gather(axis=1, constant indices) -> conv: selected channels are tied to their
+    source; unselected ones go with the producer; the indices are rewritten."""
+    b = GraphBuilder()
+    h = stem(b, 8)
+    idx = b.const(np.array(sel, np.int64), "sel")
+    g = b.op("Gather", [h, idx], axis=1)
+    y = head(b, b.op("Relu", [b.conv(g, len(sel), 6, name="c2")]), 6)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1)], IMG, sizes=[8])
+    new = next(numpy_helper_to_array(t) for t in res.model.graph.initializer if t.name.startswith("sel"))
+    k = len(res.kept[group_at(res.analysis, "conv0_out", 1).id])
+    assert new.max() < k and len(new) == weight_shape(res.model, "c2.weight")[1] < len(sel) + 1
+
+
+def numpy_helper_to_array(t):
+    return onnx.numpy_helper.to_array(t)

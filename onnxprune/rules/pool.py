@@ -1,4 +1,4 @@
-"""Ops that work on spatial axes only: pooling, Pad, Resize/Upsample, DepthToSpace is not here."""
+"""Ops that work on spatial axes: pooling, Pad, Resize/Upsample, DepthToSpace/SpaceToDepth."""
 from __future__ import annotations
 
 import numpy as np
@@ -99,3 +99,34 @@ def node_proto(gs_node):
         except Exception:
             pass
     return n
+
+
+@register
+class DepthToSpace(OpRule):
+    """DepthToSpace (pixel shuffle) / SpaceToDepth: one channel on the narrow side owns r*r channels
+    on the deep side (DCR: deep k = block * C + c; CRD: k = c * r*r + block), a block map like
+    Flatten's. Pruning a channel removes its whole block, so the deep width stays a multiple of r*r
+    and nothing in the node changes. Spatial axes carry no channels."""
+    op_types = ("DepthToSpace", "SpaceToDepth")
+
+    def relate(self, node, ctx):
+        x, y = node.input[0], node.output[0]
+        for t in (x, y):
+            if any(a != 1 for a in ctx.live_axes(t)):
+                raise Opaque(f"{node.op_type} moves a channel axis into space")
+        res = RuleResult()
+        if not (ctx.live(x, 1) or ctx.live(y, 1)):
+            return res
+        r2 = int(attr(node, "blocksize")) ** 2
+        deep, narrow = (x, y) if node.op_type == "DepthToSpace" else (y, x)
+        c = ctx.shape(narrow)[1]
+        k = np.arange(c * r2)
+        mode = attr(node, "mode", b"DCR")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        crd = node.op_type == "DepthToSpace" and mode.upper() == "CRD"
+        owner = k // r2 if crd else k % c
+        if deep == x:
+            res.relate((x, 1), (y, 1), (k, owner))
+        else:
+            res.relate((x, 1), (y, 1), (owner, k))
+        return res

@@ -366,17 +366,24 @@ def node_shim(gs_node):
 
 @register
 class Gather(OpRule):
-    """Gather with constant indices along a non-channel axis (class token, q/k/v selection)."""
+    """Gather with constant indices along a non-channel axis (class token, q/k/v selection), or a
+    1-D constant selection of channels (output j is input channel idx[j]: tied; the indices are
+    rewritten to the kept positions)."""
     op_types = ("Gather",)
 
     def relate(self, node, ctx):
         x, idx, y = node.input[0], node.input[1], node.output[0]
         r = ctx.rank(x)
         axis = norm_axis(int(attr(node, "axis", 0)), r)
-        if ctx.live(x, axis):
-            raise Opaque("Gather along a channel axis")
         q = len(ctx.shape(idx))
         res = RuleResult()
+        if ctx.live(x, axis) or (q == 1 and ctx.live(y, axis)):
+            sel = ctx.const(idx) if ctx.is_const(idx) else None
+            if sel is None or q != 1:
+                raise Opaque("Gather along a channel axis with run-time or scalar indices")
+            n = ctx.shape(x)[axis]
+            sel = np.asarray(sel, np.int64).reshape(-1)
+            res.relate((x, axis), (y, axis), (np.where(sel < 0, sel + n, sel), np.arange(len(sel))))
         for a in range(r):
             if a == axis:
                 continue
@@ -384,9 +391,27 @@ class Gather(OpRule):
             if ctx.live(x, a) or ctx.live(y, b):
                 res.relate((x, a), (y, b))
         for b in ctx.live_axes(y):
-            if axis <= b < axis + q:
+            if axis <= b < axis + q and not (q == 1 and b == axis and res.relations):
                 raise Opaque("Gather indices become a channel axis")
         return res
+
+    def rewrite(self, node, rctx):
+        x, y = node.inputs[0].name, node.outputs[0].name
+        axis = int(node.attrs.get("axis", 0))
+        axis = axis + len(rctx.view.shape(x)) if axis < 0 else axis
+        if len(rctx.view.shape(node.inputs[1].name) or ()) != 1:
+            return  # scalar / n-D indices: never on a channel axis (relate refuses those)
+        kx, ky = rctx.kept(x, axis), rctx.kept(y, axis)
+        if kx is None and ky is None:
+            return
+        n = rctx.view.shape(x)[axis]
+        sel = np.asarray(rctx.view.const(node.inputs[1].name), np.int64).reshape(-1)
+        sel = np.where(sel < 0, sel + n, sel)
+        if ky is not None:
+            sel = sel[ky]
+        if kx is not None:
+            sel = np.searchsorted(kx, sel)  # kept channels are tied: every selected one is kept
+        rctx.set_input_const(1, sel.astype(np.int64))
 
 
 @register
