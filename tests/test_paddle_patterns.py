@@ -94,21 +94,37 @@ def test_dims_declared_as_minus_one_are_symbolic():
     assert ort_run(res.model, {"x": np.ones((3, 4, 8, 8), np.float32)})[0].shape == (3, 10, 16, 16)
 
 
-def test_a_group_tied_into_one_channel_says_so():
-    """Grouped conv (8 groups of 4) then a shuffle that keeps the group axis as the channel piece:
-    every channel ends up tied to every other: frozen, and the report says why (was empty)."""
+def shuffle_after_grouped_conv(consumer_side=False):
+    """conv1 (32) -> Relu -> grouped conv (8 groups of 4) -> shuffle Reshape [1, 8, 4, 8, 8] ->
+    Transpose -> Reshape back -> conv3. consumer_side: the shuffle reads conv1's output directly and
+    the grouped conv is another consumer of it (a tie the shuffle rule cannot see)."""
     G, Ch = 8, 32
+    src = "ar" if consumer_side else "b"
     nodes = [h.make_node("Conv", ["x", "W1"], ["a"], pads=[1] * 4), h.make_node("Relu", ["a"], ["ar"]),
-             h.make_node("Conv", ["ar", "W2"], ["b"], group=G), h.make_node("Reshape", ["b", "s5"], ["b5"]),
+             h.make_node("Conv", ["ar", "W2"], ["b"], group=G), h.make_node("Reshape", [src, "s5"], ["b5"]),
              h.make_node("Transpose", ["b5"], ["t5"], perm=[0, 2, 1, 3, 4]),
              h.make_node("Reshape", ["t5", "s4"], ["sh"]), h.make_node("Conv", ["sh", "W3"], ["z"])]
     inits = [C("W1", rng.standard_normal((Ch, 4, 3, 3)).astype(np.float32)),
              C("W2", rng.standard_normal((Ch, Ch // G, 1, 1)).astype(np.float32)),
              C("W3", rng.standard_normal((10, Ch, 1, 1)).astype(np.float32)),
              C("s5", np.array([1, G, Ch // G, 8, 8])), C("s4", np.array([1, Ch, 8, 8]))]
-    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 8, 8])],
-                     [h.make_tensor_value_info("z", T.FLOAT, [1, 10, 8, 8])], inits)
-    a = analyze_model(h.make_model(g, opset_imports=[h.make_opsetid("", 13)]))
-    grp = group_at(a, "b", 1)
-    # frozen with the reason today; prunable (4 in-group positions) once the shuffle prefers that piece
-    assert grp.prunable or (grp.size == 1 and any("tied into one" in r for r in grp.reasons)), grp.reasons
+    outs = [h.make_tensor_value_info("z", T.FLOAT, [1, 10, 8, 8])]
+    if consumer_side:
+        nodes.append(h.make_node("Conv", ["b", "W4"], ["z2"]))
+        inits.append(C("W4", rng.standard_normal((10, Ch, 1, 1)).astype(np.float32)))
+        outs.append(h.make_tensor_value_info("z2", T.FLOAT, [1, 10, 8, 8]))
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 8, 8])], outs, inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_shuffle_after_a_grouped_conv_keeps_the_in_group_positions():
+    """8 groups of 4: the shuffle's channel piece is the per-group one (4), matching the grouped
+    conv's tie, instead of the larger group piece (8), which tied all 32 channels into one."""
+    res = assert_prunes(shuffle_after_grouped_conv(), [("b", 1)], {"x": [1, 4, 8, 8]}, sizes=[4])
+    assert len(res.kept[group_at(res.analysis, "b", 1).id]) == 2
+
+
+def test_a_group_tied_into_one_channel_says_so():
+    a = analyze_model(shuffle_after_grouped_conv(consumer_side=True))
+    grp = group_at(a, "ar", 1)
+    assert grp.size == 1 and not grp.prunable and any("tied into one" in r for r in grp.reasons), grp.reasons

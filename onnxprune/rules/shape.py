@@ -58,7 +58,7 @@ class ReshapeLike(OpRule):
             if lin and lout:
                 cands = [(lin[0], lout[0])]
             elif lin:
-                cands = [(lin[0], b) for b in _split_preference(outs, sy, ctx)]
+                cands = [(lin[0], b) for b in _split_preference(outs, sy, ctx, _upstream_groups(ctx.view, x))]
             else:
                 cands = [(a, lout[0]) for a in _split_preference(ins, sx, ctx)]
             for a, b in cands:
@@ -77,14 +77,37 @@ class ReshapeLike(OpRule):
             _rewrite_shape_entries(node, rctx, 1)
 
 
-def _split_preference(axes, shape, ctx):
+def _split_preference(axes, shape, ctx, groups=None):
     """When a channel axis is split into several (channel shuffle, attention heads), which piece
     carries the channels: by default the largest (finest groups: shuffle columns, head_dim); with
-    the `heads` option the piece before the last one (the head axis of (..., heads, head_dim))."""
+    the `heads` option the piece before the last one (the head axis of (..., heads, head_dim)).
+    After a grouped conv split as (groups, per group), the per-group piece: the conv already ties
+    in-group positions across groups, and the group index would tie them all into one."""
     axes = [a for a in axes if shape[a] > 1]
     if ctx.options.get("heads") and len(axes) >= 2:
         return [axes[-2]] + [a for a in axes if a != axes[-2]]
+    if groups and len(axes) == 2 and shape[axes[0]] == groups:
+        return [axes[1], axes[0]]
     return sorted(axes, key=lambda a: -shape[a])
+
+
+_CHANNELWISE = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+                "BatchNormalization", "Identity", "Add", "Sub", "Mul", "Div", "PRelu")
+
+
+def _upstream_groups(view, t, depth=0):
+    """`group` of a grouped (not depthwise) Conv that produces `t` through channel-wise ops."""
+    k = view.producer.get(t)
+    if k is None or depth > 6:
+        return None
+    n = view.nodes[k]
+    if n.op_type == "Conv":
+        g = int(attr(n, "group", 1))
+        c = (view.shape(n.output[0]) or (0, 0))[1]
+        return g if 1 < g < c else None
+    if n.op_type in _CHANNELWISE and all(i == n.input[0] or view.const(i) is not None for i in n.input[1:] if i):
+        return _upstream_groups(view, n.input[0], depth + 1)
+    return None
 
 
 def _shape_entry(view, shape_t, index, depth=0):
