@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, first_line
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm"}
 DEFAULT_BATCH = 32
@@ -554,7 +554,7 @@ def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[
     try:
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=providers)
     except Exception as e:
-        raise OnnxPruneError(f"ONNX Runtime cannot run the model for calibration: {str(e).strip().splitlines()[0]}") from None
+        raise OnnxPruneError(f"ONNX Runtime cannot run the model for calibration: {first_line(e)}") from None
     # bytes of exposed activations per sample (shapes measured at the analysis batch size)
     batch0 = max(1, next((s[0] for s in view.input_shapes.values() if s), 1))
     per_sample = sum(int(np.prod(view.shape(t) or (1,))) * 4 for t in tensors) / batch0
@@ -574,7 +574,7 @@ def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[
                 outs = sess.run(tensors, sub)
             except Exception as e:
                 raise OnnxPruneError(f"ONNX Runtime failed on calibration batch {seen}: "
-                                     f"{str(e).strip().splitlines()[0]}") from None
+                                     f"{first_line(e)}") from None
             for t, x in zip(tensors, outs):
                 x = np.asarray(x)
                 for a in by_tensor[t]:

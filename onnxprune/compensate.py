@@ -48,7 +48,7 @@ from onnx import helper, numpy_helper
 
 from .analyze import Analysis
 from .calib import SpaceStats, activation_spaces
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, first_line
 from .graph import attr
 from .rewrite import kept_positions
 
@@ -416,7 +416,7 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
         onnx.checker.check_model(res.model, full_check=True)
     except Exception as e:
         raise OnnxPruneError("internal error: the compensated model fails the ONNX checker: "
-                             f"{str(e).splitlines()[0]}") from None
+                             f"{first_line(e)}") from None
     summary = None
     if check and (res.nodes or res.refit):
         feeds = next(iter(ctx.calib))

@@ -7,3 +7,9 @@ class OnnxPruneError(Exception):
 
 class VerificationError(OnnxPruneError):
     """The pruned model does not match the masked original: never written."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (ONNX Runtime's run on for pages), for one-line errors."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else type(e).__name__

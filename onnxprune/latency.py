@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, first_line
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -98,11 +98,6 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def make_session(model: bytes | str | os.PathLike | onnx.ModelProto, provider: str = "cpu",
                  threads: int | None = None) -> ort.InferenceSession:
     """An InferenceSession set up for fair timing (see :func:`session_options`).
@@ -121,7 +116,7 @@ def make_session(model: bytes | str | os.PathLike | onnx.ModelProto, provider: s
     try:
         sess = ort.InferenceSession(model, session_options(threads), providers=providers)
     except Exception as e:  # ORT's own exception types: a model it cannot load is bad input here
-        raise LatencyError(f"ONNX Runtime cannot load the model: {_first_line(e)}") from None
+        raise LatencyError(f"ONNX Runtime cannot load the model: {first_line(e)}") from None
     got = sess.get_providers()
     if not got or got[0] != providers[0]:
         raise LatencyError(f"onnxruntime did not start {providers[0]} (session runs on {', '.join(got)}); "
@@ -181,7 +176,7 @@ def measure_latencies(models: list, feeds: dict[str, np.ndarray] | list[dict[str
             try:
                 sessions[k].run(None, run_feeds[k])
             except Exception as e:
-                raise LatencyError(f"ONNX Runtime cannot run the model: {_first_line(e)}") from None
+                raise LatencyError(f"ONNX Runtime cannot run the model: {first_line(e)}") from None
         round_times.append(time.perf_counter() - t0)
         if r >= 1 and over_budget():
             break

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .analyze import Analysis
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, first_line
 from .rewrite import kept_positions
 
 
@@ -158,12 +158,12 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
         try:
             r = ref_s.run(names, feeds)
         except Exception as e:  # the original itself (masks only zero channels) does not run
-            raise OnnxPruneError(f"ONNX Runtime cannot run the model on random inputs: {_first_line(e)}") from None
+            raise OnnxPruneError(f"ONNX Runtime cannot run the model on random inputs: {first_line(e)}") from None
         try:
             c = cand_s.run(names, feeds)
         except Exception as e:
             raise OnnxPruneError(f"internal error: the pruned model does not run in ONNX Runtime: "
-                                 f"{_first_line(e)}; nothing written") from None
+                                 f"{first_line(e)}; nothing written") from None
         for n, a, b in zip(names, r, c):
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             if a.shape != b.shape:
@@ -176,11 +176,6 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
     scale = scale if scale > 0 else 1.0
     tol = rel_tol * scale
     return VerifyResult(worst, scale, tol, bool(worst <= tol), per)
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -232,7 +227,7 @@ def _session(model: onnx.ModelProto, what: str, optimize: bool = True):
     try:
         return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise OnnxPruneError(f"ONNX Runtime cannot run the {what}: {str(e).strip().splitlines()[0]}") from None
+        raise OnnxPruneError(f"ONNX Runtime cannot run the {what}: {first_line(e)}") from None
 
 
 def run_model(model: onnx.ModelProto, feeds: dict, what: str = "compensated model") -> list[np.ndarray]:

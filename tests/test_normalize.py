@@ -301,7 +301,7 @@ def test_trailing_empty_outputs_are_dropped():
                                      name="bn")], opset=9, ir_version=4)
     m.graph.initializer.extend(bn_w)
     onnx.checker.check_model(m)
-    from onnxprune.io import load_model, sanitized
+    from onnxprune.io import sanitized
 
     for mm in (normalize(m), sanitized(m)):
         assert [list(n.output) for n in mm.graph.node if n.op_type == "BatchNormalization"] == [["a1"]]
