@@ -107,6 +107,14 @@ def _over_kept(view, node, norms, pos, inits, name):
             cn = name(inp)
             inits.append(numpy_helper.from_array(arr, cn))
             new_inputs[slot] = cn
+        elif s is not None and (inp, len(s) - (len(view.shape(t)) - a)) in pos:
+            # a second data input on the same channels (SkipLayerNormalization's skip)
+            pa = len(s) - (len(view.shape(t)) - a)
+            other = name("idx")
+            inits.append(numpy_helper.from_array(pos[(inp, pa)].astype(np.int64), other))
+            g_out = name("gathered")
+            nodes.append(helper.make_node("Gather", [inp, other], [g_out], axis=pa, name=name("Gather")))
+            new_inputs[slot] = g_out
     node.input[:] = new_inputs
     outs = list(node.output)
     scatter = []

@@ -115,6 +115,7 @@ class RewriteContext:
 
 class OpRule:
     op_types: tuple[str, ...] = ()
+    domain: str = ""  # "" is the default ONNX domain; "com.microsoft" for ONNX Runtime's contrib ops
 
     def relate(self, node: onnx.NodeProto, ctx: RuleContext) -> RuleResult:
         raise NotImplementedError
@@ -123,20 +124,20 @@ class OpRule:
         """Default: only weights change, and those are sliced by the rewriter itself."""
 
 
-RULES: dict[str, OpRule] = {}
+RULES: dict[str, OpRule] = {}  # "OpType" (default domain) or "domain::OpType"
 
 
 def register(cls):
     inst = cls()
     for op in cls.op_types:
-        RULES[op] = inst
+        RULES[op if not cls.domain else f"{cls.domain}::{op}"] = inst
     return cls
 
 
 def rule_for(node: onnx.NodeProto) -> OpRule | None:
-    if node.domain not in ("", "ai.onnx"):
-        return None
-    return RULES.get(node.op_type)
+    if node.domain in ("", "ai.onnx"):
+        return RULES.get(node.op_type)
+    return RULES.get(f"{node.domain}::{node.op_type}")
 
 
 # --- helpers shared by rules -------------------------------------------------------------------
