@@ -138,7 +138,10 @@ def verify(path: Path, model, spec: Spec, full: bool) -> dict:
         for ax in s.dynamic:
             assert inp.type.tensor_type.shape.dim[ax].dim_param, f"{path.name}: {inp.name} dim {ax} not symbolic"
     out_dims = m.graph.output[0].type.tensor_type.shape.dim
-    assert out_dims[0].dim_param and all(d.dim_value for d in out_dims[1:]), f"{path.name}: output dims {out_dims}"
+    # trailing dims are static, except where the TorchScript exporter cannot infer them (YOLO's
+    # view(n, no, -1) with a dynamic batch): a real export artifact the tool has to take as it is
+    assert out_dims[0].dim_param, f"{path.name}: output dims {out_dims}"
+    assert spec.name == "yolo" or all(d.dim_value for d in out_dims[1:]), f"{path.name}: output dims {out_dims}"
     x = make_inputs(specs, CHECK_DIMS, seed=1)
     with torch.no_grad():
         ref = model(*x).numpy()

@@ -68,6 +68,13 @@ register(Spec("unet", "U-Net", "cnn",
               full=lambda: unet(base=64, num_classes=2),
               small_inputs=image(64), full_inputs=image(224)))
 
+from .yolo import yolo  # noqa: E402
+
+register(Spec("yolo", "YOLOv8n-style detector", "cnn",
+              small=lambda: yolo(width=8, nc=10, depth=(1, 1, 1, 1)),
+              full=lambda: yolo(width=16, nc=80),
+              small_inputs=image(64), full_inputs=image(640)))
+
 # ---- transformers -------------------------------------------------------------------------------
 import torch  # noqa: E402
 

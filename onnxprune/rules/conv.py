@@ -22,7 +22,7 @@ def _conv_io(node, ctx):
 def _spatial_live(node, ctx, t):
     for a in ctx.live_axes(t):
         if a not in (1,):
-            raise Opaque(f"{node.op_type} '{node.name}': axis {a} of '{t}' is a channel space but is spatial/batch here")
+            raise Opaque(f"axis {a} of '{t}' carries channels here but is a spatial/batch axis of {node.op_type}")
 
 
 @register
