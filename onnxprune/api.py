@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .analyze import Analysis, analyze
-from .cost import total_macs, total_params
+from .cost import total_macs, total_params, uncounted_mac_nodes
 from .errors import OnnxPruneError, VerificationError, first_line
 from .graph import build_view, random_feeds
 from .io import (custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes,
@@ -294,6 +294,10 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
         report.notes.append(f"no channel was removed: {why}")
     if customs:
         report.notes.append(f"custom op(s) {', '.join(customs)}: groups touching them are frozen")
+    uncounted = uncounted_mac_nodes(view)
+    if uncounted:
+        report.notes.append(f"MACs leave out {len(uncounted)} node(s) whose shapes are unknown: "
+                            + ", ".join(uncounted[:3]) + (" ..." if len(uncounted) > 3 else ""))
 
     if verify:
         progress.start("verify")

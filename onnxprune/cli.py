@@ -197,6 +197,7 @@ def _analyze(args) -> int:
     import json
 
     from .api import analyze_model, group_reports, measure, model_stats
+    from .cost import uncounted_mac_nodes
     from .io import custom_ops
     from .report import _si
 
@@ -215,6 +216,10 @@ def _analyze(args) -> int:
     print(f"{args.input}: {len(view.nodes)} nodes, inputs {view.input_shapes}")
     lat = f"{stats.latency_ms:.3f} ms (median, {args.provider})" if stats.latency_ms is not None else "not measured"
     print(f"MACs {_si(stats.macs)}  params {_si(stats.params)}  latency {lat}")
+    uncounted = uncounted_mac_nodes(view)
+    if uncounted:
+        print(f"  MACs leave out {len(uncounted)} node(s) whose shapes are unknown: {', '.join(uncounted[:3])}"
+              + (" ..." if len(uncounted) > 3 else ""))
     n_frozen = sum(g.frozen for g in groups)
     print(f"channel groups: {len(groups)} ({len(groups) - n_frozen} prunable, {n_frozen} frozen)")
     w = max([len(g.name) for g in groups] + [4])

@@ -36,6 +36,16 @@ def total_macs(view: GraphView) -> int:
     return int(sum(node_macs(view, k) for k in range(len(view.nodes))))
 
 
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def uncounted_mac_nodes(view: GraphView) -> list[str]:
+    """Conv/Gemm/MatMul nodes whose shapes are unknown (e.g. behind a custom op without declared
+    output shapes): their MACs are missing from total_macs."""
+    return [view.node_label(k) for k, n in enumerate(view.nodes)
+            if n.op_type in MAC_OPS and any(view.shape(t) is None for t in (*n.input[:2], n.output[0]) if t)]
+
+
 def total_params(view: GraphView) -> int:
     """Elements of floating-point initializers (shape constants and indices are not parameters)."""
     return int(sum(a.size for a in view.consts.values() if np.issubdtype(a.dtype, np.floating)))

@@ -128,3 +128,15 @@ def test_a_run_that_removes_nothing_says_why(kw, why):
 def test_a_run_that_removes_something_has_no_such_note():
     res = prune(conv_chain(), ratio=0.3, latency=False)
     assert not any(n.startswith("no channel was removed") for n in res.report.notes)
+
+
+def test_macs_behind_a_custom_op_without_shapes_are_said_to_be_missing():
+    b = GraphBuilder(seed=1)
+    x = b.input("x", [3, 8, 8])
+    y = b.op("Mystery", [b.conv(x, 3, 8, name="conv1")], domain="com.example")
+    y = b.conv(b.op("Relu", [b.conv(y, 8, 8, name="conv2")]), 8, 4, name="conv3")
+    res = prune(b.model([y], output_shapes=[["N", 4, 8, 8]]), ratio=0.3, verify=False, latency=False)
+    note = next(n for n in res.report.notes if n.startswith("MACs leave out"))
+    assert "2 node(s)" in note and "conv2" in note
+    res = prune(conv_chain(), ratio=0.3, latency=False)
+    assert not any(n.startswith("MACs leave out") for n in res.report.notes)
