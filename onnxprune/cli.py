@@ -264,8 +264,8 @@ def _profile(args) -> int:
         table.save((Path(args.cache_dir) if args.cache_dir else default_cache_dir()) / f"{table.key}.json")
     wall = time.perf_counter() - t0
     args.progress.done()
-    src = "cache" if table.from_cache else f"measured in {table.build_s:.1f}s"
-    print(f"{args.input}: latency table for {len(groups)} groups ({src}, {wall:.1f}s), baseline "
+    src = f"from cache, {wall:.1f}s" if table.from_cache else f"measured in {table.build_s:.1f}s"
+    print(f"{args.input}: latency table for {len(groups)} groups ({src}), baseline "
           f"{table.baseline_ms:.3f} ms, {'--latency-cmd' if args.latency_cmd else args.provider}, "
           f"inputs {a.view.input_shapes}")
     print(f"  {'id':>3}  {'group':<40} {'ch':>5}  latency delta (ms) at sampled widths")
