@@ -318,10 +318,14 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
         if plain:
             report.verification["note"] = ("quantize/dequantize ops: both models run op by op (ONNX Runtime graph "
                                             "optimizations off), as fused integer kernels round differently")
+        if res.mismatched:
+            report.verification["mismatched_elements"] = res.mismatched
         if not res.passed:
-            raise VerificationError(
-                f"verification failed: pruned model differs from the masked original by {res.max_abs_diff:.3e} "
-                f"(tolerance {res.tolerance:.3e}); nothing written")
+            what = (f"integer output(s) differ: " + ", ".join(f"'{k}' in {v} element(s)" for k, v in res.mismatched.items())
+                    if res.mismatched else
+                    f"pruned model differs from the masked original by {res.max_abs_diff:.3e} "
+                    f"(tolerance {res.tolerance:.3e})")
+            raise VerificationError(f"verification failed: {what}; nothing written")
     else:
         report.verification = dict(skipped="--no-verify")
 

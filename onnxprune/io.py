@@ -18,7 +18,7 @@ import onnx
 import onnx.inliner
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, first_line
 
 DEQUANTIZED_KEY = "onnxprune:dequantized"  # normalized model -> rewrite: weights folded from DQ
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
@@ -75,8 +75,7 @@ def validate_model(model: onnx.ModelProto, name: str = "model", full: bool = Fal
         onnx.checker.check_model(model, full_check=full)
         return None
     except Exception as e:
-        msg = str(e).strip().splitlines()
-        first = msg[0] if msg else type(e).__name__
+        first = first_line(e)
     if not custom_ops(model):
         try:
             import onnxruntime as ort
@@ -86,10 +85,11 @@ def validate_model(model: onnx.ModelProto, name: str = "model", full: bool = Fal
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
             return f"the ONNX checker objects ({first}) but ONNX Runtime loads the model"
-        except Exception:
-            pass
-    raise OnnxPruneError(f"{name} is not a valid model (ONNX Runtime cannot load it either): the ONNX checker "
-                         f"says {first}")
+        except Exception as e:
+            # ONNX Runtime's reason is usually the precise one (the checker stops at its first complaint)
+            raise OnnxPruneError(f"{name} is not a valid model: ONNX Runtime cannot load it ({first_line(e)}); "
+                                 f"the ONNX checker says {first}") from None
+    raise OnnxPruneError(f"{name} is not a valid model: the ONNX checker says {first}")
 
 
 def custom_ops(model: onnx.ModelProto) -> list[str]:

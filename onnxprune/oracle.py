@@ -4,7 +4,7 @@ Softmax/Reduce over C) computed over the kept channels only. A correct rewrite e
 (to float tolerance) on any input."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -152,6 +152,7 @@ class VerifyResult:
     tolerance: float
     passed: bool
     per_output: dict[str, float]
+    mismatched: dict[str, int] = field(default_factory=dict)  # integer/bool outputs: differing elements
 
 
 def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds_list: list[dict],
@@ -161,7 +162,7 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
     ref_s, cand_s = (_session(m, what, optimize) for m, what in ((reference, "masked original"),
                                                                   (candidate, "pruned model")))
     names = [o.name for o in reference.graph.output]
-    worst, scale, per = 0.0, 0.0, {}
+    worst, scale, per, mismatched = 0.0, 0.0, {}, {}
     for feeds in feeds_list:
         try:
             r = ref_s.run(names, feeds)
@@ -173,9 +174,16 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
             raise OnnxPruneError(f"internal error: the pruned model does not run in ONNX Runtime: "
                                  f"{first_line(e)}; nothing written") from None
         for n, a, b in zip(names, r, c):
+            discrete = np.asarray(a).dtype.kind in "iub"  # indices, classes, masks: exact, not scaled
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             if a.shape != b.shape:
                 raise OnnxPruneError(f"verification failed: output '{n}' has shape {b.shape}, expected {a.shape}")
+            if discrete:
+                wrong = int(np.sum(a != b))
+                if wrong:
+                    mismatched[n] = mismatched.get(n, 0) + wrong
+                per[n] = max(per.get(n, 0.0), _max_abs_diff(a, b))
+                continue
             d = _max_abs_diff(a, b)
             per[n] = max(per.get(n, 0.0), d)
             worst = max(worst, d)
@@ -183,7 +191,7 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
             scale = max(scale, float(np.max(np.abs(fin))) if fin.size else 0.0)
     scale = scale if scale > 0 else 1.0
     tol = rel_tol * scale
-    return VerifyResult(worst, scale, tol, bool(worst <= tol), per)
+    return VerifyResult(worst, scale, tol, bool(worst <= tol and not mismatched), per, mismatched)
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

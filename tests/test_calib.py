@@ -129,6 +129,29 @@ def test_oracle_comparison_does_not_skip_nan():
     assert _max_abs_diff(np.array([1.0]), np.array([np.nan])) == np.inf
 
 
+def _argmax_model(bias):
+    """y = x + bias (float, scale ~100), and ArgMax(x + bias) over the last axis (int64)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Add", ["x", "b"], ["y"]), helper.make_node("ArgMax", ["y"], ["i"], axis=1, keepdims=0)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4]),
+                           helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
+                          [numpy_helper.from_array(np.asarray(bias, np.float32), "b")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_integer_outputs_are_compared_exactly_and_do_not_set_the_scale():
+    from onnxprune.oracle import compare_models
+
+    feeds = [{"x": np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]], np.float32)}]
+    same = compare_models(_argmax_model([0, 0, 0, 0]), _argmax_model([0, 0, 0, 0]), feeds)
+    assert same.passed and not same.mismatched and same.scale == pytest.approx(0.4)  # not the index 3
+    # a changed index is reported as mismatched elements (exact comparison, whatever the float scale)
+    flip = compare_models(_argmax_model([0, 0, 0, 0]), _argmax_model([0, 0, 0.2, 0]), feeds)
+    assert not flip.passed and flip.mismatched == {"i": 1}
+
+
 def _write_pgm(path, arr):
     h, w = arr.shape
     path.write_bytes(b"P5\n# comment\n%d %d\n255\n" % (w, h) + arr.astype(np.uint8).tobytes())
