@@ -257,6 +257,13 @@ def _classify(view, groups, space_group, *, embed_dim: bool) -> None:
             proj = _projection_input(view, src)
             if proj is not None and grp(*proj) is not None and grp(*proj).kind == "channels":
                 grp(*proj).kind = "embed"
+    for n in view.nodes:  # ONNX Runtime's fused attention: input = residual stream, output = heads
+        if n.op_type == "Attention" and n.domain == "com.microsoft":
+            sx, sy = view.shape(n.input[0]), view.shape(n.output[0])
+            if sx and grp(n.input[0], len(sx) - 1) is not None and grp(n.input[0], len(sx) - 1).kind == "channels":
+                grp(n.input[0], len(sx) - 1).kind = "embed"
+            if sy and grp(n.output[0], len(sy) - 1) is not None:
+                grp(n.output[0], len(sy) - 1).kind = "heads"
     for g in groups:
         if g.kind == "head_dim" and not g.frozen.all():
             g.frozen[:] = True

@@ -166,7 +166,7 @@ def group_at(analysis, tensor: str, axis: int):
 
 
 def assert_prunes(model: onnx.ModelProto, spaces, input_shapes: dict[str, list[int]], *, sizes=None,
-                  ratio: float = 0.5, shrinks=None, frozen=(), exclude=None):
+                  ratio: float = 0.5, shrinks=None, frozen=(), exclude=None, **options):
     """The shared oracle assertion of the rule tests.
 
     spaces: (tensor, axis) pairs, each in a channel group that must be prunable (of size
@@ -180,7 +180,8 @@ def assert_prunes(model: onnx.ModelProto, spaces, input_shapes: dict[str, list[i
     """
     from onnxprune import prune
 
-    res = prune(model, ratio=ratio, latency=False, verify=True, input_shapes=input_shapes, exclude=exclude)
+    res = prune(model, ratio=ratio, latency=False, verify=True, input_shapes=input_shapes, exclude=exclude,
+                **options)  # heads=True, embed_dim=True
     a = res.analysis
     groups = []
     for i, (t, ax) in enumerate(spaces):

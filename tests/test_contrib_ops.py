@@ -60,3 +60,37 @@ def test_stream_through_skip_layernorm_matches_the_oracle():
     assert_prunes(m, [("s", 2), ("f1", 2)], SHAPES, sizes=[24, 48],
                   shrinks=["Win", "W1", "W2", "gamma", "beta", "bias", "Wout"])
     onnx.checker.check_model(m)
+
+
+def fused_attention(heads=4, hid=16):
+    """x [N, 6, 12] -> MatMul (stream 16) -> Attention(packed qkv [16, 48], bias, num_heads) ->
+    MatMul 16 -> 8. The stream is the attention input (embed kind), the output channels are heads."""
+    nodes = [h.make_node("MatMul", ["x", "Win"], ["s"]),
+             h.make_node("Attention", ["s", "Wqkv", "bqkv"], ["att"], domain="com.microsoft", num_heads=heads),
+             h.make_node("MatMul", ["att", "Wo"], ["y"])]
+    inits = [nh.from_array(a, n) for n, a in (("Win", w(12, hid)), ("Wqkv", w(hid, 3 * hid)), ("bqkv", w(3 * hid)),
+                                              ("Wo", w(hid, 8)))]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 6, 12])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["N", 6, 8])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+
+
+def test_fused_attention_heads():
+    """--heads: whole heads leave the packed q/k/v columns, the bias, the output projection's rows,
+    and num_heads says how many are left."""
+    shapes = {"x": [2, 6, 12]}
+    a = analyze_model(fused_attention(), input_shapes=shapes)
+    g = group_at(a, "att", 2)
+    assert not g.prunable and any("--heads" in r for r in g.reasons)
+    assert group_at(a, "s", 2).kind == "embed" and not group_at(a, "s", 2).prunable
+    res = assert_prunes(fused_attention(), [("att", 2)], shapes, sizes=[4], heads=True, shrinks=["Wqkv", "bqkv", "Wo"])
+    node = next(n for n in res.model.graph.node if n.op_type == "Attention")
+    kept = len(res.kept[group_at(res.analysis, "att", 2).id])
+    assert onnx.helper.get_attribute_value(next(x for x in node.attribute if x.name == "num_heads")) == kept == 2
+    wq = next(t for t in res.model.graph.initializer if t.name == "Wqkv")
+    assert list(wq.dims) == [16, 3 * 4 * kept]
+
+
+def test_fused_attention_input_stream_with_embed_dim():
+    assert_prunes(fused_attention(), [("s", 2)], {"x": [2, 6, 12]}, sizes=[16], embed_dim=True,
+                  shrinks=["Win", "Wqkv"])

@@ -2,7 +2,10 @@
 graphs: fused bias + GELU, and the residual Add fused into LayerNormalization."""
 from __future__ import annotations
 
-from .base import OpRule, RuleResult, broadcast_relate, register
+import numpy as np
+
+from ..graph import attr
+from .base import Opaque, OpRule, RuleResult, broadcast_relate, register
 
 
 @register
@@ -43,3 +46,58 @@ class SkipLayerNorm(OpRule):
                 if o:
                     res.claims += [(o, a) for a in ctx.live_axes(o)]
         return res
+
+
+@register
+class FusedAttention(OpRule):
+    """ONNX Runtime's fused self-attention: input [B, S, Hin] x packed weights [Hin, 3H] (+ bias [3H])
+    -> [B, S, H], `num_heads` heads of H / num_heads. The input's hidden axis is contracted with the
+    weight rows (the residual stream). The output channels belong to heads: with --heads, a head's
+    q, k and v columns, bias entries and output channels are tied into one channel (the head), and
+    `num_heads` is rewritten; without it they stay as they are."""
+    domain = "com.microsoft"
+    op_types = ("Attention",)
+
+    def relate(self, node, ctx):
+        x, w, b, y = node.input[0], node.input[1], (node.input[2] if len(node.input) > 2 else ""), node.output[0]
+        res = RuleResult()
+        rx, ry = ctx.rank(x), ctx.rank(y)
+        for a in range(min(rx, ry) - 1):  # batch, sequence
+            if ctx.live(x, a) or ctx.live(y, a):
+                res.relate((x, a), (y, a))
+        if not ctx.is_const(w):
+            raise Opaque("Attention weights computed at run time")
+        if ctx.live(x, rx - 1) or ctx.live(w, 0):
+            res.relate((x, rx - 1), (w, 0))
+            res.mixes.append((x, rx - 1))
+        heads = [(y, ry - 1), (w, 1)] + ([(b, 0)] if b else [])
+        if not any(ctx.live(t, a) for t, a in heads):
+            return res
+        n_heads = int(attr(node, "num_heads", 0) or 0)
+        total = ctx.shape(w)[1]
+        if attr(node, "qkv_hidden_sizes", None) is not None or n_heads < 1 or total % 3 or (total // 3) % n_heads:
+            why = "Attention with unequal q/k/v sizes"
+        elif not ctx.options.get("heads"):
+            why = "fused Attention output: whole heads are pruned with heads=True / --heads"
+        else:
+            hid, d = total // 3, total // 3 // n_heads
+            j = np.arange(hid)
+            first = (j // d) * d  # every channel of a head tied to the head's first channel
+            cols = np.concatenate([j, j, hid + j, 2 * hid + j])
+            outs = np.concatenate([j, first, j, j])
+            res.relate((w, 1), (y, ry - 1), (cols, outs))
+            if b:
+                res.relate((b, 0), (w, 1))
+            return res
+        for sp in heads:
+            res.refused[sp] = why
+        return res
+
+    def rewrite(self, node, rctx):
+        y = node.outputs[0].name
+        kept = rctx.kept(y, len(rctx.view.shape(y)) - 1)
+        if kept is None:
+            return
+        total = rctx.view.shape(node.inputs[1].name)[1]
+        d = total // 3 // int(node.attrs["num_heads"])
+        node.attrs["num_heads"] = int(len(kept) // d)
