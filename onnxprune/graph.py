@@ -187,6 +187,10 @@ def _embedding_rows(model, name, consts) -> int | None:
     for n in model.graph.node:
         if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == name and n.input[0] in consts:
             return consts[n.input[0]].shape[attr(n, "axis", 0)]
+        if n.op_type == "EmbedLayerNormalization" and name in n.input[:2]:  # ORT's fused BERT embeddings
+            table = n.input[2] if n.input[0] == name else (n.input[4] if len(n.input) > 4 else "")
+            if table in consts:
+                return consts[table].shape[0]
     return None
 
 

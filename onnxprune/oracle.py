@@ -119,13 +119,16 @@ def _over_kept(view, node, norms, pos, inits, name):
     outs = list(node.output)
     scatter = []
     for j, o in enumerate(outs):
-        if o and view.shape(o) is not None and len(view.shape(o)) == len(view.shape(t)) \
-                and view.shape(o)[a] == n_in and (o, a) in pos:
+        so = view.shape(o) if o else None
+        # the output axis on these channels: usually axis a; EmbedLayerNormalization's tables
+        # carry them on axis 1 of a rank-2 table, its output on the last axis
+        axes = [b for b in range(len(so or ())) if so[b] == n_in and (o, b) in pos]
+        if len(axes) == 1:
             tmp = name(o)
             node.output[j] = tmp
-            scatter.append((tmp, o))
+            scatter.append((tmp, o, axes[0]))
     nodes.append(node)
-    for tmp, o in scatter:
+    for tmp, o, a in scatter:
         # positions of kept channels -> their rank; removed ones -> index of an appended zero slice
         src = np.full(n_in, len(idx), dtype=np.int64)
         src[idx] = np.arange(len(idx))

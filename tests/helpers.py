@@ -155,7 +155,10 @@ def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int = 
         if i.name in init:
             continue
         dtype = helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-        out[i.name] = rng.standard_normal(shapes[i.name]).astype(dtype)
+        if np.issubdtype(dtype, np.integer):  # token ids, masks: small valid values
+            out[i.name] = rng.integers(0, 2, size=shapes[i.name]).astype(dtype)
+        else:
+            out[i.name] = rng.standard_normal(shapes[i.name]).astype(dtype)
     return out
 
 

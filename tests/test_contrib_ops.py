@@ -94,3 +94,17 @@ def test_fused_attention_heads():
 def test_fused_attention_input_stream_with_embed_dim():
     assert_prunes(fused_attention(), [("s", 2)], {"x": [2, 6, 12]}, sizes=[16], embed_dim=True,
                   shrinks=["Win", "Wqkv"])
+
+
+def test_embed_layer_normalization_hidden_axis():
+    """Word + position tables summed and normalized over the hidden axis (oracle: over kept channels);
+    the tables' columns, gamma and beta shrink together."""
+    nodes = [h.make_node("EmbedLayerNormalization", ["ids", "", "word", "pos", "", "gamma", "beta"], ["e", "mask_index"],
+                         domain="com.microsoft", epsilon=1e-5),
+             h.make_node("MatMul", ["e", "W"], ["y"])]
+    inits = [nh.from_array(a, n) for n, a in (("word", w(50, 16)), ("pos", w(8, 16)), ("gamma", 1 + w(16)),
+                                              ("beta", w(16)), ("W", w(16, 4)))]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("ids", T.INT32, ["N", 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, ["N", 8, 4])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    assert_prunes(m, [("word", 1)], {"ids": [2, 8]}, sizes=[16], shrinks=["word", "pos", "gamma", "beta", "W"])

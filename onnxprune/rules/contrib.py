@@ -101,3 +101,33 @@ class FusedAttention(OpRule):
         total = rctx.view.shape(node.inputs[1].name)[1]
         d = total // 3 // int(node.attrs["num_heads"])
         node.attrs["num_heads"] = int(len(kept) // d)
+
+
+@register
+class EmbedLayerNorm(OpRule):
+    """ONNX Runtime's fused BERT embeddings: word/position/segment lookups summed, then LayerNorm over
+    the hidden axis. The hidden axis of every table, gamma, beta, the output and the optional
+    embedding sum are one space, normalized over (the residual stream's start)."""
+    domain = "com.microsoft"
+    op_types = ("EmbedLayerNormalization",)
+
+    def relate(self, node, ctx):
+        ins = list(node.input) + [""] * (9 - len(node.input))
+        tables = [t for t in (ins[2], ins[3], ins[4]) if t]
+        params = [t for t in (ins[5], ins[6]) if t]
+        outs = [o for j, o in enumerate(node.output) if o and j in (0, 2)]
+        res = RuleResult()
+        if not any(ctx.live(t, 1) for t in tables) and not any(ctx.live(o, ctx.rank(o) - 1) for o in outs) \
+                and not any(ctx.live(p, 0) for p in params):
+            return res
+        if not all(ctx.is_const(t) for t in tables + params):
+            raise Opaque("EmbedLayerNormalization with run-time tables")
+        anchor = (tables[0], 1)
+        for t in tables[1:]:
+            res.relate((t, 1), anchor)
+        for p in params:
+            res.relate((p, 0), anchor)
+        for o in outs:
+            res.relate((o, ctx.rank(o) - 1), anchor)
+        res.normalizes.append(anchor)
+        return res
