@@ -6,6 +6,7 @@ reaches arithmetic freezes that group alone."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 from helpers import assert_prunes, group_at
 from onnx import TensorProto as T
@@ -130,3 +131,37 @@ def test_sum_over_channels_divided_by_a_constant_count_freezes_the_group():
     assert not g.prunable and any("divided by their count" in r for r in g.reasons), g.reasons
     # a constant that is not the count: a plain sum of squares, normalized over the kept channels
     assert_prunes(layernorm_as_sum_over_count(7.0), [("hh", 2)], {"x": [2, 16, 32]}, sizes=[64])
+
+
+def merged_heads(use_max=False):
+    """tf2onnx's einsum lowering: [N, S, 32] -> [N, S, 4, 8] -> Transpose [N, 4, S, 8] -> Reshape to
+    [N*4, S, 8] with the first entry ReduceProd(Shape(t)[0:2]) (with `use_max`: the Max of that
+    gather from two shapes, as broadcasting batch dims) -> Relu -> Reshape back to Shape(t) ->
+    Transpose -> [N, S, 32] -> MatMul."""
+    x = h.make_tensor_value_info("x", T.FLOAT, ["N", 6, 16])
+    y = h.make_tensor_value_info("y", T.FLOAT, ["N", 6, 5])
+    nodes = [h.make_node("MatMul", ["x", "W1"], ["q"]), h.make_node("Reshape", ["q", "s4"], ["q4"]),
+             h.make_node("Transpose", ["q4"], ["t"], perm=[0, 2, 1, 3]), h.make_node("Shape", ["t"], ["st"]),
+             h.make_node("Gather", ["st", "i01"], ["nb"], axis=0)]
+    if use_max:
+        nodes += [h.make_node("Shape", ["t"], ["st2"]), h.make_node("Gather", ["st2", "i01"], ["nb2"], axis=0),
+                  h.make_node("Max", ["nb", "nb2"], ["nbm"])]
+    nodes += [h.make_node("ReduceProd", ["nbm" if use_max else "nb"], ["p"], keepdims=1),
+              h.make_node("Gather", ["st", "i23"], ["rest"], axis=0),
+              h.make_node("Concat", ["p", "rest"], ["tgt"], axis=0), h.make_node("Reshape", ["t", "tgt"], ["m"]),
+              h.make_node("Relu", ["m"], ["mr"]), h.make_node("Reshape", ["mr", "st"], ["back"]),
+              h.make_node("Transpose", ["back"], ["tb"], perm=[0, 2, 1, 3]),
+              h.make_node("Reshape", ["tb", "s3"], ["flat"]), h.make_node("MatMul", ["flat", "W2"], ["y"])]
+    return model(nodes, [C("W1", w(16, 32)), C("W2", w(32, 5)), C("s4", np.array([0, 0, 4, 8])),
+                         C("s3", np.array([0, 0, -1])), C("i01", np.array([0, 1])), C("i23", np.array([2, 3]))], x, y)
+
+
+@pytest.mark.parametrize("use_max", [False, True])
+def test_heads_merged_with_batch_at_run_time(use_max):
+    from helpers import ort_run
+
+    res = assert_prunes(merged_heads(use_max), [("t", 1)], {"x": [1, 6, 16]}, sizes=[4], heads=True,
+                        shrinks=["W1", "W2"])
+    xb = rng.standard_normal((3, 6, 16)).astype(np.float32)  # the merged dim is N * heads at run time
+    full = ort_run(res.model, {"x": xb})[0]
+    assert np.allclose(full, np.concatenate([ort_run(res.model, {"x": xb[k:k + 1]})[0] for k in range(3)]), atol=1e-5)

@@ -2,6 +2,8 @@
 Tile, Shape. They move channels between axes (index maps) without mixing them."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..graph import attr
@@ -137,6 +139,27 @@ def _shape_entry(view, shape_t, index, depth=0):
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity") or (
             op == "Reshape" and len(view.shape(n.input[0]) or ()) == 1):
         return _shape_entry(view, n.input[0], index, depth + 1)
+    if op == "ReduceProd" and index == 0 and len(view.shape(n.input[0]) or ()) == 1 \
+            and not (len(n.input) > 1 and n.input[1]) and attr(n, "axes", [0]) in ([0], [-1]):
+        # tf2onnx merges batch dims at run time: prod(Shape(x)[batch..., heads]) -> one entry
+        size = view.shape(n.input[0])[0]
+        factors = [_shape_entry(view, n.input[0], i, depth + 1) for i in range(size)]
+        return None if any(f is None for f in factors) else ("prod", tuple(factors))
+    if op in ("Max", "Min") and len(n.input) == 2 and view.shape(n.input[0]) == view.shape(n.input[1]):
+        # broadcast batch dims of two operands (tf2onnx's einsum lowering): equal dims, or a 1
+        a = _shape_entry(view, n.input[0], index, depth + 1)
+        b = _shape_entry(view, n.input[1], index, depth + 1)
+        if a is None or b is None:
+            return None
+        if a == b:
+            return a
+        if op == "Max" and a[0] == "const" and a[3] == 1 and b[0] != "const":
+            return b
+        if op == "Max" and b[0] == "const" and b[3] == 1 and a[0] != "const":
+            return a
+        if a[0] != "const" and b[0] != "const":
+            return ("dynamic_all", tuple(e for x in (a, b) for e in (x[1:] if x[0] == "dynamic" else x[1])))
+        return None
     if op == "Where":
         # TorchScript lowers expand(-1) to Where(Equal(s, -1), 1, s): both branches resolve here
         a = _shape_entry(view, n.input[1], index, depth + 1)
@@ -179,6 +202,17 @@ def _through_casts(view, t):
     return t
 
 
+def _entry_dims(e):
+    """(tensor, axis) dims a resolved shape entry reads at run time."""
+    if e[0] == "dynamic":
+        return [(e[1], e[2])]
+    if e[0] == "dynamic_all":
+        return [(e[1][i], e[1][i + 1]) for i in range(0, len(e[1]), 2)]
+    if e[0] == "prod":
+        return [d for f in e[1] for d in _entry_dims(f)]
+    return []
+
+
 def _relate_shape_entries(res, ctx, shape_t, x, y, allowzero=0):
     """Tie every shape entry to what it will be after pruning. A channel axis of the output needs an
     entry we can rewrite (a constant) or one that follows on its own (-1, 0 = copy, or a dim read
@@ -191,12 +225,24 @@ def _relate_shape_entries(res, ctx, shape_t, x, y, allowzero=0):
             if b in live:
                 raise Opaque("target shape is computed at run time")
             continue
-        if e[0] == "dynamic":
-            t, k = e[1], e[2]
-            if ctx.live(t, k) or b in live:
-                if ctx.shape(t)[k] != sy[b]:
-                    raise Opaque("target shape reads a channel dim of another size")
-                res.relate((t, k), (y, b))
+        if e[0] == "prod":
+            # the product follows a pruned channel dim when that dim is its only factor above 1
+            dims = [d for f in e[1] for d in _entry_dims(f)]
+            consts = [f[3] for f in e[1] if f[0] == "const"]
+            lv = [(t, k) for t, k in dims if ctx.live(t, k)]
+            if lv or b in live:
+                others = math.prod(consts) * math.prod(ctx.shape(t)[k] for t, k in dims if (t, k) not in lv)
+                if len(lv) != 1 or others != 1 or ctx.shape(lv[0][0])[lv[0][1]] != sy[b]:
+                    raise Opaque("target shape multiplies a channel dim with other dims at run time")
+                res.relate(lv[0], (y, b))
+            continue
+        if e[0] in ("dynamic", "dynamic_all"):
+            dims = [(e[1], e[2])] if e[0] == "dynamic" else [(e[1][i], e[1][i + 1]) for i in range(0, len(e[1]), 2)]
+            for t, k in dims:  # dynamic_all: Max/Min of equal dims read from several tensors
+                if ctx.live(t, k) or b in live:
+                    if ctx.shape(t)[k] != sy[b]:
+                        raise Opaque("target shape reads a channel dim of another size")
+                    res.relate((t, k), (y, b))
         elif e[3] == 0 and not allowzero and x is not None:
             if ctx.live(x, b) or b in live:
                 res.relate((x, b), (y, b))
@@ -526,6 +572,10 @@ def _follow_entries(view, n, slot, entries: set[int]) -> set[int] | None:
         return set(entries)  # 1-D shape vectors and their scalars: positions are kept
     if op == "Reshape" and slot == 0 and len(view.shape(n.input[0]) or ()) <= 1:
         return set(entries)
+    if op in ("Max", "Min") and len(n.input) == 2 and view.shape(n.input[0]) == view.shape(n.input[1]):
+        return set(entries)  # elementwise over equal-length shape vectors: a shape target checks the dims
+    if op == "ReduceProd" and slot == 0 and len(view.shape(n.input[0]) or ()) == 1:
+        return {0}  # a product holding a channel count: only a shape target may take it (and checks it)
     if op == "Gather" and slot == 0 and int(attr(n, "axis", 0)) == 0:
         idx = view.const(n.input[1])
         if idx is None:
