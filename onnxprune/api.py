@@ -321,7 +321,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
         if res.mismatched:
             report.verification["mismatched_elements"] = res.mismatched
         if not res.passed:
-            what = (f"integer output(s) differ: " + ", ".join(f"'{k}' in {v} element(s)" for k, v in res.mismatched.items())
+            what = ("integer output(s) differ: " + ", ".join(f"'{k}' in {v} element(s)" for k, v in res.mismatched.items())
                     if res.mismatched else
                     f"pruned model differs from the masked original by {res.max_abs_diff:.3e} "
                     f"(tolerance {res.tolerance:.3e})")
