@@ -145,31 +145,26 @@ def _shape_entry(view, shape_t, index, depth=0):
         size = view.shape(n.input[0])[0]
         factors = [_shape_entry(view, n.input[0], i, depth + 1) for i in range(size)]
         return None if any(f is None for f in factors) else ("prod", tuple(factors))
-    if op in ("Max", "Min") and len(n.input) == 2 and view.shape(n.input[0]) == view.shape(n.input[1]):
-        # broadcast batch dims of two operands (tf2onnx's einsum lowering): equal dims, or a 1
-        a = _shape_entry(view, n.input[0], index, depth + 1)
-        b = _shape_entry(view, n.input[1], index, depth + 1)
+    if op in ("Max", "Min", "Where"):
+        # Max/Min: broadcast batch dims of two operands (tf2onnx's einsum lowering), equal or a 1;
+        # Where: TorchScript lowers expand(-1) to Where(Equal(s, -1), 1, s)
+        slots = (1, 2) if op == "Where" else (0, 1)
+        if op != "Where" and not (len(n.input) == 2 and view.shape(n.input[0]) == view.shape(n.input[1])):
+            return None
+        a, b = (_shape_entry(view, n.input[s], index, depth + 1) for s in slots)
         if a is None or b is None:
             return None
         if a == b:
             return a
-        if op == "Max" and a[0] == "const" and a[3] == 1 and b[0] != "const":
-            return b
-        if op == "Max" and b[0] == "const" and b[3] == 1 and a[0] != "const":
-            return a
-        if a[0] != "const" and b[0] != "const":
-            return ("dynamic_all", tuple(e for x in (a, b) for e in (x[1:] if x[0] == "dynamic" else x[1])))
-        return None
-    if op == "Where":
-        # TorchScript lowers expand(-1) to Where(Equal(s, -1), 1, s): both branches resolve here
-        a = _shape_entry(view, n.input[1], index, depth + 1)
-        b = _shape_entry(view, n.input[2], index, depth + 1)
-        if a is None or b is None:
+        if op == "Where":
+            if a[0] == b[0] == "const" and {a[3], b[3]} == {1, -1}:
+                return ("const", None, None, 1)  # a broadcast 1 either way: nothing to rewrite
             return None
-        if a == b:
-            return a
-        if a[0] == b[0] == "const" and {a[3], b[3]} == {1, -1}:
-            return ("const", None, None, 1)  # a broadcast 1 either way: nothing to rewrite
+        for one, other in ((a, b), (b, a)):
+            if op == "Max" and one[0] == "const" and one[3] == 1 and other[0] != "const":
+                return other
+        if a[0] in ("dynamic", "dynamic_all") and b[0] in ("dynamic", "dynamic_all"):
+            return ("dynamic_all", tuple(x for d in _entry_dims(a) + _entry_dims(b) for x in d))
         return None
     if op == "Shape":
         r = len(view.shape(n.input[0]) or ())
