@@ -129,15 +129,16 @@ class OnnxBench:
                 lo = mid
         return hi
 
-    def compensate(self, kept, pruned, method="mean"):
+    def compensate(self, kept, pruned, method="mean", positions=False):
         from onnxprune.calib import cached_stats
         from onnxprune.compensate import compensate, compensation_spaces
 
-        stats = cached_stats(self.ctx(), compensation_spaces(self.analysis, kept), cov=method == "lstsq")
-        return compensate(self.analysis, kept, pruned, stats, method).model
+        stats = cached_stats(self.ctx(), compensation_spaces(self.analysis, kept), cov=method == "lstsq",
+                             positions=positions)
+        return compensate(self.analysis, kept, pruned, stats, method, positions=positions).model
 
 
-def run_onnxprune(name, path, data, targets, scorers, modes, heads, log, lstsq=True):
+def run_onnxprune(name, path, data, targets, scorers, modes, heads, log, lstsq=True, per_position=True):
     cx, tx, ty = data
     t0 = time.perf_counter()
     b = OnnxBench(path, cx, heads=heads)
@@ -165,10 +166,17 @@ def run_onnxprune(name, path, data, targets, scorers, modes, heads, log, lstsq=T
                 if lstsq:
                     acc_l = accuracy(b.compensate(kept, pruned, "lstsq"), tx, ty)
                     row.update(acc_lstsq=acc_l, retention_lstsq=acc_l / base_acc)
+                if per_position:  # --per-position: constants per token / pixel
+                    acc_p = accuracy(b.compensate(kept, pruned, "mean", positions=True), tx, ty)
+                    row.update(acc_pmean=acc_p, retention_pmean=acc_p / base_acc)
+                    if lstsq:
+                        acc_pl = accuracy(b.compensate(kept, pruned, "lstsq", positions=True), tx, ty)
+                        row.update(acc_plstsq=acc_pl, retention_plstsq=acc_pl / base_acc)
                 rows.append(row)
             log(f"[{name}] {mode} {int(t * 100)}%: " + "  ".join(
                 f"{r['scorer']} {r['retention']:.3f}/{r['retention_comp']:.3f}"
-                + (f"/{r['retention_lstsq']:.3f}" if "retention_lstsq" in r else "") for r in rows[-len(scorers):]
+                + "".join(f"/{r[k]:.3f}" for k in ("retention_lstsq", "retention_pmean", "retention_plstsq") if k in r)
+                for r in rows[-len(scorers):]
                 if r.get("reachable")) + f"  ({time.perf_counter() - t0:.0f}s)")
     notes = {s: n for s, n in b.notes.items() if n}
     return dict(base_acc=base_acc, base_macs=b.base_macs, rows=rows, notes=notes,
@@ -296,7 +304,8 @@ def summarize(results, targets):
         modes = sorted({x["mode"] for x in rows}, key=["uniform", "global"].index)
         for mode in modes:
             for s in dict.fromkeys(x["scorer"] for x in rows):
-                for key, tag in (("retention", ""), ("retention_comp", " +mean"), ("retention_lstsq", " +lstsq")):
+                for key, tag in (("retention", ""), ("retention_comp", " +mean"), ("retention_lstsq", " +lstsq"),
+                                 ("retention_pmean", " +mean/pos"), ("retention_plstsq", " +lstsq/pos")):
                     cells = []
                     for t in targets:
                         x = next((x for x in rows if x["mode"] == mode and x["scorer"] == s and x["target"] == t), None)
@@ -328,6 +337,11 @@ def summarize(results, targets):
                          f"{v['vbp_lstsq_wins_vs_plain_magnitude_best_mode']}/{v['reachable']} (best mode); "
                          f"lstsq effect on vbp: {v['lstsq_gain_vbp_uniform']:+.4f} (uniform), "
                          f"{v['lstsq_gain_vbp']:+.4f} (both modes)")
+        if "pmean_gain_vbp_uniform" in v:
+            lines.append(f"- per-position effect on vbp, mean over reductions (uniform): mean "
+                         f"{v['comp_gain_vbp_uniform']:+.4f} -> mean/pos {v['pmean_gain_vbp_uniform']:+.4f}"
+                         + (f", lstsq {v['lstsq_gain_vbp_uniform']:+.4f} -> lstsq/pos {v['plstsq_gain_vbp_uniform']:+.4f}"
+                            if "plstsq_gain_vbp_uniform" in v else ""))
         if v.get("tp_best") is not None:
             lines.append("- best onnxprune vs best Torch-Pruning, per reduction: " + ", ".join(
                 f"-{int(t * 100)}%: {a:.3f} vs {b:.3f}" if a is not None and b is not None else f"-{int(t * 100)}%: n/a"
@@ -372,11 +386,17 @@ def verdict(r, targets):
         out["lstsq_gain_vbp"] = float(np.mean(lg)) if lg else 0.0
         out["lstsq_gain_vbp_uniform"] = float(np.mean([x["retention_lstsq"] - x["retention"] for x in rows
                                                        if x["scorer"] == "vbp" and x["mode"] == "uniform"] or [0.0]))
+    for key, name in (("retention_pmean", "pmean"), ("retention_plstsq", "plstsq")):
+        if any(key in x for x in rows):
+            out[f"{name}_gain_vbp_uniform"] = float(np.mean([x[key] - x["retention"] for x in rows
+                                                             if x["scorer"] == "vbp" and x["mode"] == "uniform"]
+                                                            or [0.0]))
     tpr = r.get("torch_pruning")
     if tpr:
         best = []
         for t in targets:
-            ours = [x[k] for x in rows if x["target"] == t for k in ("retention", "retention_comp", "retention_lstsq")
+            ours = [x[k] for x in rows if x["target"] == t for k in ("retention", "retention_comp", "retention_lstsq",
+                                                                          "retention_pmean", "retention_plstsq")
                     if k in x]
             theirs = [x["retention"] for x in tpr["rows"] if x["target"] == t and x.get("reachable")]
             best.append((t, max(ours) if ours else None, max(theirs) if theirs else None))
@@ -408,6 +428,10 @@ def plot(results, targets, path):
         if xs:
             ax.plot([x["target"] * 100 for x in xs], [x["retention_lstsq"] for x in xs], "-^", color="black",
                     label="vbp +lstsq", ms=3)
+        xs = [x for x in rows if x["scorer"] == "vbp" and "retention_pmean" in x]
+        if xs:
+            ax.plot([x["target"] * 100 for x in xs], [x["retention_pmean"] for x in xs], "-v", color="gray",
+                    label="vbp +mean/pos", ms=3)
         tpr = (r.get("torch_pruning") or {}).get("rows", [])
         for s in ("magnitude", "lamp"):
             xs = [x for x in tpr if x["scorer"] == s and x.get("reachable")]
@@ -491,6 +515,7 @@ def main(argv=None):
     ap.add_argument("--modes", default="uniform,global")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--no-lstsq", action="store_true", help="skip the --compensate lstsq column")
+    ap.add_argument("--no-per-position", action="store_true", help="skip the --per-position columns")
     ap.add_argument("--heads", action="store_true",
                     help="also run the ViT with attention-head pruning (as 'vit+heads'; MLP-only pruning cannot "
                          "reach -40%% MACs on it); Torch-Pruning is compared on MLP neurons only")
@@ -531,7 +556,8 @@ def main(argv=None):
             log(f"[{name}] {path.name} missing, skipped")
             continue
         r = dict(onnxprune=run_onnxprune(name, path, data, targets, scorers, modes, heads=False, log=log,
-                                             lstsq=not args.no_lstsq))
+                                             lstsq=not args.no_lstsq,
+                                         per_position=not args.no_per_position))
         if not args.no_tp:
             try:
                 r["torch_pruning"] = run_torch_pruning(name, data, targets, r["onnxprune"]["base_acc"], log)
@@ -540,7 +566,8 @@ def main(argv=None):
         results[name] = r
         if args.heads and name == "vit":  # also attention heads: reaches -40/-50% MACs (no TP counterpart here)
             results[f"{name}+heads"] = dict(onnxprune=run_onnxprune(
-                f"{name}+heads", path, data, targets, scorers, modes, heads=True, log=log, lstsq=not args.no_lstsq))
+                f"{name}+heads", path, data, targets, scorers, modes, heads=True, log=log, lstsq=not args.no_lstsq,
+                                         per_position=not args.no_per_position))
     out = Path(args.out)
     if args.append and out.exists():
         prev = json.loads(out.read_text())

@@ -89,6 +89,17 @@ def check_prune_args(*, ratio, ratio_dw, budgets: dict, round_to, stages, latenc
             raise OnnxPruneError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
+def check_per_position(compensate: str, spec) -> None:
+    """Per-position compensation adds a constant map and an Add after each compensated consumer:
+    a budget on latency, params or memory did not plan for them."""
+    if compensate == "none":
+        raise OnnxPruneError("--per-position shapes the compensation constants: it needs --compensate mean or lstsq "
+                             "(or --scorer vbp)")
+    if spec is not None and spec.metric != "macs":
+        raise OnnxPruneError(f"--per-position adds constant maps and Adds that a {spec.metric} budget did not plan "
+                             "for: use it with --ratio or --macs")
+
+
 def unmatched_excludes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
     from .analyze import _excluded
 
@@ -161,7 +172,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
           latency: bool = True, provider: str = "cpu", threads: int | None = None,
           progress: Progress | None = None,
           calib=None, calib_batch: int | None = None, calib_limit: int | None = None, preprocess=None,
-          compensate: str | None = None, seed: int = 0,
+          compensate: str | None = None, per_position: bool = False, seed: int = 0,
           budget: str | None = None, macs: str | None = None, params: str | None = None,
           peak_memory: str | None = None, round_to: int | None = None, latency_model: str = "measured",
           cache_dir=None, use_cache: bool = True, latency_cmd: str | None = None,
@@ -173,6 +184,9 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     .npz/.npy path, a folder of images (``preprocess``), an array, a dict of arrays or a list of feed
     dicts (see onnxprune/calib.py). ``compensate``: "mean" (default for vbp) folds the calibration
     mean of every removed channel into the consumer's bias after verification; "none" disables it.
+    ``per_position``: compensation constants per position (token / pixel: the mean over the batch axis
+    only) instead of per channel, added as a constant map after each consumer; exact in expectation at
+    every position, padded conv borders included; needs static input dims except the batch.
 
     Budgets (instead of ``ratio``): ``budget`` latency ("11ms", "0.6x"), ``macs`` / ``params``
     ("50%", "1.2G", "3M") or ``peak_memory`` ("3.6MB", "50%"): a group knapsack over LAMP-normalized
@@ -210,6 +224,8 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
 
     calib_set = load_calib(calib, norm, batch_size=calib_batch, limit=calib_limit, preprocess=preprocess)
     compensate = resolve_compensate(compensate, scorer, calib_set is not None)
+    if per_position:
+        check_per_position(compensate, _budget_spec(budget, macs, params, peak_memory))
     score_ctx = ScoreContext(analysis, calib=calib_set, seed=seed)
     progress.start("score", scorer)
     scores = score_groups(analysis, scorer, context=score_ctx)
@@ -266,7 +282,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
         report.notes.append(checker_note)
     for p in unmatched_excludes(norm, exclude):
         report.notes.append(f"--exclude '{p}' matches no node name or op type")
-    report.settings.update(seed=seed, compensate=compensate,
+    report.settings.update(seed=seed, compensate=compensate, per_position=per_position,
                            calib=getattr(calib_set, "description", None) if calib_set is not None else None)
     report.notes.extend(score_ctx.notes)
     if budget_res is not None:
@@ -333,7 +349,8 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
         progress.start("compensate", compensate)
         from .compensate import apply_compensation
 
-        pruned, comp, comp_check = apply_compensation(analysis, kept, pruned, score_ctx, compensate, check=verify)
+        pruned, comp, comp_check = apply_compensation(analysis, kept, pruned, score_ctx, compensate, check=verify,
+                                                      positions=per_position)
         report.notes.extend(comp.notes)
         if comp_check is not None:
             report.verification[f"{compensate}_compensation"] = comp_check

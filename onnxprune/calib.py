@@ -464,6 +464,19 @@ class SpaceStats:
     mean: np.ndarray  # float64, one per position along the axis
     m2: np.ndarray    # sum of squared deviations from the mean
     c2: np.ndarray | None = None  # optional co-moment matrix sum (x-mean)(x-mean)^T (for lstsq)
+    # optional per-position sums over the batch axis only (shape: the tensor without axis 0), for
+    # per-position compensation; pos_note says why they are missing once they were asked for
+    pos_sum: np.ndarray | None = None
+    pos_n: float = 0.0
+    pos_note: str | None = None
+
+    @property
+    def positions_done(self) -> bool:
+        return self.pos_sum is not None or self.pos_note is not None
+
+    @property
+    def pos_mean(self) -> np.ndarray | None:
+        return None if self.pos_sum is None else self.pos_sum / max(self.pos_n, 1.0)
 
     @property
     def cov(self) -> np.ndarray:
@@ -484,7 +497,13 @@ class SpaceStats:
         c2 = None
         if self.c2 is not None and other.c2 is not None:
             c2 = self.c2 + other.c2 + np.outer(delta, delta) * (self.n * other.n / n)
-        return SpaceStats(n, mean, m2, c2)
+        pos_sum, pos_note = None, self.pos_note or other.pos_note
+        if self.pos_sum is not None and other.pos_sum is not None:
+            if self.pos_sum.shape == other.pos_sum.shape:
+                pos_sum = self.pos_sum + other.pos_sum
+            else:
+                pos_note = "its shape varies across calibration batches"
+        return SpaceStats(n, mean, m2, c2, pos_sum, self.pos_n + other.pos_n, pos_note if pos_sum is None else None)
 
     def pooled(self, index_map: np.ndarray, size: int) -> "ChannelStats":
         """Pool positions that map to the same canonical channel (block maps: flatten, multipliers)."""
@@ -509,9 +528,17 @@ class ChannelStats:
         return self.m2 / np.where(self.n > 0, self.n, 1.0)
 
 
-def batch_stats(x: np.ndarray, axis: int, cov: bool = False) -> SpaceStats:
+def batch_stats(x: np.ndarray, axis: int, cov: bool = False, batch: int | None = None) -> SpaceStats:
     """Mean and M2 per position of `axis` over every other axis of one batch (two-pass in the batch,
-    float64 sums, one float32 temporary of the batch's size); with ``cov`` also the co-moment matrix."""
+    float64 sums, one float32 temporary of the batch's size); with ``cov`` also the co-moment matrix;
+    with ``batch`` (the number of samples in this batch) also sums over the batch axis only, per
+    position of every other axis (a tensor whose axis 0 is not the batch gets a pos_note instead)."""
+    pos_sum, pos_n, pos_note = None, 0.0, None
+    if batch is not None:
+        if axis == 0 or x.ndim < 1 or x.shape[0] != batch:
+            pos_note = f"its axis 0 is not the batch (shape {list(x.shape)}, batch {batch})"
+        else:
+            pos_sum, pos_n = x.sum(axis=0, dtype=np.float64), float(batch)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     axes = tuple(i for i in range(x.ndim) if i != axis)
@@ -527,14 +554,15 @@ def batch_stats(x: np.ndarray, axis: int, cov: bool = False) -> SpaceStats:
         del rows
     np.square(d, out=d)
     m2 = d.sum(axis=axes, dtype=np.float64)
-    return SpaceStats(n, mean, m2, c2)
+    return SpaceStats(n, mean, m2, c2, pos_sum, pos_n, pos_note)
 
 
 def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[tuple[str, int]], *,
                      budget_bytes: int = ACT_BUDGET_BYTES, provider: str = "cpu",
-                     cov: bool = False) -> dict[tuple[str, int], SpaceStats]:
+                     cov: bool = False, positions: bool = False) -> dict[tuple[str, int], SpaceStats]:
     """One streaming pass: run the (normalized) model with `spaces`' tensors as extra outputs and merge
-    per-position statistics batch by batch. Never keeps more than one batch of activations."""
+    per-position statistics batch by batch. Never keeps more than one batch of activations.
+    ``positions``: also per-position means over the batch axis (see batch_stats)."""
     import onnxruntime as ort
 
     spaces = sorted(set(spaces))
@@ -578,7 +606,7 @@ def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[
             for t, x in zip(tensors, outs):
                 x = np.asarray(x)
                 for a in by_tensor[t]:
-                    b = batch_stats(x, a, cov=cov)
+                    b = batch_stats(x, a, cov=cov, batch=len(next(iter(sub.values()))) if positions else None)
                     stats[(t, a)] = stats[(t, a)].merge(b) if (t, a) in stats else b
             del outs
             seen += 1
@@ -607,16 +635,21 @@ def activation_spaces(analysis, groups=None) -> list[tuple[str, int]]:
     return sorted(out)
 
 
-def cached_stats(ctx, spaces, cov: bool = False) -> dict[tuple[str, int], SpaceStats]:
+def cached_stats(ctx, spaces, cov: bool = False, positions: bool = False) -> dict[tuple[str, int], SpaceStats]:
     """Statistics for `spaces` through ``ctx.cache['act_stats']``: computed once, in one pass, for all
-    spaces not cached yet (scorers and compensation share them). ``cov``: with co-moment matrices."""
+    spaces not cached yet (scorers and compensation share them). ``cov``: with co-moment matrices;
+    ``positions``: with per-position means."""
     cache = ctx.cache.setdefault("act_stats", {})
     missing = [s for s in spaces if s not in cache
-               or (cov and cache[s].c2 is None and len(cache[s].mean) <= COV_MAX_POSITIONS)]
+               or (cov and cache[s].c2 is None and len(cache[s].mean) <= COV_MAX_POSITIONS)
+               or (positions and not cache[s].positions_done)]
     if missing:
         if not ctx.calib:
             raise OnnxPruneError("calibration data is needed here: pass --calib FILE")
-        cache.update(activation_stats(ctx.analysis.view, ctx.calib, missing, cov=cov))
+        # a recomputed space keeps what its cached statistics already had
+        cov = cov or any(s in cache and cache[s].c2 is not None for s in missing)
+        positions = positions or any(s in cache and cache[s].positions_done for s in missing)
+        cache.update(activation_stats(ctx.analysis.view, ctx.calib, missing, cov=cov, positions=positions))
     return {s: cache[s] for s in spaces}
 
 

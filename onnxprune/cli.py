@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mean: fold the calibration mean of removed channels into the consumers' biases; "
                         "lstsq: also refit the kept weight columns by least squares on the calibration data "
                         "(default: mean for --scorer vbp, else none; needs --calib)")
+    p.add_argument("--per-position", action="store_true",
+                   help="compensation constants per position (token or pixel) instead of per channel: a constant "
+                        "map added after each compensated consumer (needs static input dims except the batch; "
+                        "with --ratio or --macs)")
     p.add_argument("--seed", type=int, default=0, help="seed of --scorer random (default 0)")
     # -- budgets (issue #3) --
     p.add_argument("--budget", metavar="LAT", help="latency budget: 11ms, 900us, 0.011s or 0.6x / 60%% of the "
@@ -178,7 +182,8 @@ def _prune(args) -> int:
                 verify=not args.no_verify, latency=not args.no_latency, provider=args.provider,
                 threads=args.threads, progress=progress,
                 calib=args.calib, calib_batch=args.calib_batch, calib_limit=args.calib_limit,
-                preprocess=args.preprocess, compensate=args.compensate, seed=args.seed,
+                preprocess=args.preprocess, compensate=args.compensate, per_position=args.per_position,
+                seed=args.seed,
                 budget=args.budget, macs=args.macs, params=args.params, peak_memory=args.peak_memory,
                 round_to=args.round_to, latency_model=args.latency_model, cache_dir=args.cache_dir,
                 use_cache=not args.no_cache, latency_cmd=args.latency_cmd, batch=args.batch,

@@ -62,12 +62,22 @@ class CompensationResult:
     skipped: list[str] = field(default_factory=list)
     refit: int = 0          # lstsq: consumers whose kept weight columns were refit
     mean_fallback: list[str] = field(default_factory=list)  # lstsq: consumers compensated by the mean only
+    position_maps: int = 0  # per-position: consumers followed by an Add of a constant map
+    position_fallback: list[str] = field(default_factory=list)  # per-position: consumers given per-channel constants
 
 
-def affine_fit(st: SpaceStats, keep: np.ndarray, removed: np.ndarray, ridge: float = 1e-3):
+def affine_fit(st: SpaceStats, keep: np.ndarray, removed: np.ndarray, ridge: float = 1e-3,
+               axis: int | None = None):
     """A (R x K) and c (R,) with x_R ~ A x_K + c in least squares over the calibration data (from the
-    space's mean and co-moment matrix); ridge * mean kept variance regularizes near-singular inputs."""
+    space's mean and co-moment matrix); ridge * mean kept variance regularizes near-singular inputs.
+    With ``axis`` (the space's channel axis) and per-position means, the fit has one intercept per
+    position instead (x_R ~ A x_K + c(p)): A then comes from the covariance within positions, the
+    pooled one less the scatter of the position means; c is still the pooled intercept."""
     cov = st.c2 / max(st.n, 1.0)
+    if axis is not None and st.pos_mean is not None:
+        M = np.moveaxis(st.pos_mean, axis - 1, -1).reshape(-1, len(st.mean))
+        D = M - st.mean
+        cov = cov - (D.T @ D) * (st.pos_n / max(st.n, 1.0))
     skk = cov[np.ix_(keep, keep)]
     srk = cov[np.ix_(removed, keep)]
     lam = ridge * max(float(np.trace(skk)) / max(len(keep), 1), 1e-12)
@@ -81,16 +91,21 @@ def compensation_spaces(analysis: Analysis, kept: dict[int, np.ndarray]) -> list
 
 
 def bias_deltas(analysis: Analysis, kept: dict[int, np.ndarray], stats: dict[tuple[str, int], SpaceStats],
-                lstsq: bool = False):
+                lstsq: bool = False, positions: bool = False):
     """Per consumer node index: (output tensor, output axis, delta over the ORIGINAL output channels,
     approximate?). Nodes that cannot be compensated are returned in `skipped`. With ``lstsq``, also
     the refit weights per node index: (weight over original outputs x kept inputs, in the layout of
-    the node's weight), and the nodes where only the mean could be used."""
+    the node's weight), and the nodes where only the mean could be used.
+
+    ``positions``: the constants are per position (see position_fill): the delta is the consumer's
+    whole response to the fill map, shape [1, *output.shape[1:]] over the original output channels,
+    with output axis None; consumers without per-position statistics get the per-channel constant and
+    are listed in ``position_fallback`` (returned last)."""
     view = analysis.view
     pos = kept_positions(analysis, kept)
     deltas: dict[int, list] = {}
     weights: dict[int, np.ndarray] = {}
-    skipped, fallback = [], []
+    skipped, fallback, pos_fallback = [], [], []
     for k, res in analysis.node_results.items():
         for (t, a) in res.mixes:
             if t in view.consts or (t, a) not in pos or (t, a) not in stats:
@@ -102,28 +117,42 @@ def bias_deltas(analysis: Analysis, kept: dict[int, np.ndarray], stats: dict[tup
             st = stats[(t, a)]
             m = st.mean[removed]
             node = view.nodes[k]
+            A = None
             if lstsq:
                 w = None
                 if st.c2 is not None and k not in weights:
-                    A, c = affine_fit(st, pos[(t, a)], removed)
+                    A, c = affine_fit(st, pos[(t, a)], removed, axis=a if positions else None)
                     w = _refit_weight(view, node, t, a, pos[(t, a)], removed, A)
                 if w is not None:
                     weights[k], m = w, c
                 else:
+                    A = None
                     fallback.append(view.node_label(k))
-            d = _delta(view, node, t, a, removed, m)
+            d = None
+            if positions and st.pos_mean is not None:
+                fill = position_fill(st.pos_mean, a, pos[(t, a)], removed, A)
+                d = _position_delta(view, node, t, fill)
+                if d is None:
+                    pos_fallback.append(f"{view.node_label(k)} (a {node.op_type} with non-constant weights)")
+            elif positions:
+                pos_fallback.append(f"{view.node_label(k)} ({t} {st.pos_note or 'has no per-position statistics'})")
+            if d is None:
+                d = _delta(view, node, t, a, removed, m)
             if d is None:
                 skipped.append(view.node_label(k))
                 continue
             y, y_axis, delta, approx = d
+            if k in deltas and (deltas[k][1] is None) != (y_axis is None):
+                skipped.append(view.node_label(k))  # mixed per-position and per-channel inputs: rare, left out
+                continue
             if k in deltas:
                 deltas[k][2] = deltas[k][2] + delta
                 deltas[k][3] = deltas[k][3] or approx
             else:
                 deltas[k] = [y, y_axis, delta, approx]
     if lstsq:
-        return deltas, skipped, pos, weights, fallback
-    return deltas, skipped, pos
+        return deltas, skipped, pos, weights, fallback, pos_fallback
+    return deltas, skipped, pos, pos_fallback
 
 
 def _refit_weight(view, node, t, a, keep, removed, A):
@@ -145,6 +174,53 @@ def _refit_weight(view, node, t, a, keep, removed, A):
         new = B[keep] + A.T @ B[removed]
         return new.T if trans else new
     return None
+
+
+def position_fill(pos_mean: np.ndarray, a: int, keep: np.ndarray, removed: np.ndarray,
+                  A: np.ndarray | None = None) -> np.ndarray:
+    """What stands in for the removed channels at every position: their per-position calibration mean
+    (``pos_mean``: the tensor's mean over the batch axis, shape without axis 0; channel axis ``a`` of
+    the full tensor), or with lstsq's A the per-position intercept mean_R(p) - A mean_K(p); kept
+    channels hold 0. Shape [1, *pos_mean.shape]."""
+    P = np.moveaxis(pos_mean, a - 1, -1)
+    F = np.zeros_like(P)
+    F[..., removed] = P[..., removed] if A is None else P[..., removed] - P[..., keep] @ A.T
+    return np.moveaxis(F, -1, a - 1)[None]
+
+
+def _position_delta(view, node, t, fill):
+    """The consumer's response to ``fill`` at input ``t`` (its output on fill minus its output on zeros,
+    every other input constant), run in ONNX Runtime: exact for any linear consumer (Conv of any
+    group, stride or padding, ConvTranspose, Gemm, MatMul). (output, None, [1, ...] delta, False) or
+    None where another input is not a constant."""
+    import onnxruntime as ort
+
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+        return None
+    others = [i for i in node.input if i and i != t]
+    if any(i not in view.consts for i in others) or list(node.input).count(t) != 1:
+        return None
+    dtype = _np_dtype(view, t)
+    one = onnx.NodeProto()
+    one.CopyFrom(node)
+    one.input[:] = ["x" if i == t else i for i in node.input]
+    one.output[:] = ["y"] + [""] * (len(node.output) - 1) if len(node.output) > 1 else ["y"]
+    x_info = helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(dtype), None)
+    y_info = helper.make_empty_tensor_value_info("y")
+    inits = [numpy_helper.from_array(np.asarray(view.consts[i]), i) for i in dict.fromkeys(others)]
+    g = helper.make_graph([one], "position_delta", [x_info], [y_info], inits)
+    m = helper.make_model(g, opset_imports=list(view.model.opset_import))
+    m.ir_version = view.model.ir_version
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.concatenate([fill, np.zeros_like(fill)]).astype(dtype)
+    y = sess.run(None, {"x": x})[0].astype(np.float64)
+    return node.output[0], None, y[:1] - y[1:], False
+
+
+def _np_dtype(view, t):
+    return helper.tensor_dtype_to_np_dtype(view.dtypes.get(t, onnx.TensorProto.FLOAT))
 
 
 def _delta(view, node, t, a, removed, m):
@@ -199,18 +275,22 @@ def mean_compensable(analysis: Analysis, kept: dict[int, np.ndarray], stats: dic
 
 
 def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.ModelProto,
-               stats: dict[tuple[str, int], SpaceStats], method: str = "mean") -> CompensationResult:
+               stats: dict[tuple[str, int], SpaceStats], method: str = "mean",
+               positions: bool = False) -> CompensationResult:
     """``mean``: fold removed channels' means into the consumers' biases (not for groups through a
     channel normalization, see the module doc); ``lstsq``: refit the kept weight columns and biases
-    from the calibration covariance (stats with co-moments, see affine_fit)."""
+    from the calibration covariance (stats with co-moments, see affine_fit). ``positions``: the
+    constants are per position (stats with per-position means): an Add of a [1, ...] map after each
+    consumer instead of a bias."""
     view = analysis.view
     weights, fallback, left_out = {}, [], []
     if method == "mean":
         stats, left_out = mean_compensable(analysis, kept, stats)
     if method == "lstsq":
-        deltas, skipped, pos, weights, fallback = bias_deltas(analysis, kept, stats, lstsq=True)
+        deltas, skipped, pos, weights, fallback, pos_fallback = bias_deltas(analysis, kept, stats, lstsq=True,
+                                                                             positions=positions)
     else:
-        deltas, skipped, pos = bias_deltas(analysis, kept, stats)
+        deltas, skipped, pos, pos_fallback = bias_deltas(analysis, kept, stats, positions=positions)
     m = onnx.ModelProto()
     m.CopyFrom(pruned)
     g = m.graph
@@ -249,8 +329,13 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
         dtype = helper.tensor_dtype_to_np_dtype(old.data_type)
         node.input[1] = _new_init(g, inits, fresh, node.input[1], w.astype(dtype))
         res.refit += 1
+    n_maps = 0
     for k, (y, y_axis, delta, approx) in deltas.items():
-        if (y, y_axis) in pos:
+        if y_axis is None:  # a per-position map over the original output: keep the written positions
+            for ax in range(1, delta.ndim):
+                if (y, ax) in pos:
+                    delta = np.take(delta, pos[(y, ax)], axis=ax)
+        elif (y, y_axis) in pos:
             delta = delta[pos[(y, y_axis)]]
         node = producer.get(y)
         if node is None:
@@ -258,7 +343,10 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
             continue
         dtype = helper.tensor_dtype_to_np_dtype(view.dtypes.get(y, onnx.TensorProto.FLOAT))
         ok = False
-        if node.op_type == "Conv":
+        if y_axis is None:
+            ok = _add_after(node, y, delta, dtype, inits, g, fresh, consumers, outputs)
+            n_maps += int(ok)
+        elif node.op_type == "Conv":
             ok = _add_to_input(node, 2, delta, dtype, inits, g, fresh, shape=(len(delta),))
         elif node.op_type == "Gemm":
             beta = float(attr(node, "beta", 1.0))
@@ -270,7 +358,7 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
                                    shape=(len(delta),))
                 if beta == 0.0:
                     _set_attr(node, "beta", 1.0)
-        if node.op_type == "MatMul" or (node.op_type == "Gemm" and not ok):
+        if y_axis is not None and (node.op_type == "MatMul" or (node.op_type == "Gemm" and not ok)):
             ok = _add_after(node, y, delta, dtype, inits, g, fresh, consumers, outputs)
         if not ok:
             skipped.append(view.node_label(k))
@@ -283,8 +371,14 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
         res.notes.append(f"lstsq compensation: kept weight columns of {res.refit} consumer(s) refit"
                          + (f"; mean only at {len(fallback)} (grouped conv or no covariance): "
                             + ", ".join(fallback[:5]) if fallback else ""))
-    if res.nodes:
-        msg = f"{method} compensation: biases of {res.nodes} consumer(s) updated"
+    if positions:
+        res.position_maps = n_maps
+        res.position_fallback = pos_fallback
+        res.notes.append(f"per-position {method} compensation: a constant map added after {n_maps} consumer(s)"
+                         + (f"; per-channel constants at {len(pos_fallback)}: " + ", ".join(pos_fallback[:5])
+                            if pos_fallback else ""))
+    if res.nodes - n_maps:
+        msg = f"{method} compensation: biases of {res.nodes - n_maps} consumer(s) updated"
         if res.approximate:
             msg += (f"; {res.approximate} of them are padded convs, where it is exact away from the borders "
                     "only (border windows see zero padding, not the mean)")
@@ -369,13 +463,18 @@ def _add_after(node, y, delta, dtype, inits, g, fresh, consumers, outputs):
     """MatMul (or a Gemm with a computed C): add delta to the constant of the Add that follows when
     it is the only consumer, else insert ``Add(y, delta)``."""
     users = consumers.get(y, [])
+    delta = np.asarray(delta)
     if len(users) == 1 and users[0].op_type == "Add" and y not in outputs:
         add = users[0]
         slot = 1 if add.input[0] == y else 0
         other = add.input[slot]
         if other in inits:
             c = numpy_helper.to_array(inits[other]).astype(np.float64)
-            if c.ndim >= 1 and c.shape[-1] == len(delta) and all(s == 1 for s in c.shape[:-1]):
+            if delta.ndim == 1:
+                fits = c.ndim >= 1 and c.shape[-1] == len(delta) and all(s == 1 for s in c.shape[:-1])
+            else:  # a per-position map: the constant must broadcast into it, so the Add's output keeps its shape
+                fits = c.ndim <= delta.ndim and _broadcasts_to(c.shape, delta.shape)
+            if fits:
                 add.input[slot] = _new_init(g, inits, fresh, other, (c + delta).astype(dtype))
                 return True
     tmp = fresh(y)
@@ -387,20 +486,41 @@ def _add_after(node, y, delta, dtype, inits, g, fresh, consumers, outputs):
     return True
 
 
+def _broadcasts_to(shape, target) -> bool:
+    try:
+        return tuple(np.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except ValueError:
+        return False
+
+
 def mean_substituted_model(analysis: Analysis, kept: dict[int, np.ndarray],
-                           stats: dict[tuple[str, int], SpaceStats]) -> onnx.ModelProto:
+                           stats: dict[tuple[str, int], SpaceStats], positions: bool = False) -> onnx.ModelProto:
     """The original model with every removed channel replaced by its calibration mean where it
     enters a mixing node: ``Where(mask, x, mean)`` (channel-axis normalizations over the kept
     channels only, as in the mask oracle). The compensated pruned model equals it exactly when every
     compensated consumer is a Gemm, a MatMul or an unpadded conv."""
     from .oracle import masked_model
 
-    fill = {sp: s.mean for sp, s in stats.items()}
+    fill = {sp: (s.pos_mean[None] if positions and s.pos_mean is not None else s.mean) for sp, s in stats.items()}
     return masked_model(analysis, kept, fill=fill)
 
 
+def check_static_positions(model: onnx.ModelProto) -> None:
+    """Per-position constants are fixed-size maps: every input dim but the batch (axis 0) must be
+    static, or the written model would fail on another sequence length or image size."""
+    init = {t.name for t in model.graph.initializer}
+    for i in model.graph.input:
+        if i.name in init or not i.type.HasField("tensor_type"):
+            continue
+        dims = i.type.tensor_type.shape.dim
+        sym = [d.dim_param or "?" for d in list(dims)[1:] if not d.HasField("dim_value")]
+        if sym:
+            raise OnnxPruneError(f"per-position compensation needs static input dims except the batch: input "
+                                 f"'{i.name}' has symbolic dims {', '.join(sym)} (use per-channel compensation)")
+
+
 def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.ModelProto, ctx,
-                       method: str = "mean", *, check: bool = True
+                       method: str = "mean", *, check: bool = True, positions: bool = False
                        ) -> tuple[onnx.ModelProto, CompensationResult, dict | None]:
     """api.prune's compensation stage: statistics (shared with vbp through ``ctx.cache``; with
     co-moments for lstsq), bias (and lstsq weight) update, ONNX checker, and (``check``) a run on the
@@ -410,8 +530,10 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
     from .calib import cached_stats
     from .oracle import compare_models, needs_plain_execution, run_model, verify_tolerance
 
-    stats = cached_stats(ctx, compensation_spaces(analysis, kept), cov=method == "lstsq")
-    res = compensate(analysis, kept, pruned, stats, method)
+    if positions:
+        check_static_positions(pruned)
+    stats = cached_stats(ctx, compensation_spaces(analysis, kept), cov=method == "lstsq", positions=positions)
+    res = compensate(analysis, kept, pruned, stats, method, positions=positions)
     try:
         onnx.checker.check_model(res.model, full_check=True)
     except Exception as e:
@@ -427,11 +549,12 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
             if not finite:
                 raise OnnxPruneError("internal error: the lstsq-compensated model gives non-finite outputs")
             return res.model, res, summary
-        ref = mean_substituted_model(analysis, kept, mean_compensable(analysis, kept, stats)[0])
+        ref = mean_substituted_model(analysis, kept, mean_compensable(analysis, kept, stats)[0], positions)
         cmp = compare_models(ref, res.model, [feeds], rel_tol=verify_tolerance(ref)[0],
                              optimize=not needs_plain_execution(ref))
         exact = res.approximate == 0
-        summary = dict(reference="original with removed channels replaced by their calibration mean",
+        summary = dict(reference="original with removed channels replaced by their calibration mean"
+                       + (" at each position" if positions else ""),
                        max_abs_diff=cmp.max_abs_diff, tolerance=cmp.tolerance, exact_expected=exact,
                        passed=bool(cmp.passed) if exact else None, inputs="first calibration batch")
         if exact and not cmp.passed:

@@ -42,7 +42,9 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | N
         mn, zn, out = name("mask"), name("zero"), name(t)
         zero = np.zeros((), dtype=_np_dtype(view, t))
         if fill is not None and (t, a) in fill:
-            zero = np.asarray(fill[(t, a)]).reshape(mshape).astype(_np_dtype(view, t))
+            zero = np.asarray(fill[(t, a)])
+            # a per-channel vector, or a full [1, ...] map of per-position values (used as it is)
+            zero = (zero if zero.ndim == r else zero.reshape(mshape)).astype(_np_dtype(view, t))
         if view.opset >= 9:  # Where: a removed channel holding inf/nan is zeroed too
             inits.append(numpy_helper.from_array(mk.reshape(mshape), mn))
             inits.append(numpy_helper.from_array(zero, zn))
