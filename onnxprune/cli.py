@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency costs: measured per-group table (default) or analytic MACs share")
     _latency_table_args(p, "rebuild the latency table, do not store it")
     p.add_argument("--report", metavar="JSON", help="write the full report as JSON")
+    p.add_argument("--plot", metavar="PNG", help="draw the report: kept width per group, cost ratios, budget "
+                   "solves (.png/.svg/.pdf; needs matplotlib: pip install 'onnxprune[plot]')")
     p.add_argument("--no-verify", action="store_true", help="skip the mask-oracle check")
     _common(p)
     pr = sub.add_parser("profile", help="build (or show the cached) per-group latency table")
@@ -175,6 +177,14 @@ def _prune(args) -> int:
         for f in (Path(args.output), Path(str(args.output) + ".data")):
             if _same_path(Path(args.report), f):
                 raise OnnxPruneError("--report is the output model path: give the report its own file")
+    if args.plot:
+        from .plot import check_plot_path
+
+        check_plot_path(args.plot)
+        _check_side_output(args.plot, args.input, "--plot")
+        for f in [Path(args.output), Path(str(args.output) + ".data")] + ([Path(args.report)] if args.report else []):
+            if _same_path(Path(args.plot), f):
+                raise OnnxPruneError("--plot names another output's file: give the plot its own file")
     progress = args.progress
     res = prune(args.input, ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
                 scorer=args.scorer, exclude=args.exclude, input_shapes=args.input_shape,
@@ -193,6 +203,10 @@ def _prune(args) -> int:
     res.report.pruned.file_bytes = os.path.getsize(args.output)
     if args.report:
         res.report.write_json(args.report)
+    if args.plot:
+        from .plot import plot_report
+
+        plot_report(res.report, args.plot)
     print(f"pruned {args.input} -> {args.output}")
     print(res.report.summary())
     return 0
