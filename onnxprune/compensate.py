@@ -329,7 +329,7 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
         dtype = helper.tensor_dtype_to_np_dtype(old.data_type)
         node.input[1] = _new_init(g, inits, fresh, node.input[1], w.astype(dtype))
         res.refit += 1
-    n_maps = 0
+    n_maps, map_params = 0, 0
     for k, (y, y_axis, delta, approx) in deltas.items():
         if y_axis is None:  # a per-position map over the original output: keep the written positions
             for ax in range(1, delta.ndim):
@@ -346,6 +346,7 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
         if y_axis is None:
             ok = _add_after(node, y, delta, dtype, inits, g, fresh, consumers, outputs)
             n_maps += int(ok)
+            map_params += int(delta.size) if ok else 0
         elif node.op_type == "Conv":
             ok = _add_to_input(node, 2, delta, dtype, inits, g, fresh, shape=(len(delta),))
         elif node.op_type == "Gemm":
@@ -374,7 +375,8 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
     if positions:
         res.position_maps = n_maps
         res.position_fallback = pos_fallback
-        res.notes.append(f"per-position {method} compensation: a constant map added after {n_maps} consumer(s)"
+        res.notes.append(f"per-position {method} compensation: a constant map added after {n_maps} consumer(s) "
+                         f"({map_params:,} values)"
                          + (f"; per-channel constants at {len(pos_fallback)}: " + ", ".join(pos_fallback[:5])
                             if pos_fallback else ""))
     if res.nodes - n_maps:
