@@ -200,14 +200,20 @@ def _position_delta(view, node, t, fill):
     others = [i for i in node.input if i and i != t]
     if any(i not in view.consts for i in others) or list(node.input).count(t) != 1:
         return None
-    dtype = _np_dtype(view, t)
+    if _np_dtype(view, t).kind != "f":
+        return None
     one = onnx.NodeProto()
     one.CopyFrom(node)
     one.input[:] = ["x" if i == t else i for i in node.input]
     one.output[:] = ["y"] + [""] * (len(node.output) - 1) if len(node.output) > 1 else ["y"]
-    x_info = helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(dtype), None)
+    # in float32 whatever the model's float type: CPU kernels for float16 are few, and the map is
+    # cast to the model's type when it is written
+    dtype = np.dtype(np.float32)
+    x_info = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)
     y_info = helper.make_empty_tensor_value_info("y")
-    inits = [numpy_helper.from_array(np.asarray(view.consts[i]), i) for i in dict.fromkeys(others)]
+    inits = [numpy_helper.from_array(np.asarray(view.consts[i]).astype(np.float32)
+                                     if np.asarray(view.consts[i]).dtype.kind == "f" else np.asarray(view.consts[i]), i)
+             for i in dict.fromkeys(others)]
     g = helper.make_graph([one], "position_delta", [x_info], [y_info], inits)
     m = helper.make_model(g, opset_imports=list(view.model.opset_import))
     m.ir_version = view.model.ir_version

@@ -78,3 +78,20 @@ def test_inconsistent_input_types_are_named_as_an_invalid_input():
     for kw in (dict(ratio=0.3), dict(budget="0.8x")):
         with pytest.raises(OnnxPruneError, match="is not a valid model"):
             prune(m, latency=False, verify=False, **kw)
+
+
+@pytest.mark.parametrize("per_position", [False, True], ids=["per-channel", "per-position"])
+def test_float16_mean_compensation_stays_float16(per_position):
+    m = to_float16(onnx.load(ROOT / "models" / "onnx" / "resnet18.ts.onnx"), io=True)
+    name = m.graph.input[0].name
+    calib = np.random.default_rng(0).standard_normal([6] + SHAPE[1:]).astype(np.float16)
+    res = prune(m, ratio=0.3, scorer="vbp", calib=calib, per_position=per_position, latency=False,
+                input_shapes={name: SHAPE})
+    mc = res.report.verification["mean_compensation"]
+    assert mc["passed"] in (True, None) and res.report.verification["passed"]
+    if per_position:  # every consumer's map is its exact response: checked, and passed
+        assert mc["exact_expected"] and mc["passed"]
+        assert any("per-position mean compensation: a constant map added" in n for n in res.report.notes)
+    assert {t.data_type for t in res.model.graph.initializer if t.data_type in (1, 10)} == {TensorProto.FLOAT16}
+    out = ort_run(res.model, {name: calib[:2]})
+    assert out[0].dtype == np.float16 and np.all(np.isfinite(out[0]))
