@@ -225,7 +225,10 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     calib_set = load_calib(calib, norm, batch_size=calib_batch, limit=calib_limit, preprocess=preprocess)
     compensate = resolve_compensate(compensate, scorer, calib_set is not None)
     if per_position:
+        from .compensate import check_static_positions
+
         check_per_position(compensate, _budget_spec(budget, macs, params, peak_memory))
+        check_static_positions(norm)  # before any work: the written model keeps these inputs
     score_ctx = ScoreContext(analysis, calib=calib_set, seed=seed)
     progress.start("score", scorer)
     scores = score_groups(analysis, scorer, context=score_ctx)
