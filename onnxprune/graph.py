@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxPruneError
-from .io import graph_input_shapes, opset_version, with_fixed_input_shapes
+from .io import graph_input_shapes, infer_shapes_light, opset_version, with_fixed_input_shapes
 
 ONNX_TO_NP = {k: helper.tensor_dtype_to_np_dtype(k) for k in (
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64,
@@ -74,7 +74,7 @@ class GraphView:
         fixed = with_fixed_input_shapes(self.model, self.input_shapes)
         self.shapes, self.dtypes = {}, {}
         try:
-            inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
+            inferred = infer_shapes_light(fixed, data_prop=True)
         except Exception:
             inferred = fixed
         g = inferred.graph
@@ -164,7 +164,9 @@ def random_feeds(view_or_model, seed: int = 0, input_shapes: dict[str, list[int]
     view = view_or_model if isinstance(view_or_model, GraphView) else None
     model = view.model if view else view_or_model
     shapes = view.input_shapes if view else graph_input_shapes(model, input_shapes)
-    consts = view.consts if view else {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    # constant shapes only (embedding rows): never convert a large model's weights for this
+    consts = ({k: tuple(v.shape) for k, v in view.consts.items()} if view
+              else {t.name: tuple(t.dims) for t in model.graph.initializer})
     rng = np.random.default_rng(seed)
     feeds = {}
     for i in model.graph.input:
@@ -186,11 +188,11 @@ def random_feeds(view_or_model, seed: int = 0, input_shapes: dict[str, list[int]
 def _embedding_rows(model, name, consts) -> int | None:
     for n in model.graph.node:
         if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == name and n.input[0] in consts:
-            return consts[n.input[0]].shape[attr(n, "axis", 0)]
+            return consts[n.input[0]][attr(n, "axis", 0)]
         if n.op_type == "EmbedLayerNormalization" and name in n.input[:2]:  # ORT's fused BERT embeddings
             table = n.input[2] if n.input[0] == name else (n.input[4] if len(n.input) > 4 else "")
             if table in consts:
-                return consts[table].shape[0]
+                return consts[table][0]
     return None
 
 

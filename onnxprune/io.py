@@ -203,7 +203,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         # (TorchScript's x.size(1) // 2 and friends). Symbolic dims stay symbolic.
         for _ in range(4):
             try:
-                m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+                m = with_inferred_shapes(m, data_prop=True)
             except Exception:
                 pass
             _explicit_squeeze_axes(m)
@@ -257,10 +257,66 @@ def _constant_attrs_to_tensors(g: onnx.GraphProto) -> None:
         _constant_attrs_to_tensors(sg)
 
 
+# Initializers bigger than this are never shape values (those are a handful of integers): shape
+# inference and shape evaluation see them as typed inputs, so a large model's weights are not
+# serialized (and copied) once more for each pass.
+LIGHT_MAX_ELEMS = 1024
+
+
+def _elems(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
+
+
+def light_model(m: onnx.ModelProto, max_elems: int = LIGHT_MAX_ELEMS) -> tuple[onnx.ModelProto, list]:
+    """A copy of `m` without its large initializers' data: each becomes a graph input of the same
+    type and shape. Returns (light model, the moved initializers' TensorProtos, not copied)."""
+    from onnx import helper
+
+    g = m.graph
+    big = [t for t in g.initializer if _elems(t) > max_elems]
+    light = onnx.ModelProto()
+    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(light, f, getattr(m, f))
+    light.opset_import.extend(m.opset_import)
+    light.functions.extend(m.functions)
+    lg = light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    big_names = {t.name for t in big}
+    lg.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big
+                    if t.name not in {i.name for i in g.input})
+    lg.initializer.extend(t for t in g.initializer if t.name not in big_names)
+    lg.sparse_initializer.extend(g.sparse_initializer)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    return light, big
+
+
+def infer_shapes_light(m: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
+    """onnx shape inference on light_model(m): value_info and outputs as for `m` itself (raises as
+    infer_shapes does)."""
+    light, _ = light_model(m)
+    return onnx.shape_inference.infer_shapes(light, data_prop=data_prop)
+
+
+def with_inferred_shapes(m: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
+    """`m` (changed in place) with the value_info and output types of shape inference."""
+    inf = infer_shapes_light(m, data_prop).graph
+    m.graph.ClearField("value_info")
+    m.graph.value_info.extend(inf.value_info)
+    del m.graph.output[:]
+    m.graph.output.extend(inf.output)
+    return m
+
+
 def _elem_types(m: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor of the main graph whose type is known (inferred where not declared)."""
     try:
-        inf = onnx.shape_inference.infer_shapes(m)
+        inf = infer_shapes_light(m)
     except Exception:
         inf = m
     g = inf.graph
@@ -777,8 +833,7 @@ def fold_static_shape_values(model: onnx.ModelProto) -> onnx.ModelProto:
         other[i.name] = [v if d.HasField("dim_value") else (v + 1 if k == 0 else v + 8)
                          for k, (d, v) in enumerate(zip(dims, base[i.name]))]
     try:
-        va = _eval_tensors(model, base, cand)
-        vb = _eval_tensors(model, other, cand) if sym else va
+        va, vb = _eval_tensors(model, [base, other] if sym else [base], cand) * (1 if sym else 2)
     except Exception:
         return model
     static = {t for t in cand if t in va and t in vb and va[t].shape == vb[t].shape and np.array_equal(va[t], vb[t])
@@ -828,20 +883,34 @@ def runnable_part(model: onnx.ModelProto, wanted: list[str]) -> tuple[onnx.Model
     return m, avail
 
 
-def _eval_tensors(model, shapes, names):
+def _eval_tensors(model, shape_sets, names) -> list[dict]:
+    """`names` evaluated on random inputs of each of `shape_sets`: one session for all of them."""
     import onnxruntime as ort
 
     from .graph import random_feeds
 
-    m, names = runnable_part(model, names)
+    # shapes do not depend on weight values unless an op's output shape depends on data: then the
+    # model runs with its weights, else large weights are zero-filled inputs (nothing to serialize)
+    light, big = light_model(model)
+    if any(n.op_type in DATA_DEPENDENT_SHAPES for n in model.graph.node):
+        light, big = model, []
+    m, names = runnable_part(light, names)
     if not names:
-        return {}
+        return [{} for _ in shape_sets]
     so = ort.SessionOptions()
     so.log_severity_level = 4
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    feeds = random_feeds(with_fixed_input_shapes(model, shapes), seed=0, input_shapes=shapes)
-    return dict(zip(names, sess.run(names, feeds)))
+    used = {i.name for i in m.graph.input}
+    weights = {t.name: np.zeros(tuple(t.dims), helper.tensor_dtype_to_np_dtype(t.data_type))
+               for t in big if t.name in used}
+    return [dict(zip(names, sess.run(names, {**random_feeds(model, seed=0, input_shapes=shapes), **weights})))
+            for shapes in shape_sets]
+
+
+# ops whose output shape depends on the values of a data input (a zero-filled weight could change it;
+# shape-like inputs of Reshape/Expand/Range... are small tensors, never zero-filled)
+DATA_DEPENDENT_SHAPES = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "Loop", "If", "Scan", "StringSplit"}
 
 
 def _prune_dead(m: onnx.ModelProto) -> None:

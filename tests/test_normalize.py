@@ -320,3 +320,42 @@ def test_initializers_listed_as_inputs_stay_inputs(tmp_path):
     shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in res.model.graph.input}
     assert shapes["w1"] == [4, 3, 3, 3] and shapes["w2"] == [3, 4, 3, 3] and shapes["w3"] == [4, 3, 1, 1]
     assert not any("model input 'w" in r for gr in res.analysis.groups for r in gr.reasons)
+
+
+def test_light_shape_inference_matches_full():
+    """Shape inference without the large weights' data gives the same shapes and types."""
+    from pathlib import Path
+
+    from onnxprune.io import infer_shapes_light, light_model
+
+    m = onnx.load(Path(__file__).resolve().parents[1] / "models" / "onnx" / "vit.ts.onnx")
+    light, big = light_model(m)
+    assert big and len(light.graph.initializer) < len(m.graph.initializer)
+    full = onnx.shape_inference.infer_shapes(m, data_prop=True).graph
+    lite = infer_shapes_light(m, data_prop=True).graph
+    as_dict = lambda vis: {v.name: v.type.SerializeToString() for v in vis}  # noqa: E731
+    assert as_dict(lite.value_info) == as_dict(full.value_info)
+    assert as_dict(lite.output) == as_dict(full.output)
+
+
+def test_shape_values_from_data_dependent_ops_on_large_weights_are_not_guessed():
+    """NonZero of a large mask buffer sets a Reshape target: shape evaluation must use the real
+    mask, not a zero-filled stand-in (which would fold the dim to 0)."""
+    b = GraphBuilder(seed=3)
+    x = b.input("x", [21])
+    mask = np.zeros(2000, np.float32)
+    mask[[3, 50, 99, 400, 1000, 1500, 1999]] = 1.0
+    # the mask meets the input (times 0), so constant folding cannot evaluate NonZero beforehand
+    zero = b.op("Mul", [b.op("ReduceSum", [x], keepdims=0), b.const(np.array(0.0, np.float32))])
+    idx = b.op("NonZero", [b.op("Add", [b.const(mask, "mask"), zero])])
+    n_idx = b.op("Gather", [b.op("Shape", [idx]), b.const(np.array([1], np.int64))], axis=0)
+    batch = b.op("Gather", [b.op("Shape", [x]), b.const(np.array([0], np.int64))], axis=0)
+    target = b.op("Concat", [batch, n_idx, b.const(np.array([-1], np.int64))], axis=0)
+    y = b.op("Reshape", [x, target])
+    m = b.model([y], output_shapes=[["N", 7, 3]])
+    norm = normalize(m)
+    import onnxruntime as ort
+
+    xv = np.arange(42, dtype=np.float32).reshape(2, 21)
+    out = ort.InferenceSession(norm.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": xv})[0]
+    assert out.shape == (2, 7, 3)
