@@ -134,11 +134,13 @@ def group_reports(analysis: Analysis, kept: dict[int, np.ndarray] | None = None)
     return out
 
 
-def model_stats(model: onnx.ModelProto, input_shapes) -> ModelStats:
+def model_stats(model: onnx.ModelProto, input_shapes, file_bytes: bool = False) -> ModelStats:
+    """MACs, params, peak memory (and with ``file_bytes`` the serialized size: a full pass over a large
+    model's weights, so only where it is reported)."""
     from .cost import peak_memory
 
     v = build_view(model, input_shapes)
-    return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model.ByteSize(),
+    return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model.ByteSize() if file_bytes else None,
                       peak_memory_bytes=int(peak_memory(v)[0]))
 
 

@@ -226,7 +226,7 @@ def _analyze(args) -> int:
     a = analyze_model(args.input, input_shapes=args.input_shape, exclude=args.exclude, heads=args.heads,
                       embed_dim=args.embed_dim, progress=progress)
     view = a.view
-    stats = model_stats(view.model, view.input_shapes)
+    stats = model_stats(view.model, view.input_shapes, file_bytes=True)
     if not args.no_latency and not custom_ops(view.model):
         progress.start("latency", f"({args.provider})")
         stats.latency_ms = measure([view.model], view.input_shapes, provider=args.provider, threads=args.threads)[0]

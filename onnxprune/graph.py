@@ -91,23 +91,13 @@ class GraphView:
             self._measure_shapes(fixed, missing)
 
     def _measure_shapes(self, fixed: onnx.ModelProto, missing: list[str]):
-        import onnxruntime as ort
+        from .io import run_light
 
-        from .io import runnable_part
-
-        m, missing = runnable_part(fixed, missing)  # past a custom op nothing can be run
-        if not missing:
-            return
         try:
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            so.log_severity_level = 3
-            sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            feeds = random_feeds(self, seed=0)
-            outs = sess.run(missing, feeds)
+            outs = run_light(fixed, missing, [random_feeds(self, seed=0)])[0]
         except Exception:
             return  # rules that need a missing shape treat the node as opaque
-        for t, v in zip(missing, outs):
+        for t, v in outs.items():
             self.shapes[t] = tuple(np.asarray(v).shape)
 
     # --- helpers for rules --------------------------------------------------------------------

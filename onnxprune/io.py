@@ -885,18 +885,23 @@ def runnable_part(model: onnx.ModelProto, wanted: list[str]) -> tuple[onnx.Model
 
 def _eval_tensors(model, shape_sets, names) -> list[dict]:
     """`names` evaluated on random inputs of each of `shape_sets`: one session for all of them."""
-    import onnxruntime as ort
-
     from .graph import random_feeds
 
-    # shapes do not depend on weight values unless an op's output shape depends on data: then the
-    # model runs with its weights, else large weights are zero-filled inputs (nothing to serialize)
+    return run_light(model, names, [random_feeds(model, seed=0, input_shapes=shapes) for shapes in shape_sets])
+
+
+def run_light(model: onnx.ModelProto, names: list[str], feed_sets: list[dict]) -> list[dict]:
+    """Run the part of `model` that computes `names` (see runnable_part: past a custom op nothing
+    runs) on each feed dict, for shapes and shape values: large weights are zero-filled inputs
+    (nothing to serialize) unless an op's output shape depends on data, then the real weights run."""
+    import onnxruntime as ort
+
     light, big = light_model(model)
     if any(n.op_type in DATA_DEPENDENT_SHAPES for n in model.graph.node):
         light, big = model, []
     m, names = runnable_part(light, names)
     if not names:
-        return [{} for _ in shape_sets]
+        return [{} for _ in feed_sets]
     so = ort.SessionOptions()
     so.log_severity_level = 4
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -904,8 +909,7 @@ def _eval_tensors(model, shape_sets, names) -> list[dict]:
     used = {i.name for i in m.graph.input}
     weights = {t.name: np.zeros(tuple(t.dims), helper.tensor_dtype_to_np_dtype(t.data_type))
                for t in big if t.name in used}
-    return [dict(zip(names, sess.run(names, {**random_feeds(model, seed=0, input_shapes=shapes), **weights})))
-            for shapes in shape_sets]
+    return [dict(zip(names, sess.run(names, {**feeds, **weights}))) for feeds in feed_sets]
 
 
 # ops whose output shape depends on the values of a data input (a zero-filled weight could change it;
