@@ -296,6 +296,13 @@ def light_model(m: onnx.ModelProto, max_elems: int = LIGHT_MAX_ELEMS) -> tuple[o
     return light, big
 
 
+def check_model_light(m: onnx.ModelProto) -> None:
+    """onnx.checker (full: with type and shape inference) on light_model(m), for models this tool
+    wrote: their large initializers come from numpy arrays, so their data is consistent by
+    construction, and ONNX Runtime runs the full model right after (verification)."""
+    onnx.checker.check_model(light_model(m)[0], full_check=True)
+
+
 def infer_shapes_light(m: onnx.ModelProto, data_prop: bool = False) -> onnx.ModelProto:
     """onnx shape inference on light_model(m): value_info and outputs as for `m` itself (raises as
     infer_shapes does)."""
