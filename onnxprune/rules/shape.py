@@ -168,27 +168,38 @@ def _shape_entry(view, shape_t, index, depth=0):
         return None
     if op == "Shape":
         r = len(view.shape(n.input[0]) or ())
-        start = attr(n, "start", 0)
-        start = start + r if start < 0 else start
-        return ("dynamic", n.input[0], start + index)
+        start, end = _clamped(attr(n, "start", 0), r), _clamped(attr(n, "end", r), r)
+        return ("dynamic", n.input[0], start + index) if start + index < end else None
     src = _through_casts(view, n.input[0]) if op in ("Gather", "Slice") else None
     if src is not None and view.producer.get(src) is not None and view.nodes[view.producer[src]].op_type == "Shape":
         sh = view.nodes[view.producer[src]]  # tf2onnx casts shapes to int32 and back
         r = len(view.shape(sh.input[0]) or ())
-        start = attr(sh, "start", 0)
-        start = start + r if start < 0 else start
+        start, end = _clamped(attr(sh, "start", 0), r), _clamped(attr(sh, "end", r), r)
         if op == "Gather":
             idx = view.const(n.input[1])
             if idx is None:
                 return None
             i = int(np.atleast_1d(idx)[index])
-            return ("dynamic", sh.input[0], start + (i + r if i < 0 else i))
+            i = start + (i + (end - start) if i < 0 else i)
+            return ("dynamic", sh.input[0], i) if start <= i < end else None
         st = view.const(n.input[1])
-        if st is None or (len(n.input) > 4 and n.input[4] and int(np.atleast_1d(view.const(n.input[4]))[0]) != 1):
+        en = view.const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        ax = view.const(n.input[3]) if len(n.input) > 3 and n.input[3] else np.array([0])
+        if st is None or en is None or ax is None or int(np.atleast_1d(ax)[0]) not in (0, -1) or \
+                (len(n.input) > 4 and n.input[4] and int(np.atleast_1d(view.const(n.input[4]))[0]) != 1):
             return None
-        s0 = int(np.atleast_1d(st)[0])
-        return ("dynamic", sh.input[0], start + (s0 + r if s0 < 0 else s0) + index)
+        # a Slice of the shape vector (length end - start); starts/ends clamp as ONNX says, e.g.
+        # onnxscript's Slice(Shape(k), INT64_MIN, -2)
+        m = end - start
+        s0, e0 = _clamped(int(np.atleast_1d(st)[0]), m), _clamped(int(np.atleast_1d(en)[0]), m)
+        return ("dynamic", sh.input[0], start + s0 + index) if s0 + index < e0 else None
     return None
+
+
+def _clamped(i: int, n: int) -> int:
+    """An ONNX start/end index on an axis of length n: negative counts from the end, then clamped to [0, n]."""
+    i = int(i)
+    return min(max(i + n if i < 0 else i, 0), n)
 
 
 def _through_casts(view, t):

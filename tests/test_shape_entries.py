@@ -1,0 +1,47 @@
+"""Shape vectors read at run time (Shape -> Slice/Gather -> Concat into a Reshape target): which
+entry is which dim. Starts and ends clamp as ONNX says (onnxscript's SDPA lowering slices
+Shape(k) from INT64_MIN), and entries past the slice's end are not dims."""
+from __future__ import annotations
+
+import numpy as np
+from helpers import GraphBuilder, assert_prunes
+
+from onnxprune.graph import build_view
+from onnxprune.rules.shape import _shape_entry
+
+I64_MIN = np.iinfo(np.int64).min
+
+
+def split_heads_model(start, end):
+    """x [N, T, 8] -> MatMul to 16 -> Reshape to Concat(Slice(Shape(y), start, end), [4, 4])
+    -> Relu -> Reshape back to [N, T, 16] the same way -> MatMul to 8."""
+    b = GraphBuilder(seed=5)
+    x = b.input("x", ["T", 8])
+    y = b.matmul(x, 8, 16, name="up")
+    lead = b.op("Slice", [b.op("Shape", [y]), b.const(np.array([start], np.int64)), b.const(np.array([end], np.int64))])
+    z = b.op("Reshape", [y, b.op("Concat", [lead, b.const(np.array([4, 4], np.int64))], axis=0)], name="split")
+    z = b.op("Relu", [z])
+    z = b.op("Reshape", [z, b.op("Concat", [lead, b.const(np.array([16], np.int64))], axis=0)], name="merge")
+    return b.model([b.matmul(z, 16, 8, name="down")], output_shapes=[["N", "T", 8]]), y
+
+
+def test_slice_from_int64_min_clamps_to_the_first_dim():
+    m, y = split_heads_model(I64_MIN, -1)
+    view = build_view(m, {"x": [2, 5, 8]})
+    split = next(n for n in view.nodes if n.name == "split")
+    entries = [_shape_entry(view, split.input[1], i) for i in range(4)]
+    assert entries[0] == ("dynamic", y, 0) and entries[1] == ("dynamic", y, 1)
+    assert [e[0] for e in entries[2:]] == ["const", "const"]
+
+
+def test_entries_past_the_slice_end_are_not_dims():
+    m, y = split_heads_model(0, 2)
+    view = build_view(m, {"x": [2, 5, 8]})
+    shape_vec = next(n for n in view.nodes if n.op_type == "Slice").output[0]
+    assert _shape_entry(view, shape_vec, 1) == ("dynamic", y, 1)
+    assert _shape_entry(view, shape_vec, 2) is None  # Slice(Shape(y), 0, 2) has two entries
+
+
+def test_clamped_slice_model_prunes_against_the_oracle():
+    m, y = split_heads_model(I64_MIN, -1)
+    assert_prunes(m, [(y, 2)], {"x": [2, 5, 8]}, ratio=0.5)
