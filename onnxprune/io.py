@@ -601,8 +601,9 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
 def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
     """Concrete shapes for every graph input: user overrides, else static dims, else a default.
 
-    Defaults for symbolic dims: batch (dim 0) -> 1; spatial dims of a rank-4 image input -> 224;
-    any other symbolic dim (e.g. sequence length) -> 16.
+    Defaults for symbolic dims: batch (dim 0, or a dim named like a batch) -> 1; spatial dims of a
+    rank-4 image input -> 224; any other symbolic dim (e.g. sequence length, also at dim 0 when it
+    is named so, as in sequence-first [seq, batch, C] inputs) -> 16.
     """
     overrides = dict(overrides or {})
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
@@ -642,7 +643,7 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
                 shape.append(d.dim_value)
             elif d.HasField("dim_param") and d.dim_param in named:
                 shape.append(named[d.dim_param])
-            elif k == 0:
+            elif _dim_kind(d) == "batch" or (k == 0 and _dim_kind(d) != "seq"):
                 shape.append(1)
             elif len(dims) == 4 and k in spatial:
                 shape.append(224)
@@ -650,6 +651,21 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
                 shape.append(16)
         shapes[i.name] = shape
     return shapes
+
+
+_BATCH_NAMES = {"batch", "batch_size", "batchsize", "bs", "n", "b", "num_batch", "nbatch"}
+_SEQ_NAMES = {"seq", "seq_len", "seqlen", "sequence", "sequence_length", "seq_length", "t", "l", "len", "length",
+              "time", "tgt_len", "src_len", "num_tokens", "tokens", "frames", "steps", "time_steps"}
+
+
+def _dim_kind(d) -> str | None:
+    """'batch' / 'seq' for a symbolic dim whose name says so (exporters name them), else None."""
+    name = (d.dim_param or "").strip().lower() if d.HasField("dim_param") else ""
+    if name in _BATCH_NAMES or name.startswith("batch"):
+        return "batch"
+    if name in _SEQ_NAMES or name.startswith(("seq", "sequence")):
+        return "seq"
+    return None
 
 
 def with_batch(model: onnx.ModelProto, shapes: dict[str, list[int]] | None, batch: int | None):

@@ -359,3 +359,18 @@ def test_shape_values_from_data_dependent_ops_on_large_weights_are_not_guessed()
     xv = np.arange(42, dtype=np.float32).reshape(2, 21)
     out = ort.InferenceSession(norm.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": xv})[0]
     assert out.shape == (2, 7, 3)
+
+
+@pytest.mark.parametrize("dims,want", [
+    (["seq", "batch", 8], [16, 1, 8]),          # sequence-first (nn.MultiheadAttention, batch_first=False)
+    (["batch_size", "sequence_length"], [1, 16]),
+    (["N", 3, "height", "width"], [1, 3, 224, 224]),
+    (["d0", "d1", 8], [1, 16, 8]),              # unnamed: dim 0 is the batch
+])
+def test_default_shapes_follow_dim_names(dims, want):
+    from onnxprune.io import graph_input_shapes
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    assert graph_input_shapes(helper.make_model(g))["x"] == want
