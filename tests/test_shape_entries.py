@@ -45,3 +45,25 @@ def test_entries_past_the_slice_end_are_not_dims():
 def test_clamped_slice_model_prunes_against_the_oracle():
     m, y = split_heads_model(I64_MIN, -1)
     assert_prunes(m, [(y, 2)], {"x": [2, 5, 8]}, ratio=0.5)
+
+
+def test_heads_merged_with_the_batch_stay_right_at_any_batch():
+    """TorchScript's nn.MultiheadAttention reshapes to [T, bsz * num_heads, head_dim] with bsz read at
+    run time: the oracle checks at batch 1, so check the written model at batch 3 against three
+    batch-1 runs (and the count constant it rewrote)."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from onnxprune import prune
+
+    root = Path(__file__).resolve().parents[1]
+    for exporter in ("ts", "dynamo"):
+        res = prune(str(root / "models" / "onnx" / f"torchvit.{exporter}.onnx"), ratio=0.5, heads=True, latency=False)
+        heads = [g for g in res.report.groups if g.kind == "heads"]
+        assert len(heads) == 2 and all(g.kept == 2 and g.channels == 4 for g in heads)
+        s = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+        full = s.run(None, {"input": x})[0]
+        one = np.concatenate([s.run(None, {"input": x[i:i + 1]})[0] for i in range(3)])
+        np.testing.assert_allclose(full, one, rtol=1e-5, atol=1e-6)

@@ -98,3 +98,10 @@ register(Spec("bert", "BERT-mini", "transformer",
               small=lambda: bert(vocab=1000, hidden=64, layers=2, heads=4, ffn=256, max_pos=128),
               full=lambda: bert(),
               small_inputs=_bert_inputs(1000, 128, 16), full_inputs=_bert_inputs(30522, 512, 128)))
+
+from .torch_encoder import torch_encoder_vit  # noqa: E402
+
+register(Spec("torchvit", "ViT from nn.TransformerEncoder", "transformer",
+              small=lambda: torch_encoder_vit(img=32, patch=4, dim=32, depth=2, heads=4, mlp=64, num_classes=10),
+              full=lambda: torch_encoder_vit(),
+              small_inputs=image(32), full_inputs=image(224)))

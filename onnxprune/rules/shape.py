@@ -60,7 +60,7 @@ class ReshapeLike(OpRule):
             if lin and lout:
                 cands = [(lin[0], lout[0])]
             elif lin:
-                cands = [(lin[0], b) for b in _split_preference(outs, sy, ctx, _upstream_groups(ctx.view, x))]
+                cands = [(lin[0], b) for b in _split_preference(outs, sy, ctx, _upstream_groups(ctx.view, x), y)]
             else:
                 cands = [(a, lout[0]) for a in _split_preference(ins, sx, ctx)]
             for a, b in cands:
@@ -79,18 +79,66 @@ class ReshapeLike(OpRule):
             _rewrite_shape_entries(node, rctx, 1)
 
 
-def _split_preference(axes, shape, ctx, groups=None):
+def _split_preference(axes, shape, ctx, groups=None, y=None):
     """When a channel axis is split into several (channel shuffle, attention heads), which piece
     carries the channels: by default the largest (finest groups: shuffle columns, head_dim); with
     the `heads` option the piece before the last one (the head axis of (..., heads, head_dim)).
     After a grouped conv split as (groups, per group), the per-group piece: the conv already ties
-    in-group positions across groups, and the group index would tie them all into one."""
+    in-group positions across groups, and the group index would tie them all into one. A piece that
+    is later taken apart by fixed indices (packed q/k/v: (3, E) then Gather 0/1/2) never carries them."""
     axes = [a for a in axes if shape[a] > 1]
+    if y is not None and len(axes) >= 2:
+        sel = [a for a in axes if _selection_axis(ctx.view, y, a)]
+        if sel and len(sel) < len(axes):
+            rest = _split_preference([a for a in axes if a not in sel], shape, ctx, groups)
+            return rest + sel
     if ctx.options.get("heads") and len(axes) >= 2:
         return [axes[-2]] + [a for a in axes if a != axes[-2]]
     if groups and len(axes) == 2 and shape[axes[0]] == groups:
         return [axes[1], axes[0]]
     return sorted(axes, key=lambda a: -shape[a])
+
+
+def _selection_axis(view, t, a, depth=0) -> bool:
+    """Is axis `a` of `t` taken apart by fixed indices downstream (a scalar constant Gather, or a
+    Split), following Transpose / Squeeze / Unsqueeze / Identity? Such an axis indexes q/k/v."""
+    if depth > 6:
+        return False
+    for k, slot in view.consumers.get(t, []):
+        n = view.nodes[k]
+        if slot != 0:
+            continue
+        r = len(view.shape(t) or ())
+        op = n.op_type
+        if op in ("Gather", "Split") and norm_axis(int(attr(n, "axis", 0)), r) == a:
+            if op == "Split" or (view.const(n.input[1]) is not None and np.ndim(view.const(n.input[1])) == 0):
+                return True
+        elif op == "Transpose":
+            perm = list(attr(n, "perm", None) or range(r - 1, -1, -1))
+            if _selection_axis(view, n.output[0], perm.index(a), depth + 1):
+                return True
+        elif op == "Identity":
+            if _selection_axis(view, n.output[0], a, depth + 1):
+                return True
+        elif op in ("Squeeze", "Unsqueeze"):
+            try:
+                ax = read_ints(n, view, "axes", 1)
+            except Opaque:
+                continue
+            if ax is None:
+                continue
+            if op == "Squeeze":
+                ax = [norm_axis(x, r) for x in ax]
+                if a in ax:
+                    continue
+                b = a - sum(1 for x in ax if x < a)
+            else:
+                ro = r + len(ax)
+                ax = {norm_axis(x, ro) for x in ax}
+                b = [i for i in range(ro) if i not in ax][a]
+            if _selection_axis(view, n.output[0], b, depth + 1):
+                return True
+    return False
 
 
 _CHANNELWISE = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
@@ -137,7 +185,7 @@ def _shape_entry(view, shape_t, index, depth=0):
             off += size
         return None
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity") or (
-            op == "Reshape" and len(view.shape(n.input[0]) or ()) == 1):
+            op == "Reshape" and view.shape(n.input[0]) is not None and len(view.shape(n.input[0])) <= 1):
         return _shape_entry(view, n.input[0], index, depth + 1)
     if op == "ReduceProd" and index == 0 and len(view.shape(n.input[0]) or ()) == 1 \
             and not (len(n.input) > 1 and n.input[1]) and attr(n, "axes", [0]) in ([0], [-1]):
@@ -145,6 +193,12 @@ def _shape_entry(view, shape_t, index, depth=0):
         size = view.shape(n.input[0])[0]
         factors = [_shape_entry(view, n.input[0], i, depth + 1) for i in range(size)]
         return None if any(f is None for f in factors) else ("prod", tuple(factors))
+    if op == "Mul" and len(n.input) == 2 and all(len(view.shape(i) or ()) <= 1 for i in n.input):
+        # TorchScript's nn.MultiheadAttention: bsz * num_heads, a run-time dim times a constant
+        fs = [_shape_entry(view, i, 0 if len(view.shape(i) or ()) == 0 else index, depth + 1) for i in n.input]
+        if any(f is None or f[0] == "dynamic_all" for f in fs):
+            return None
+        return ("prod", tuple(x for f in fs for x in (f[1] if f[0] == "prod" else (f,))))
     if op in ("Max", "Min", "Where"):
         # Max/Min: broadcast batch dims of two operands (tf2onnx's einsum lowering), equal or a 1;
         # Where: TorchScript lowers expand(-1) to Where(Equal(s, -1), 1, s)
@@ -208,6 +262,17 @@ def _through_casts(view, t):
     return t
 
 
+def _count_factor(e, view, size):
+    """The one constant factor of a 'prod' entry that carries the whole size of its axis (every other
+    factor is 1 here: run-time batch dims, unit constants), e.g. num_heads in bsz * num_heads; None
+    when there is no such factor."""
+    big = [f for f in e[1] if f[0] == "const" and f[3] != 1]
+    rest = [view.shape(t)[k] for t, k in _entry_dims(e)]
+    if len(big) == 1 and big[0][3] == size and big[0][1] is not None and all(d == 1 for d in rest):
+        return big[0]
+    return None
+
+
 def _entry_dims(e):
     """(tensor, axis) dims a resolved shape entry reads at run time."""
     if e[0] == "dynamic":
@@ -236,6 +301,8 @@ def _relate_shape_entries(res, ctx, shape_t, x, y, allowzero=0):
             dims = [d for f in e[1] for d in _entry_dims(f)]
             consts = [f[3] for f in e[1] if f[0] == "const"]
             lv = [(t, k) for t, k in dims if ctx.live(t, k)]
+            if not lv and b in live and _count_factor(e, ctx.view, sy[b]) is not None:
+                continue  # a constant count (heads) times run-time dims of 1 (batch): the count is rewritten
             if lv or b in live:
                 others = math.prod(consts) * math.prod(ctx.shape(t)[k] for t, k in dims if (t, k) not in lv)
                 if len(lv) != 1 or others != 1 or ctx.shape(lv[0][0])[lv[0][1]] != sy[b]:
@@ -262,6 +329,8 @@ def _rewrite_shape_entries(node, rctx, slot):
     edits: dict[str, dict[int, int]] = {}
     for b in rctx.changed(y):
         e = _shape_entry(rctx.view, shape_t, b)
+        if e is not None and e[0] == "prod":
+            e = _count_factor(e, rctx.view, old[b])
         if e is not None and e[0] == "const" and e[3] == old[b] and e[3] not in (-1, 0, 1):
             edits.setdefault(e[1], {})[e[2]] = rctx.size(y, b)
     for const_name, entries in edits.items():
@@ -281,7 +350,7 @@ def _const_users(node, const_name, depth=0):
         if t.name == const_name:
             out.append((node, s))
         elif depth < 8 and t.inputs and s >= (1 if depth == 0 else 0) and t.inputs[0].op in (
-                "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity"):
+                "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Mul", "Reshape"):
             out += _const_users(t.inputs[0], const_name, depth + 1)
     return out
 
@@ -443,7 +512,7 @@ def node_shim(gs_node):
 class Gather(OpRule):
     """Gather with constant indices along a non-channel axis (class token, q/k/v selection), or a
     1-D constant selection of channels (output j is input channel idx[j]: tied; the indices are
-    rewritten to the kept positions)."""
+    rewritten to the kept positions); a scalar constant index on a channel axis freezes that axis only."""
     op_types = ("Gather",)
 
     def relate(self, node, ctx):
@@ -452,7 +521,11 @@ class Gather(OpRule):
         axis = norm_axis(int(attr(node, "axis", 0)), r)
         q = len(ctx.shape(idx))
         res = RuleResult()
-        if ctx.live(x, axis) or (q == 1 and ctx.live(y, axis)):
+        if ctx.live(x, axis) and q == 0 and ctx.is_const(idx):
+            # one fixed channel (TorchScript's packed q/k/v: Gather(qkv, 0)): that axis's group keeps
+            # every channel; the other axes pass through
+            res.refused[(x, axis)] = "Gather reads one fixed channel of this axis (scalar index)"
+        elif ctx.live(x, axis) or (q == 1 and ctx.live(y, axis)):
             sel = ctx.const(idx) if ctx.is_const(idx) else None
             if sel is None or q != 1:
                 raise Opaque("Gather along a channel axis with run-time or scalar indices")
