@@ -14,7 +14,7 @@ import onnx
 
 from .analyze import Analysis, analyze
 from .cost import total_macs, total_params, uncounted_mac_nodes
-from .errors import OnnxPruneError, VerificationError, first_line
+from .errors import InternalError, OnnxPruneError, VerificationError, first_line
 from .graph import build_view, random_feeds
 from .io import (check_model_light, custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes,
                  requantize_weights, sanitized, save_model, validate_model, with_batch)
@@ -270,7 +270,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
         # the plain check at load skips type/shape inference: was the input already inconsistent?
         input_note = validate_model(m, src, full=True)  # raises if ONNX Runtime cannot load the input
         if input_note is None:
-            raise OnnxPruneError(f"internal error: the rewritten model fails the ONNX checker: "
+            raise InternalError(f"internal error: the rewritten model fails the ONNX checker: "
                                  f"{first_line(e)}") from None
         validate_model(pruned, "the rewritten model")  # held to what the input meets: ONNX Runtime loads it
         checker_note = checker_note or input_note

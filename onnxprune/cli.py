@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import OnnxPruneError
+from .errors import InternalError, OnnxPruneError
 
 COMMANDS = ("prune", "analyze", "profile")
 
@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             return _profile(args)
         return _analyze(args)
+    except InternalError as e:  # our fault, said in one line: exit 1 as any internal error
+        args.progress.abort()
+        print(f"onnxprune: {e}", file=sys.stderr)
+        return 1
     except OnnxPruneError as e:
         args.progress.abort()
         print(f"onnxprune: error: {e}", file=sys.stderr)

@@ -48,7 +48,7 @@ from onnx import helper, numpy_helper
 
 from .analyze import Analysis
 from .calib import SpaceStats, activation_spaces
-from .errors import OnnxPruneError, first_line
+from .errors import InternalError, OnnxPruneError, first_line
 from .graph import attr
 from .io import check_model_light
 from .rewrite import kept_positions
@@ -323,7 +323,7 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
         y = view.nodes[k].output[0]
         node = producer.get(y)
         if node is None or len(node.input) < 2 or node.input[1] not in inits:
-            raise OnnxPruneError(f"internal error: lstsq compensation lost the weight of {view.node_label(k)}")
+            raise InternalError(f"internal error: lstsq compensation lost the weight of {view.node_label(k)}")
         # output channels: Conv W[M, C, ...] and Gemm transB=1 B[N, K] on axis 0; Gemm B[K, N] / MatMul on the last
         out_axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and int(attr(node, "transB", 0))) else -1
         y_axis = 1 if node.op_type in ("Conv", "Gemm") else len(view.shape(y)) - 1
@@ -331,7 +331,7 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
             w = np.take(w, pos[(y, y_axis)], axis=out_axis)
         old = inits[node.input[1]]
         if tuple(old.dims) != w.shape:
-            raise OnnxPruneError(f"internal error: lstsq weight {w.shape} does not fit {tuple(old.dims)} "
+            raise InternalError(f"internal error: lstsq weight {w.shape} does not fit {tuple(old.dims)} "
                                  f"at {view.node_label(k)}")
         dtype = helper.tensor_dtype_to_np_dtype(old.data_type)
         node.input[1] = _new_init(g, inits, fresh, node.input[1], w.astype(dtype))
@@ -546,7 +546,7 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
     try:
         check_model_light(res.model)
     except Exception as e:
-        raise OnnxPruneError("internal error: the compensated model fails the ONNX checker: "
+        raise InternalError("internal error: the compensated model fails the ONNX checker: "
                              f"{first_line(e)}") from None
     summary = None
     if check and (res.nodes or res.refit):
@@ -556,7 +556,7 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
             finite = bool(all(np.all(np.isfinite(o)) for o in outs))
             summary = dict(reference=None, finite_outputs=finite, inputs="first calibration batch")
             if not finite:
-                raise OnnxPruneError("internal error: the lstsq-compensated model gives non-finite outputs")
+                raise InternalError("internal error: the lstsq-compensated model gives non-finite outputs")
             return res.model, res, summary
         ref = mean_substituted_model(analysis, kept, mean_compensable(analysis, kept, stats)[0], positions)
         cmp = compare_models(ref, res.model, [feeds], rel_tol=verify_tolerance(ref)[0],
@@ -567,7 +567,7 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
                        max_abs_diff=cmp.max_abs_diff, tolerance=cmp.tolerance, exact_expected=exact,
                        passed=bool(cmp.passed) if exact else None, inputs="first calibration batch")
         if exact and not cmp.passed:
-            raise OnnxPruneError(f"internal error: mean compensation differs from the mean-substituted original "
+            raise InternalError(f"internal error: mean compensation differs from the mean-substituted original "
                                  f"by {cmp.max_abs_diff:.3e} (tolerance {cmp.tolerance:.3e})")
     return res.model, res, summary
 

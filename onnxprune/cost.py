@@ -1,4 +1,4 @@
-"""Analytic costs from static shapes: MACs of Conv/ConvTranspose/Gemm/MatMul, parameter count."""
+"""Analytic costs from static shapes: MACs of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN, parameter count."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,6 +27,10 @@ def node_macs(view: GraphView, k: int) -> int:
             a = view.shape(n.input[0])
             y = view.shape(n.output[0])
             return int(np.prod(y, dtype=np.int64) * a[-1])
+        if op in ("LSTM", "GRU", "RNN"):
+            # every step of every sequence: W (dirs, gates*hidden, input) and R (dirs, gates*hidden, hidden)
+            x, w, r = (view.shape(t) for t in n.input[:3])
+            return int(np.prod(x[:2], dtype=np.int64) * (np.prod(w, dtype=np.int64) + np.prod(r, dtype=np.int64)))
     except (TypeError, IndexError):
         return 0
     return 0
@@ -36,7 +40,7 @@ def total_macs(view: GraphView) -> int:
     return int(sum(node_macs(view, k) for k in range(len(view.nodes))))
 
 
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 
 
 def uncounted_mac_nodes(view: GraphView) -> list[str]:

@@ -5,6 +5,11 @@ class OnnxPruneError(Exception):
     """A problem with the user's input or request; the CLI prints it as one line and exits 2."""
 
 
+class InternalError(OnnxPruneError):
+    """onnxprune's own fault (a rewrite ONNX Runtime cannot run, a checker failure on what it wrote):
+    one line, exit 1, nothing written."""
+
+
 class VerificationError(OnnxPruneError):
     """The pruned model does not match the masked original: never written."""
 

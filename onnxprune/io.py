@@ -220,6 +220,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
                 break
         out = m
     _restore_dtypes(out, dtypes)
+    _unshare_uniform_constants(out)
     _copy_model_fields(model, out)
     out.graph.ClearField("value_info")
     # Neither shape inference nor ONNX Runtime can give shapes past a custom op: keep what the
@@ -318,6 +319,34 @@ def with_inferred_shapes(m: onnx.ModelProto, data_prop: bool = False) -> onnx.Mo
     del m.graph.output[:]
     m.graph.output.extend(inf.output)
     return m
+
+
+def _unshare_uniform_constants(m: onnx.ModelProto, max_elems: int = 65536) -> None:
+    """Give every node its own copy of a shared constant whose values are all equal (the dynamo
+    exporter dedups e.g. the ones/zeros scale and bias of every GroupNorm's InstanceNormalization
+    into one initializer). Shared weights tie the channels of their users; equal values do not."""
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    uses: dict[str, list[tuple[int, int]]] = {}
+    for k, n in enumerate(g.node):
+        for s, i in enumerate(n.input):
+            if i in inits:
+                uses.setdefault(i, []).append((k, s))
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    for name, us in uses.items():
+        t = inits[name]
+        if len({k for k, _ in us}) < 2 or not 1 < _elems(t) <= max_elems:
+            continue
+        arr = numpy_helper.to_array(t)
+        if arr.dtype.kind not in "fiu" or not np.all(arr == arr.reshape(-1)[0]):
+            continue
+        for j, (k, s) in enumerate(us[1:], 1):
+            new = f"{name}__u{j}"
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            g.initializer.append(numpy_helper.from_array(arr, new))
+            g.node[k].input[s] = new
 
 
 def _elem_types(m: onnx.ModelProto) -> dict[str, int]:

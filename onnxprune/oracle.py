@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .analyze import Analysis
-from .errors import OnnxPruneError, first_line
+from .errors import InternalError, OnnxPruneError, first_line
 from .rewrite import kept_positions
 
 
@@ -176,7 +176,7 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
         try:
             c = cand_s.run(names, feeds)
         except Exception as e:
-            raise OnnxPruneError(f"internal error: the pruned model does not run in ONNX Runtime: "
+            raise InternalError(f"internal error: the pruned model does not run in ONNX Runtime: "
                                  f"{first_line(e)}; nothing written") from None
         for n, a, b in zip(names, r, c):
             discrete = np.asarray(a).dtype.kind in "iub"  # indices, classes, masks: exact, not scaled

@@ -8,8 +8,10 @@ from .analyze import ChannelGroup
 
 
 def n_remove(size: int, n_free: int, ratio: float) -> int:
-    """Channels to remove from a group of `size` at `ratio`, never all of them, never frozen ones."""
-    return int(max(0, min(int(round(ratio * size)), n_free, size - 1)))
+    """Channels to remove from a group of `size` at `ratio`, never all of them, never frozen ones.
+    The ratio applies to the prunable channels: a group with some frozen channels (a Concat with a
+    model input, say) loses `ratio` of its free ones, not of all."""
+    return int(max(0, min(int(round(ratio * n_free)), n_free, size - 1)))
 
 
 def lowest_free(scores: np.ndarray, frozen: np.ndarray, k: int) -> np.ndarray:

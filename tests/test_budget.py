@@ -180,3 +180,24 @@ def test_stages_compose_back_to_the_original_groups():
     assert {it["stage"] for it in rep.budget["iterations"]} == {1, 2, 3}
     # the last stage's exact count is the written model's
     assert rep.budget["measured"] == pytest.approx(rep.pruned.macs)
+
+
+@pytest.mark.parametrize("op,gates,layout", [("LSTM", 4, 0), ("GRU", 3, 1), ("RNN", 1, 0)])
+def test_recurrent_macs_are_counted(op, gates, layout):
+    """Every step of every sequence: x W^T and h R^T per direction; the recurrent node is frozen
+    (no channel rule) but its MACs belong in the totals a --macs budget is a share of."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.cost import total_macs
+    from onnxprune.graph import build_view
+
+    seq, batch, inp, hid, dirs = 7, 2, 5, 6, 2
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((dirs, gates * hid, inp)).astype(np.float32), "W")
+    r = numpy_helper.from_array(rng.standard_normal((dirs, gates * hid, hid)).astype(np.float32), "R")
+    xs = [batch, seq, inp] if layout else [seq, batch, inp]
+    node = helper.make_node(op, ["x", "W", "R"], ["y"], hidden_size=hid, direction="bidirectional", layout=layout)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xs)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, r])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    assert total_macs(build_view(m)) == seq * batch * dirs * gates * hid * (inp + hid)

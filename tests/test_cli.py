@@ -239,3 +239,23 @@ def test_sigterm_unwinds_cleanly(tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_internal_errors_exit_1_in_one_line(tmp_path, monkeypatch, capsys):
+    """A rewrite that comes out broken is onnxprune's fault: one line, exit 1, nothing written."""
+    import onnxprune.api as api
+    from onnxprune.cli import main
+
+    src, out = conv_net(tmp_path / "in.onnx"), tmp_path / "out.onnx"
+    real = api.rewrite
+
+    def broken(analysis, kept):
+        m = real(analysis, kept)
+        m.graph.node[0].input[1] = "no_such_tensor"
+        return m
+
+    monkeypatch.setattr(api, "rewrite", broken)
+    assert main([str(src), str(out), "--ratio", "0.5", "--no-latency", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onnxprune: internal error:")
+    assert not out.exists()

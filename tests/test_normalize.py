@@ -374,3 +374,22 @@ def test_default_shapes_follow_dim_names(dims, want):
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
     assert graph_input_shapes(helper.make_model(g))["x"] == want
+
+
+def test_shared_uniform_constants_do_not_tie_groups():
+    """Exporters dedup equal constants (dynamo: one ones/zeros pair for every GroupNorm): two convs
+    sharing an all-zeros bias must stay two groups."""
+    from onnxprune.api import analyze_model
+
+    b = GraphBuilder(seed=4)
+    x = b.input("x", [3, 8, 8])
+    zeros = b.const(np.zeros(8, np.float32), "zeros8")
+    w1, w2 = b.weight((8, 3, 3, 3), "w1"), b.weight((8, 8, 3, 3), "w2")
+    h = b.op("Relu", [b.op("Conv", [x, w1, zeros], pads=[1, 1, 1, 1])])
+    h = b.op("Relu", [b.op("Conv", [h, w2, zeros], pads=[1, 1, 1, 1])])
+    m = b.model([b.conv(h, 8, 4, name="out")])
+    norm = normalize(m)
+    assert sum(t.name.startswith("zeros8") for t in norm.graph.initializer) == 2
+    a = analyze_model(m, input_shapes={"x": [1, 3, 8, 8]})
+    assert len([g for g in a.prunable_groups if g.size == 8]) == 2
+    assert_prunes(m, [(norm.graph.node[0].output[0], 1)], {"x": [2, 3, 8, 8]})

@@ -129,13 +129,31 @@ def test_conv_transpose_depthwise():
     assert weight_shape(res.model, "up.weight") == (4, 1, 2, 2)
 
 
-def test_conv_transpose_grouped_is_frozen():
+@pytest.mark.parametrize("groups", [2, 4])
+def test_conv_transpose_grouped(groups):
+    """As grouped Conv: the group count stays, every group keeps the same in-group positions."""
     b = GraphBuilder()
     h = stem(b, 8)
-    u = b.op("Relu", [b.conv_transpose(h, 8, 8, group=2, name="up")])
-    y = head(b, b.op("Relu", [b.conv(u, 8, 6, name="conv1")]), 6)
-    res = assert_prunes(b.model([y]), [("conv1_out", 1)], IMG, sizes=[6], frozen=[("conv0_out", 1), ("up_out", 1)])
-    assert any("grouped ConvTranspose" in r for r in group_at(res.analysis, "conv0_out", 1).reasons)
+    u = b.op("Relu", [b.conv_transpose(h, 8, 16, group=groups, name="up")])
+    y = head(b, b.op("Relu", [b.conv(u, 16, 6, name="conv1")]), 6)
+    res = assert_prunes(b.model([y]), [("conv0_out", 1), ("up_out", 1), ("conv1_out", 1)], IMG,
+                        sizes=[8 // groups, 16 // groups, 6])
+    assert weight_shape(res.model, "up.weight") == (4, 16 // groups // 2, 2, 2)
+    un = next(n for n in res.model.graph.node if n.name == "up")
+    assert onnx.helper.get_attribute_value(next(a for a in un.attribute if a.name == "group")) == groups
+
+
+def test_conv_transpose_grouped_concat_with_a_frozen_input_keeps_its_group():
+    """A grouped ConvTranspose on unpruned channels, concatenated with pruned ones: its group
+    attribute must stay (it was once rewritten to the channel count)."""
+    b = GraphBuilder()
+    x = b.input("x", [4, 8, 8])
+    a = b.op("Relu", [b.conv(x, 4, 8, name="a")])
+    up = b.conv_transpose(x, 4, 6, group=2, name="up", strides=(1, 1), k=1)
+    y = b.conv(b.op("Concat", [up, a], axis=1), 14, 4, k=1, name="mix")
+    res = assert_prunes(b.model([y]), [("a_out", 1)], {"x": [2, 4, 8, 8]}, shrinks=["a.weight"])
+    un = next(n for n in res.model.graph.node if n.name == "up")
+    assert onnx.helper.get_attribute_value(next(a for a in un.attribute if a.name == "group")) == 2
 
 
 def test_conv1d():
@@ -215,7 +233,7 @@ def test_split_with_one_part_as_model_output():
     res = assert_prunes(b.model([u, y]), [("conv0_out", 1)], IMG, sizes=[8], shrinks=["conv0.weight", "conv_v.weight"])
     g = group_at(res.analysis, "conv0_out", 1)
     assert g.frozen.tolist() == [True] * 3 + [False] * 5
-    assert weight_shape(res.model, "conv_v.weight")[1] == 1  # 4 of the 5 free channels removed
+    assert weight_shape(res.model, "conv_v.weight")[1] == 3  # the ratio applies to the 5 free channels: round(2.5) = 2 removed
 
 
 @pytest.mark.parametrize("form", ["opset13", "opset13-open-end", "opset9-attrs"])
@@ -836,3 +854,17 @@ def test_gather_selects_channels(sel):
 
 def numpy_helper_to_array(t):
     return onnx.numpy_helper.to_array(t)
+
+
+def test_ratio_applies_to_the_free_channels_of_a_partly_frozen_group():
+    """Concat of the model input (frozen) with a conv: --ratio 0.25 removes a quarter of the conv's
+    channels, not a quarter of the whole concatenated axis."""
+    from onnxprune.select import n_remove
+
+    assert n_remove(40, 8, 0.25) == 2 and n_remove(40, 8, 0.9) == 7 and n_remove(8, 8, 1.0) == 7
+    b = GraphBuilder()
+    x = b.input("x", [32, 8, 8])
+    a = b.op("Relu", [b.conv(x, 32, 8, name="a")])
+    y = b.conv(b.op("Concat", [x, a], axis=1), 40, 4, k=1, name="mix")
+    res = assert_prunes(b.model([y]), [("a_out", 1)], {"x": [2, 32, 8, 8]}, ratio=0.25)
+    assert weight_shape(res.model, "a.weight")[0] == 6

@@ -67,7 +67,8 @@ class Conv(OpRule):
 @register
 class ConvTranspose(OpRule):
     """W is (C_in, C_out/group, k...). group=1: X axis 1 = W[0] (mixing), W[1] = Y axis 1 = B.
-    Depthwise transpose conv (group = C_in, one output per group) couples X and Y."""
+    Depthwise transpose conv (group = C_in, one output per group) couples X and Y. Other grouped
+    ones: as grouped Conv, every group keeps the same in-group positions (in and out)."""
     op_types = ("ConvTranspose",)
 
     def relate(self, node, ctx):
@@ -86,11 +87,19 @@ class ConvTranspose(OpRule):
             if b:
                 res.relate((b, 0), (y, 1))
         else:
-            raise Opaque("grouped ConvTranspose")
+            cg, mg = cin // g, W[1]
+            c = np.arange(cin)
+            res.relate((x, 1), (w, 0))
+            res.relate((x, 1), (x, 1), (c, c % cg))  # in-group positions pruned alike in every group
+            res.mixes.append((x, 1))
+            o = np.arange(mg * g)
+            res.relate((y, 1), (w, 1), (o, o % mg))
+            if b:
+                res.relate((b, 0), (y, 1))
         return res
 
     def rewrite(self, node, rctx):
-        x = node.inputs[0].name
+        x, w = node.inputs[0].name, node.inputs[1].name
         g = int(node.attrs.get("group", 1))
-        if g > 1:
+        if g > 1 and g == rctx.view.shape(x)[1] and rctx.view.shape(w)[1] == 1:  # depthwise only
             node.attrs["group"] = rctx.size(x, 1)
