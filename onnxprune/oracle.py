@@ -164,20 +164,23 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
                    rel_tol: float = 1e-4, optimize: bool = True) -> VerifyResult:
     """Run both on the same inputs; pass when max |diff| <= rel_tol x max |reference output|.
     `optimize=False` runs both as written, op by op (see needs_plain_execution)."""
-    ref_s, cand_s = (_session(m, what, optimize) for m, what in ((reference, "masked original"),
-                                                                  (candidate, "pruned model")))
     names = [o.name for o in reference.graph.output]
+    # one session at a time: a large model's weights are held once more by each
+    ref_s = _session(reference, "masked original", optimize)
+    try:
+        refs = [ref_s.run(names, feeds) for feeds in feeds_list]
+    except Exception as e:  # the original itself (masks only zero channels) does not run
+        raise OnnxPruneError(f"ONNX Runtime cannot run the model on random inputs: {first_line(e)}") from None
+    del ref_s
+    cand_s = _session(candidate, "pruned model", optimize)
+    try:
+        cands = [cand_s.run(names, feeds) for feeds in feeds_list]
+    except Exception as e:
+        raise InternalError(f"internal error: the pruned model does not run in ONNX Runtime: "
+                            f"{first_line(e)}; nothing written") from None
+    del cand_s
     worst, scale, per, mismatched = 0.0, 0.0, {}, {}
-    for feeds in feeds_list:
-        try:
-            r = ref_s.run(names, feeds)
-        except Exception as e:  # the original itself (masks only zero channels) does not run
-            raise OnnxPruneError(f"ONNX Runtime cannot run the model on random inputs: {first_line(e)}") from None
-        try:
-            c = cand_s.run(names, feeds)
-        except Exception as e:
-            raise InternalError(f"internal error: the pruned model does not run in ONNX Runtime: "
-                                 f"{first_line(e)}; nothing written") from None
+    for r, c in zip(refs, cands):
         for n, a, b in zip(names, r, c):
             discrete = np.asarray(a).dtype.kind in "iub"  # indices, classes, masks: exact, not scaled
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
