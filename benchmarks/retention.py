@@ -110,6 +110,27 @@ class OnnxBench:
         macs = total_macs(build_view(pruned, self.view.input_shapes))
         return kept, pruned, macs
 
+    def knapsack(self, scores, target, value="lamp"):
+        """onnxprune's own --macs budget: the group knapsack over LAMP-normalized scores with
+        analytic MACs costs and its closed loop on the written model."""
+        from onnxprune.api import _budget_spec
+        from onnxprune.budget import plan_for_budget
+        from onnxprune.cost import total_macs
+        from onnxprune.graph import build_view
+        from onnxprune.rewrite import rewrite
+
+        from onnxprune.errors import OnnxPruneError
+
+        try:
+            res = plan_for_budget(self.analysis, scores, _budget_spec(None, f"{(1 - target) * 100:.6f}%", None, None),
+                                  original=self.model, knapsack_value=value)
+        except OnnxPruneError:  # not reachable with one channel per group
+            return None
+        if not res.met:
+            return None
+        pruned = rewrite(self.analysis, res.kept)
+        return res.kept, pruned, total_macs(build_view(pruned, self.view.input_shapes))
+
     def reduction(self, scores, ratio, global_rank, key):
         k = (key, round(ratio, 6), global_rank)
         if k not in self._macs:
@@ -151,14 +172,23 @@ def run_onnxprune(name, path, data, targets, scorers, modes, heads, log, lstsq=T
         glob = mode == "global"
         for t in targets:
             # uniform: MACs depend only on per-group counts, the same for every scorer
-            shared_ratio = None if glob else b.find_ratio(all_scores[scorers[0]], t, False, "uniform")
+            knap = mode.startswith("knapsack")
+            shared_ratio = None if glob or knap else b.find_ratio(all_scores[scorers[0]], t, False, "uniform")
             for s in scorers:
-                ratio = b.find_ratio(all_scores[s], t, True, s) if glob else shared_ratio
                 row = dict(model=name, method="onnxprune", mode=mode, scorer=s, target=t)
-                if ratio is None:
-                    rows.append(dict(row, reachable=False))
-                    continue
-                kept, pruned, macs = b.prune(all_scores[s], ratio, glob)
+                if knap:
+                    ratio = None
+                    got = b.knapsack(all_scores[s], t, "members" if mode == "knapsack-members" else "lamp")
+                    if got is None:
+                        rows.append(dict(row, reachable=False))
+                        continue
+                    kept, pruned, macs = got
+                else:
+                    ratio = b.find_ratio(all_scores[s], t, True, s) if glob else shared_ratio
+                    if ratio is None:
+                        rows.append(dict(row, reachable=False))
+                        continue
+                    kept, pruned, macs = b.prune(all_scores[s], ratio, glob)
                 acc = accuracy(pruned, tx, ty)
                 acc_c = accuracy(b.compensate(kept, pruned), tx, ty)
                 row = dict(row, reachable=True, ratio=ratio, macs_reduction=1 - macs / b.base_macs,
@@ -301,7 +331,7 @@ def summarize(results, targets):
         head = "| method | mode | " + " | ".join(f"-{int(t * 100)}% MACs" for t in targets) + " |"
         lines += [head, "|" + "---|" * (2 + len(targets))]
         rows = op["rows"]
-        modes = sorted({x["mode"] for x in rows}, key=["uniform", "global"].index)
+        modes = sorted({x["mode"] for x in rows}, key=["uniform", "global", "knapsack", "knapsack-members"].index)
         for mode in modes:
             for s in dict.fromkeys(x["scorer"] for x in rows):
                 for key, tag in (("retention", ""), ("retention_comp", " +mean"), ("retention_lstsq", " +lstsq"),
@@ -512,7 +542,9 @@ def main(argv=None):
     ap.add_argument("--exporter", default="ts", choices=["ts", "dynamo"])
     ap.add_argument("--targets", default="10,20,30,40,50", help="MACs reductions in percent")
     ap.add_argument("--scorers", default=",".join(SCORERS))
-    ap.add_argument("--modes", default="uniform,global")
+    ap.add_argument("--modes", default="uniform,global,knapsack,knapsack-members",
+                    help="uniform: one ratio in every group; global: one ranking; knapsack: the --macs budget "
+                         "path; knapsack-members: the same with --knapsack-value members")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--no-lstsq", action="store_true", help="skip the --compensate lstsq column")
     ap.add_argument("--no-per-position", action="store_true", help="skip the --per-position columns")

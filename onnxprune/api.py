@@ -60,7 +60,7 @@ LATENCY_MODELS = ("measured", "macs")
 
 
 def check_prune_args(*, ratio, ratio_dw, budgets: dict, round_to, stages, latency_model, seed, calib_batch,
-                     calib_limit, threads, batch) -> None:
+                     calib_limit, threads, batch, knapsack_value: str = "lamp") -> None:
     """One place for the argument rules, so the CLI and the Python API accept and refuse the same
     things (a flag that would be silently ignored is refused with the reason)."""
     given = [k for k, v in budgets.items() if v is not None]
@@ -79,6 +79,12 @@ def check_prune_args(*, ratio, ratio_dw, budgets: dict, round_to, stages, latenc
         raise OnnxPruneError(f"stages must be an integer >= 1, got {stages!r}")
     if stages > 1 and not given:
         raise OnnxPruneError("--stages applies to budgets, not to --ratio")
+    from .budget import KNAPSACK_VALUES
+
+    if knapsack_value not in KNAPSACK_VALUES:
+        raise OnnxPruneError(f"knapsack value must be one of {', '.join(KNAPSACK_VALUES)}, got {knapsack_value!r}")
+    if knapsack_value != "lamp" and not given:
+        raise OnnxPruneError("--knapsack-value applies to budgets (--budget, --macs, --params, --peak-memory)")
     if latency_model not in LATENCY_MODELS:
         raise OnnxPruneError(f"latency model must be one of {', '.join(LATENCY_MODELS)}, got {latency_model!r}")
     if latency_model != "measured" and given != ["budget"]:
@@ -178,7 +184,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
           budget: str | None = None, macs: str | None = None, params: str | None = None,
           peak_memory: str | None = None, round_to: int | None = None, latency_model: str = "measured",
           cache_dir=None, use_cache: bool = True, latency_cmd: str | None = None,
-          batch: int | None = None, stages: int = 1) -> PruneResult:
+          batch: int | None = None, stages: int = 1, knapsack_value: str = "lamp") -> PruneResult:
     """Remove `ratio` of the channels of every prunable channel group (lowest scores first; 0.3 when
     neither a ratio nor a budget is given).
 
@@ -194,7 +200,8 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     ("50%", "1.2G", "3M") or ``peak_memory`` ("3.6MB", "50%"): a group knapsack over LAMP-normalized
     scores (use ``scorer="sp-lamp"`` for the paper's method) with a measured, cached, position-aware
     latency table (``latency_model="macs"`` for an analytic estimate), then a closed loop on the
-    written model. ``round_to`` keeps channel counts at multiples of N (or "auto": widest width of
+    written model (``knapsack_value="members"`` weights each group's values by its number of weight
+    members: better accuracy without fine-tuning, see budget.group_choices). ``round_to`` keeps channel counts at multiples of N (or "auto": widest width of
     each measured latency step); ``stages`` reaches the budget in k steps, re-scoring and
     re-measuring on the model pruned so far (SP-LAMP Sec. 3.3).
 
@@ -204,7 +211,8 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     check_prune_args(ratio=ratio, ratio_dw=ratio_dw,
                      budgets=dict(budget=budget, macs=macs, params=params, peak_memory=peak_memory),
                      round_to=round_to, stages=stages, latency_model=latency_model, seed=seed,
-                     calib_batch=calib_batch, calib_limit=calib_limit, threads=threads, batch=batch)
+                     calib_batch=calib_batch, calib_limit=calib_limit, threads=threads, batch=batch,
+                     knapsack_value=knapsack_value)
     if ratio is None and all(v is None for v in (budget, macs, params, peak_memory)):
         ratio = 0.3
     exclude = split_patterns(exclude)
@@ -246,7 +254,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     else:
         from .budget import plan_for_budget
 
-        plan_kw = dict(original=m, provider=provider, threads=threads, round_to=round_to,
+        plan_kw = dict(original=m, provider=provider, threads=threads, round_to=round_to, knapsack_value=knapsack_value,
                        latency_model=latency_model, cache_dir=cache_dir, use_cache=use_cache,
                        latency_cmd=latency_cmd, progress=progress)
         if stages > 1:
@@ -297,7 +305,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
                              # additive (tiny, overhead-bound models): no prediction then, the loop measured
                              predicted=budget_res.predicted if budget_res.predicted > 0 else None,
                              measured=budget_res.measured, met=budget_res.met, iterations=budget_res.iterations,
-                             round_to=round_to, stages=stages,
+                             round_to=round_to, stages=stages, knapsack_value=knapsack_value,
                              **{"latency_model": latency_model if spec.metric == "latency" else None,
                                 **budget_res.info})
         if not budget_res.met:

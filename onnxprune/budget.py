@@ -68,9 +68,20 @@ class GroupChoices:
     costs: np.ndarray = None
 
 
-def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], round_to: int | None = None) -> list[GroupChoices]:
+KNAPSACK_VALUES = ("lamp", "members")
+
+
+def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], round_to: int | None = None,
+                  value: str = "lamp") -> list[GroupChoices]:
     """Items per group with LAMP-normalized values (comparable across groups: every group's top
-    channel is worth 1). Frozen channels are always kept; `round_to` restricts widths to multiples."""
+    channel is worth 1). Frozen channels are always kept; `round_to` restricts widths to multiples.
+
+    ``value="members"``: each group's values times its number of weight members. A channel of a
+    residual stream is read and written by many layers; LAMP alone prices it like a channel inside
+    one block, so the knapsack, which looks for the cheapest score per saved cost, empties the
+    stream first. Without fine-tuning that costs accuracy (benchmarks/retention.py, knapsack modes)."""
+    if value not in KNAPSACK_VALUES:
+        raise OnnxPruneError(f"knapsack value must be one of {', '.join(KNAPSACK_VALUES)}, got {value!r}")
     out = []
     for g in groups:
         s = np.asarray(scores.get(g.id, np.ones(g.size)), dtype=np.float64)
@@ -86,7 +97,8 @@ def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], rou
             if not keep.any() or widths[keep].min() > lo:
                 keep |= widths == widths[keep].min() if keep.any() else widths == lo
             widths = widths[keep]
-        out.append(GroupChoices(g, order, widths, vals[widths - 1]))
+        weight = max(1, len(g.weights)) if value == "members" else 1
+        out.append(GroupChoices(g, order, widths, vals[widths - 1] * weight))
     return out
 
 
@@ -253,7 +265,7 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
                     original=None, provider: str = "cpu", threads: int | None = None,
                     round_to: int | None = None, latency_model: str = "measured", cache_dir=None,
                     use_cache: bool = True, latency_cmd: str | None = None, progress=None,
-                    target_fn=None) -> BudgetResult:
+                    target_fn=None, knapsack_value: str = "lamp") -> BudgetResult:
     """Choose kept channels for every prunable group so the written model meets `spec`
     (`target_fn(baseline) -> target` overrides the spec's target: used by stages)."""
     from .api import model_stats
@@ -263,7 +275,7 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
 
     groups = [g for g in analysis.prunable_groups]
     auto_steps = round_to == "auto"
-    choices = group_choices(groups, scores, None if auto_steps else round_to)
+    choices = group_choices(groups, scores, None if auto_steps else round_to, value=knapsack_value)
     info: dict = {}
     view = analysis.view
     if spec.metric == "latency" and latency_model == "measured":

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--macs", metavar="M", help="MACs budget: 50%%, 0.5x or 1.2G / 300M")
     p.add_argument("--params", metavar="P", help="parameter budget: 50%%, 0.5x or 3M / 500K")
     p.add_argument("--peak-memory", metavar="B", help="peak activation memory budget: 3.6MB, 512KiB or 50%%")
+    p.add_argument("--knapsack-value", choices=["lamp", "members"], default="lamp",
+                   help="budgets: what the knapsack keeps most of. lamp (default): the SP-LAMP paper's sum of "
+                        "LAMP-normalized scores; members: each group's values times its number of weight members "
+                        "(residual streams count for every layer they feed: better accuracy without fine-tuning)")
     p.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
                    help="keep channel counts at multiples of N (hardware-friendly widths); 'auto': with a "
                         "latency budget, keep the widest width of each measured latency step")
@@ -171,7 +175,7 @@ def _prune(args) -> int:
                                   peak_memory=args.peak_memory),
                      round_to=args.round_to, stages=args.stages, latency_model=args.latency_model, seed=args.seed,
                      calib_batch=args.calib_batch, calib_limit=args.calib_limit, threads=args.threads,
-                     batch=args.batch)
+                     batch=args.batch, knapsack_value=args.knapsack_value)
     check_not_input_file(args.output, args.input, "output path")
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
@@ -201,7 +205,7 @@ def _prune(args) -> int:
                 budget=args.budget, macs=args.macs, params=args.params, peak_memory=args.peak_memory,
                 round_to=args.round_to, latency_model=args.latency_model, cache_dir=args.cache_dir,
                 use_cache=not args.no_cache, latency_cmd=args.latency_cmd, batch=args.batch,
-                stages=args.stages)
+                stages=args.stages, knapsack_value=args.knapsack_value)
     save(res.model, args.output, input_path=args.input)
     res.report.output = str(args.output)
     res.report.pruned.file_bytes = os.path.getsize(args.output)

@@ -201,3 +201,25 @@ def test_recurrent_macs_are_counted(op, gates, layout):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, r])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
     assert total_macs(build_view(m)) == seq * batch * dirs * gates * hid * (inp + hid)
+
+
+def test_knapsack_value_members_weights_groups_by_their_weight_members():
+    """--knapsack-value members: a group's LAMP values times its number of weight members (a residual
+    stream feeding many layers is worth more than a channel inside one block)."""
+    from onnxprune.api import analyze_model, check_prune_args
+    from onnxprune.budget import group_choices
+    from onnxprune.score import score_groups
+
+    a = analyze_model(str(ROOT / "models" / "onnx" / "resnet18.ts.onnx"))
+    scores = score_groups(a, "l2")
+    plain = group_choices(a.prunable_groups, scores)
+    members = group_choices(a.prunable_groups, scores, value="members")
+    for p, m in zip(plain, members):
+        np.testing.assert_allclose(m.values, p.values * len(p.group.weights))
+    assert len({len(p.group.weights) for p in plain}) > 1  # streams and in-block groups differ
+    with pytest.raises(OnnxPruneError, match="knapsack value must be one of"):
+        group_choices(a.prunable_groups, scores, value="size")
+    kw = dict(ratio_dw=None, round_to=None, stages=1, latency_model="measured", seed=0, calib_batch=None,
+              calib_limit=None, threads=None, batch=None)
+    with pytest.raises(OnnxPruneError, match="applies to budgets"):
+        check_prune_args(ratio=0.3, budgets={}, knapsack_value="members", **kw)
