@@ -16,7 +16,7 @@ Per model and budget b (relative, "b x"):
 2. Uniform L2 pruning at the same measured latency: the same ratio r in every group (channels ranked
    by L2 norm, `select_by_ratio`), r found by a bracketing search (regula falsi on the latency
    ratio) where every step times the uniform model side by side with the knapsack model.
-3. Final re-measurement in one process, side by side (onnxprune.latency.measure_latencies, medians,
+3. Final re-measurement in one process, side by side (onnxprune.profiling.timing.measure_latencies, medians,
    spinning off): original, written knapsack model, matched uniform model.
 Score kept = sum over prunable groups of the LAMP-normalized SP-LAMP scores of the kept channels
 (exactly the per-channel values whose prefix sums are `group_choices(...).values`, the knapsack's
@@ -58,7 +58,7 @@ def load_avg() -> list[float]:
 def lamp_values(scores: dict[int, np.ndarray], groups) -> dict[int, np.ndarray]:
     """Per-channel LAMP-normalized values, computed as `budget.group_choices` does (without its
     frozen-channel offset, which is a constant both selections share)."""
-    from onnxprune.spscore import sp_lamp_scores
+    from onnxprune.scoring.lamp import sp_lamp_scores
 
     out = {}
     for g in groups:
@@ -84,7 +84,7 @@ class Timer:
         self.feeds, self.threads, self.time_budget_s = feeds, threads, time_budget_s
 
     def __call__(self, blobs, time_budget_s=None):
-        from onnxprune.latency import measure_latencies
+        from onnxprune.profiling.timing import measure_latencies
 
         st = measure_latencies(blobs, self.feeds, threads=self.threads, warmup=3,
                                time_budget_s=time_budget_s or self.time_budget_s)
@@ -97,8 +97,8 @@ def match_uniform(analysis, l2, knap_blob, timer, r0: float, tol: float, max_ste
     q(r) = uniform / knapsack median latency, decreasing in r. Regula falsi (Illinois) on q - 1
     over a bracket [lo, hi] (q(lo) > 1 > q(hi)), starting at r0; stops when |q - 1| <= tol.
     Returns every step; the caller picks the step to compare against."""
-    from onnxprune.rewrite import rewrite
-    from onnxprune.select import keep_every_member, select_by_ratio
+    from onnxprune.transform.rewrite import rewrite
+    from onnxprune.planning.ratio import keep_every_member, select_by_ratio
 
     groups = analysis.prunable_groups
     cache = {}
@@ -149,8 +149,8 @@ def run_case(name, path, shapes, b, args, state, log) -> dict:
     import onnx
 
     from onnxprune.api import model_stats, prune
-    from onnxprune.report import Progress
-    from onnxprune.score import score_groups
+    from onnxprune.report.summary import Progress
+    from onnxprune.scoring.registry import score_groups
 
     la0 = load_avg()
     t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def run_case(name, path, shapes, b, args, state, log) -> dict:
     total = score_kept(vals, {})
     knap_score = score_kept(vals, res.kept)
     # sanity: the knapsack's kept sets are prefixes, so this equals the group_choices values
-    from onnxprune.budget import group_choices
+    from onnxprune.planning.budget import group_choices
 
     gc = {c.group.id: c for c in group_choices(groups, sp)}
     check = 0.0
@@ -205,7 +205,7 @@ def run_case(name, path, shapes, b, args, state, log) -> dict:
     final_s = time.perf_counter() - t2
     base_ms, knap_ms, uni_ms = (s.median_ms for s in st)
     stats_k = model_stats(written, analysis.view.input_shapes)
-    from onnxprune.rewrite import rewrite
+    from onnxprune.transform.rewrite import rewrite
 
     stats_u = model_stats(rewrite(analysis, uni_kept), analysis.view.input_shapes)
     base_macs = state["base_macs"]
@@ -290,8 +290,8 @@ def main():
     import onnx
 
     from onnxprune.api import model_stats
-    from onnxprune.graph import build_view, random_feeds
-    from onnxprune.io import normalize
+    from onnxprune.analysis.graph import build_view, random_feeds
+    from onnxprune.model.store import normalize
 
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.exists() else {}

@@ -29,8 +29,8 @@ def main():
     args = ap.parse_args()
 
     from onnxprune.api import prune
-    from onnxprune.graph import random_feeds
-    from onnxprune.latency import measure_latencies
+    from onnxprune.analysis.graph import random_feeds
+    from onnxprune.profiling.timing import measure_latencies
 
     rows = []
     for name in args.models:

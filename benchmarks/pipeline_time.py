@@ -31,7 +31,7 @@ def main():
     args = ap.parse_args()
 
     from onnxprune.api import prune
-    from onnxprune.report import Progress
+    from onnxprune.report.summary import Progress
 
     shapes = args.input_shape
     if args.bert_base:

@@ -70,11 +70,11 @@ class OnnxBench:
     """One analysis per model; scores once per scorer; ratio found by bisection on MACs."""
 
     def __init__(self, path: Path, calib_x: np.ndarray, heads: bool = False):
-        from onnxprune.analyze import analyze
-        from onnxprune.calib import CalibSet
-        from onnxprune.cost import total_macs
-        from onnxprune.graph import build_view
-        from onnxprune.io import load_model, normalize
+        from onnxprune.analysis.groups import analyze
+        from onnxprune.scoring.calibration import CalibSet
+        from onnxprune.profiling.cost import total_macs
+        from onnxprune.analysis.graph import build_view
+        from onnxprune.model.store import load_model, normalize
 
         self.model = load_model(path)
         norm = normalize(self.model)
@@ -87,12 +87,12 @@ class OnnxBench:
         self._macs: dict = {}
 
     def ctx(self, seed=0):
-        from onnxprune.score import ScoreContext
+        from onnxprune.scoring.registry import ScoreContext
 
         return ScoreContext(self.analysis, calib=self.calib, seed=seed, cache=self.cache)
 
     def scores(self, scorer: str):
-        from onnxprune.score import score_groups
+        from onnxprune.scoring.registry import score_groups
 
         ctx = self.ctx()
         s = score_groups(self.analysis, scorer, context=ctx)
@@ -100,10 +100,10 @@ class OnnxBench:
         return s
 
     def prune(self, scores, ratio, global_rank):
-        from onnxprune.cost import total_macs
-        from onnxprune.graph import build_view
-        from onnxprune.rewrite import rewrite
-        from onnxprune.select import select_by_ratio
+        from onnxprune.profiling.cost import total_macs
+        from onnxprune.analysis.graph import build_view
+        from onnxprune.transform.rewrite import rewrite
+        from onnxprune.planning.ratio import select_by_ratio
 
         kept = select_by_ratio(self.analysis.groups, scores, ratio, global_rank=global_rank)
         pruned = rewrite(self.analysis, kept)
@@ -114,10 +114,10 @@ class OnnxBench:
         """onnxprune's own --macs budget: the group knapsack over LAMP-normalized scores with
         analytic MACs costs and its closed loop on the written model."""
         from onnxprune.api import _budget_spec
-        from onnxprune.budget import plan_for_budget
-        from onnxprune.cost import total_macs
-        from onnxprune.graph import build_view
-        from onnxprune.rewrite import rewrite
+        from onnxprune.planning.budget import plan_for_budget
+        from onnxprune.profiling.cost import total_macs
+        from onnxprune.analysis.graph import build_view
+        from onnxprune.transform.rewrite import rewrite
 
         from onnxprune.errors import OnnxPruneError
 
@@ -151,8 +151,8 @@ class OnnxBench:
         return hi
 
     def compensate(self, kept, pruned, method="mean", positions=False):
-        from onnxprune.calib import cached_stats
-        from onnxprune.compensate import compensate, compensation_spaces
+        from onnxprune.scoring.calibration import cached_stats
+        from onnxprune.transform.compensate import compensate, compensation_spaces
 
         stats = cached_stats(self.ctx(), compensation_spaces(self.analysis, kept), cov=method == "lstsq",
                              positions=positions)
@@ -221,9 +221,9 @@ def run_torch_pruning(name, data, targets, base_acc_onnx, log):
     sys.path.insert(0, str(DIGITS))
     import nets
 
-    from onnxprune.cost import total_macs
-    from onnxprune.graph import build_view
-    from onnxprune.io import normalize
+    from onnxprune.profiling.cost import total_macs
+    from onnxprune.analysis.graph import build_view
+    from onnxprune.model.store import normalize
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     cx, tx, ty = data
@@ -482,10 +482,10 @@ def plot(results, targets, path):
 def rss_child(args):
     """Calibrate (vbp statistics at every mixing point) on random data; print peak RSS as JSON."""
 
-    from onnxprune.analyze import analyze
-    from onnxprune.calib import GeneratedSet, activation_spaces, activation_stats
-    from onnxprune.graph import build_view
-    from onnxprune.io import load_model, normalize
+    from onnxprune.analysis.groups import analyze
+    from onnxprune.scoring.calibration import GeneratedSet, activation_spaces, activation_stats
+    from onnxprune.analysis.graph import build_view
+    from onnxprune.model.store import load_model, normalize
 
     t0 = time.perf_counter()
     view = build_view(normalize(load_model(args.rss_model)), None)

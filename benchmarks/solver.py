@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxprune.solve import DEFAULT_RESOLUTION, discretize, pareto_items, solve_group_knapsack  # noqa: E402
-from onnxprune.spscore import cumulative_keep_values, sp_lamp_scores  # noqa: E402
+from onnxprune.planning.knapsack import DEFAULT_RESOLUTION, discretize, pareto_items, solve_group_knapsack  # noqa: E402
+from onnxprune.scoring.lamp import cumulative_keep_values, sp_lamp_scores  # noqa: E402
 
 
 def latency_curve(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """onnxprune: structured pruning of ONNX models, verified against a mask oracle."""
-from .analyze import Analysis, ChannelGroup, Member, analyze
-from .api import PruneResult, analyze_model, prune, save
-from .errors import OnnxPruneError, VerificationError
+from onnxprune.analysis.groups import Analysis, ChannelGroup, Member, analyze
+from onnxprune.api import PruneResult, analyze_model, prune, save
+from onnxprune.errors import OnnxPruneError, VerificationError
 
 __version__ = "0.1.0"
 __all__ = ["Analysis", "ChannelGroup", "Member", "OnnxPruneError", "PruneResult", "VerificationError", "analyze",

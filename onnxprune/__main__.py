@@ -1,6 +1,6 @@
 """`python -m onnxprune ...` is the `onnxprune` command."""
 import sys
 
-from .cli import main
+from onnxprune.cli import main
 
 sys.exit(main())

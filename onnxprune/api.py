@@ -12,17 +12,17 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .analyze import Analysis, analyze
-from .cost import total_macs, total_params, uncounted_mac_nodes
-from .errors import InternalError, OnnxPruneError, VerificationError, first_line
-from .graph import build_view, random_feeds
-from .io import (check_model_light, custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes,
+from onnxprune.analysis.groups import Analysis, analyze
+from onnxprune.profiling.cost import total_macs, total_params, uncounted_mac_nodes
+from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, first_line
+from onnxprune.analysis.graph import build_view, random_feeds
+from onnxprune.model.store import (check_model_light, custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes,
                  requantize_weights, sanitized, save_model, validate_model, with_batch)
-from .oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
-from .report import GroupReport, ModelStats, Progress, Report
-from .rewrite import rewrite
-from .score import score_groups
-from .select import keep_every_member, select_by_ratio
+from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
+from onnxprune.report.summary import GroupReport, ModelStats, Progress, Report
+from onnxprune.transform.rewrite import rewrite
+from onnxprune.scoring.registry import score_groups
+from onnxprune.planning.ratio import keep_every_member, select_by_ratio
 
 
 @dataclass
@@ -79,7 +79,7 @@ def check_prune_args(*, ratio, ratio_dw, budgets: dict, round_to, stages, latenc
         raise OnnxPruneError(f"stages must be an integer >= 1, got {stages!r}")
     if stages > 1 and not given:
         raise OnnxPruneError("--stages applies to budgets, not to --ratio")
-    from .budget import KNAPSACK_VALUES
+    from onnxprune.planning.budget import KNAPSACK_VALUES
 
     if knapsack_value not in KNAPSACK_VALUES:
         raise OnnxPruneError(f"knapsack value must be one of {', '.join(KNAPSACK_VALUES)}, got {knapsack_value!r}")
@@ -107,7 +107,7 @@ def check_per_position(compensate: str, spec) -> None:
 
 
 def unmatched_excludes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
-    from .analyze import _excluded
+    from onnxprune.analysis.groups import _excluded
 
     return [p for p in patterns if not any(_excluded(n, [p]) for n in model.graph.node)]
 
@@ -143,7 +143,7 @@ def group_reports(analysis: Analysis, kept: dict[int, np.ndarray] | None = None)
 def model_stats(model: onnx.ModelProto, input_shapes, file_bytes: bool = False) -> ModelStats:
     """MACs, params, peak memory (and with ``file_bytes`` the serialized size: a full pass over a large
     model's weights, so only where it is reported)."""
-    from .cost import peak_memory
+    from onnxprune.profiling.cost import peak_memory
 
     v = build_view(model, input_shapes)
     return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model.ByteSize() if file_bytes else None,
@@ -153,7 +153,7 @@ def model_stats(model: onnx.ModelProto, input_shapes, file_bytes: bool = False) 
 def measure(models: list[onnx.ModelProto], input_shapes, *, provider="cpu", threads=None,
             time_budget_s: float = 6.0) -> list[float]:
     """Median latency (ms) of each model, measured side by side in one process."""
-    from .latency import measure_latencies
+    from onnxprune.profiling.timing import measure_latencies
 
     feeds = random_feeds(models[0], seed=0, input_shapes=input_shapes)
     stats = measure_latencies([m.SerializeToString() for m in models], feeds, provider=provider,
@@ -162,7 +162,7 @@ def measure(models: list[onnx.ModelProto], input_shapes, *, provider="cpu", thre
 
 
 def _budget_spec(budget, macs, params, peak_memory):
-    from .budget import BudgetSpec, parse_budget_spec
+    from onnxprune.planning.budget import BudgetSpec, parse_budget_spec
 
     given = [(k, v) for k, v in (("latency", budget), ("macs", macs), ("params", params),
                                  ("peak_memory", peak_memory)) if v is not None]
@@ -229,13 +229,13 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     view = build_view(norm, shapes)
     analysis = analyze(view, exclude=exclude, heads=heads, embed_dim=embed_dim)
     # -- calibration data and compensation mode (issue #4) --
-    from .calib import load_calib, resolve_compensate
-    from .score import ScoreContext
+    from onnxprune.scoring.calibration import load_calib, resolve_compensate
+    from onnxprune.scoring.registry import ScoreContext
 
     calib_set = load_calib(calib, norm, batch_size=calib_batch, limit=calib_limit, preprocess=preprocess)
     compensate = resolve_compensate(compensate, scorer, calib_set is not None)
     if per_position:
-        from .compensate import check_static_positions
+        from onnxprune.transform.compensate import check_static_positions
 
         check_per_position(compensate, _budget_spec(budget, macs, params, peak_memory))
         check_static_positions(norm)  # before any work: the written model keeps these inputs
@@ -252,13 +252,13 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
         kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank,
                                round_to=round_to)
     else:
-        from .budget import plan_for_budget
+        from onnxprune.planning.budget import plan_for_budget
 
         plan_kw = dict(original=m, provider=provider, threads=threads, round_to=round_to, knapsack_value=knapsack_value,
                        latency_model=latency_model, cache_dir=cache_dir, use_cache=use_cache,
                        latency_cmd=latency_cmd, progress=progress)
         if stages > 1:
-            from .budget import plan_in_stages
+            from onnxprune.planning.budget import plan_in_stages
 
             def reanalyze(model):
                 return analyze(build_view(model, view.input_shapes), exclude=exclude, heads=heads, embed_dim=embed_dim)
@@ -360,7 +360,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
 
     if compensate != "none" and kept:
         progress.start("compensate", compensate)
-        from .compensate import apply_compensation
+        from onnxprune.transform.compensate import apply_compensation
 
         pruned, comp, comp_check = apply_compensation(analysis, kept, pruned, score_ctx, compensate, check=verify,
                                                       positions=per_position)
@@ -379,7 +379,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
             report.baseline.latency_note = "not measured: custom ops have no ONNX Runtime kernel"
         else:
             if latency_cmd:
-                from .latency_cmd import measure_with_command
+                from onnxprune.profiling.latency_cmd import measure_with_command
 
                 base_ms, pruned_ms = (measure_with_command(latency_cmd, x) for x in (m, pruned))
                 report.baseline.latency_note = "measured by --latency-cmd"

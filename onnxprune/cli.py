@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import InternalError, OnnxPruneError
+from onnxprune.errors import InternalError, OnnxPruneError
 
 COMMANDS = ("prune", "analyze", "profile")
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ratio for groups that pass through depthwise convs (DEPrune DW/PW setting)")
     p.add_argument("--global", dest="global_rank", action="store_true",
                    help="rank channels across groups (scores normalized by group mean) instead of per group")
-    from .score import SCORERS
+    from onnxprune.scoring.registry import SCORERS
 
     p.add_argument("--scorer", default="l2", choices=sorted(SCORERS), help="channel importance (default l2)")
     # -- calibration and training-free recovery (issue #4) --
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (main() called from a user's worker thread)
         pass
-    from .report import Progress
+    from onnxprune.report.summary import Progress
 
     args.progress = Progress(enabled=not args.quiet)
     try:
@@ -161,14 +161,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prune(args) -> int:
-    from .api import prune, save
-    from .io import _same_path, check_not_input_file
+    from onnxprune.api import prune, save
+    from onnxprune.model.store import _same_path, check_not_input_file
     from pathlib import Path
 
     budgets = [b for b in (args.budget, args.macs, args.params, args.peak_memory) if b is not None]
     if args.ratio is None and not budgets:
         raise OnnxPruneError("nothing to do: give --ratio (e.g. --ratio 0.3) or a budget (--budget 0.6x, --macs 50%)")
-    from .api import check_prune_args
+    from onnxprune.api import check_prune_args
 
     check_prune_args(ratio=args.ratio, ratio_dw=args.ratio_dw,
                      budgets=dict(budget=args.budget, macs=args.macs, params=args.params,
@@ -186,7 +186,7 @@ def _prune(args) -> int:
             if _same_path(Path(args.report), f):
                 raise OnnxPruneError("--report is the output model path: give the report its own file")
     if args.plot:
-        from .plot import check_plot_path
+        from onnxprune.report.plot import check_plot_path
 
         check_plot_path(args.plot)
         _check_side_output(args.plot, args.input, "--plot")
@@ -212,7 +212,7 @@ def _prune(args) -> int:
     if args.report:
         res.report.write_json(args.report)
     if args.plot:
-        from .plot import plot_report
+        from onnxprune.report.plot import plot_report
 
         plot_report(res.report, args.plot)
     print(f"pruned {args.input} -> {args.output}")
@@ -223,10 +223,10 @@ def _prune(args) -> int:
 def _analyze(args) -> int:
     import json
 
-    from .api import analyze_model, group_reports, measure, model_stats
-    from .cost import uncounted_mac_nodes
-    from .io import custom_ops
-    from .report import _si
+    from onnxprune.api import analyze_model, group_reports, measure, model_stats
+    from onnxprune.profiling.cost import uncounted_mac_nodes
+    from onnxprune.model.store import custom_ops
+    from onnxprune.report.summary import _si
 
     progress = args.progress
     if args.json:
@@ -271,8 +271,8 @@ def _profile(args) -> int:
     import json
     import time
 
-    from .api import analyze_model
-    from .profile import build_latency_table, default_cache_dir
+    from onnxprune.api import analyze_model
+    from onnxprune.profiling.latency_table import build_latency_table, default_cache_dir
 
     if args.json:
         _check_side_output(args.json, args.input, "--json")
@@ -308,7 +308,7 @@ def _profile(args) -> int:
 
 
 def _check_side_output(path, input_path, what: str) -> None:
-    from .io import check_not_input_file, check_writable_file
+    from onnxprune.model.store import check_not_input_file, check_writable_file
 
     check_not_input_file(path, input_path, what)
     check_writable_file(path, what)

@@ -9,7 +9,7 @@ import pytest
 from helpers import GraphBuilder
 
 from onnxprune import OnnxPruneError, prune
-from onnxprune.select import select_by_ratio
+from onnxprune.planning.ratio import select_by_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2 = str(ROOT / "models" / "onnx" / "mobilenetv2.ts.onnx")
@@ -37,7 +37,7 @@ def test_round_to_applies_to_ratio_pruning():
 
 def test_ratio_dw_with_global_ranks_depthwise_groups_apart():
     from onnxprune.api import analyze_model
-    from onnxprune.score import score_groups
+    from onnxprune.scoring.registry import score_groups
 
     a = analyze_model(MBV2)
     scores = score_groups(a, "l2")
@@ -107,7 +107,7 @@ def test_latency_budget_on_custom_op_model_says_what_to_do():
 def test_default_shapes_find_the_spatial_axes(dims, want):
     from onnx import TensorProto, helper
 
-    from onnxprune.io import graph_input_shapes
+    from onnxprune.model.store import graph_input_shapes
 
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from onnxprune import OnnxPruneError, prune
-from onnxprune.analyze import ChannelGroup
-from onnxprune.budget import group_choices, kept_for, meet_budget, parse_budget_spec
+from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.planning.budget import group_choices, kept_for, meet_budget, parse_budget_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2 = str(ROOT / "models" / "onnx" / "mobilenetv2.ts.onnx")
@@ -161,7 +161,7 @@ def test_one_budget_at_a_time():
 
 
 def test_round_to_auto_keeps_widest_width_of_a_latency_step():
-    from onnxprune.budget import snap_to_steps, solve_budget
+    from onnxprune.planning.budget import snap_to_steps, solve_budget
 
     g = _group(0, 8)
     (c,) = group_choices([g], {0: np.arange(8.0)})
@@ -188,8 +188,8 @@ def test_recurrent_macs_are_counted(op, gates, layout):
     (no channel rule) but its MACs belong in the totals a --macs budget is a share of."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxprune.cost import total_macs
-    from onnxprune.graph import build_view
+    from onnxprune.profiling.cost import total_macs
+    from onnxprune.analysis.graph import build_view
 
     seq, batch, inp, hid, dirs = 7, 2, 5, 6, 2
     rng = np.random.default_rng(0)
@@ -207,8 +207,8 @@ def test_knapsack_value_members_weights_groups_by_their_weight_members():
     """--knapsack-value members: a group's LAMP values times its number of weight members (a residual
     stream feeding many layers is worth more than a channel inside one block)."""
     from onnxprune.api import analyze_model, check_prune_args
-    from onnxprune.budget import group_choices
-    from onnxprune.score import score_groups
+    from onnxprune.planning.budget import group_choices
+    from onnxprune.scoring.registry import score_groups
 
     a = analyze_model(str(ROOT / "models" / "onnx" / "resnet18.ts.onnx"))
     scores = score_groups(a, "l2")

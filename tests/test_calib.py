@@ -9,7 +9,7 @@ import onnx
 import pytest
 from helpers import GraphBuilder
 
-from onnxprune.calib import CalibSet, load_calib, parse_preprocess, read_pnm
+from onnxprune.scoring.calibration import CalibSet, load_calib, parse_preprocess, read_pnm
 from onnxprune.errors import OnnxPruneError
 
 
@@ -120,7 +120,7 @@ def test_non_finite_calibration_is_refused(tmp_path):
 
 
 def test_oracle_comparison_does_not_skip_nan():
-    from onnxprune.oracle import _max_abs_diff
+    from onnxprune.verify.oracle import _max_abs_diff
 
     a = np.array([1.0, 2.0, np.nan, np.inf])
     assert _max_abs_diff(a, a.copy()) == 0.0  # the same NaN/Inf in both: equal
@@ -142,7 +142,7 @@ def _argmax_model(bias):
 
 
 def test_integer_outputs_are_compared_exactly_and_do_not_set_the_scale():
-    from onnxprune.oracle import compare_models
+    from onnxprune.verify.oracle import compare_models
 
     feeds = [{"x": np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]], np.float32)}]
     same = compare_models(_argmax_model([0, 0, 0, 0]), _argmax_model([0, 0, 0, 0]), feeds)

@@ -11,10 +11,10 @@ import pytest
 from helpers import GraphBuilder
 
 from onnxprune import prune
-from onnxprune.calib import FeedList, activation_stats
-from onnxprune.compensate import compensation_spaces, mean_substituted_model
+from onnxprune.scoring.calibration import FeedList, activation_stats
+from onnxprune.transform.compensate import compensation_spaces, mean_substituted_model
 from onnxprune.errors import OnnxPruneError
-from onnxprune.oracle import masked_model
+from onnxprune.verify.oracle import masked_model
 
 
 def run(model, x):
@@ -192,7 +192,7 @@ def test_mean_compensation_leaves_out_groups_through_a_channel_layernorm():
     so) and stays exact against the mean-substituted original on the groups it does compensate."""
     from pathlib import Path
 
-    from onnxprune.compensate import channel_normalized_groups
+    from onnxprune.transform.compensate import channel_normalized_groups
 
     path = Path(__file__).resolve().parents[1] / "models" / "onnx" / "convnext.ts.onnx"
     x = data((3, 64, 64), n=4)
@@ -231,7 +231,7 @@ def test_every_fixture_compensates(fx):
     """vbp + mean and vbp + lstsq at 40% on every fixture (heads too for transformers): the pruned
     model passes the oracle, the compensated one the ONNX checker, and it runs to finite outputs."""
     from onnxprune.api import analyze_model
-    from onnxprune.graph import random_feeds
+    from onnxprune.analysis.graph import random_feeds
 
     heads = fx["name"].split(".")[0] in ("vit", "bert")
     a = analyze_model(fx["file"], input_shapes=fx.get("input_shapes"))

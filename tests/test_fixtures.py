@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxprune import analyze_model, prune
-from onnxprune.graph import random_feeds
+from onnxprune.analysis.graph import random_feeds
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "models" / "fixtures.json"
@@ -132,8 +132,8 @@ def test_transformer_fixture_uneven_heads(fx):
     the global ranking through the whole pipeline does too."""
     import numpy as np
 
-    from onnxprune.oracle import compare_models, masked_model
-    from onnxprune.rewrite import rewrite
+    from onnxprune.verify.oracle import compare_models, masked_model
+    from onnxprune.transform.rewrite import rewrite
 
     a = analyze_model(str(ROOT / fx["file"]), input_shapes=_shapes(fx), heads=True)
     heads = [g for g in a.prunable_groups if g.kind == "heads"]

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.latency import (Budget, LatencyError, LatencyStats, make_session, measure_latencies,
+from onnxprune.profiling.timing import (Budget, LatencyError, LatencyStats, make_session, measure_latencies,
                                parse_budget, parse_latency_output)
 
 ROWS, DIM = 64, 256

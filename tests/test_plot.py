@@ -10,7 +10,7 @@ pytest.importorskip("matplotlib")
 
 from onnxprune import prune  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
-from onnxprune.plot import plot_report  # noqa: E402
+from onnxprune.report.plot import plot_report  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -12,8 +12,8 @@ import pytest
 from helpers import GraphBuilder
 
 from onnxprune import prune
-from onnxprune.calib import FeedList, activation_stats
-from onnxprune.compensate import compensation_spaces, mean_substituted_model, position_fill
+from onnxprune.scoring.calibration import FeedList, activation_stats
+from onnxprune.transform.compensate import compensation_spaces, mean_substituted_model, position_fill
 from onnxprune.errors import OnnxPruneError
 
 

@@ -128,7 +128,7 @@ def test_int8_weights_stay_int8(weights, act):
     # ORT's optimizer off, which would otherwise fuse Q/DQ + Conv into integer kernels)
     import onnxruntime as ort
 
-    from onnxprune.rewrite import rewrite
+    from onnxprune.transform.rewrite import rewrite
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -144,8 +144,8 @@ def test_int8_weights_stay_int8(weights, act):
 def test_weights_moved_by_compensation_are_requantized_or_kept_float(change):
     """A weight moved off its grid (as compensation does) goes back onto it with its own scales; one
     that left the integer range of its scale is kept float. Both with a note."""
-    from onnxprune.io import requantize_weights
-    from onnxprune.rewrite import rewrite
+    from onnxprune.model.store import requantize_weights
+    from onnxprune.transform.rewrite import rewrite
 
     res = _prune(qdq_net(act=None, weights="int8-channel"))
     pruned = rewrite(res.analysis, res.kept)

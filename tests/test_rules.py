@@ -14,8 +14,8 @@ import pytest
 from helpers import GraphBuilder, assert_prunes, group_at
 
 from onnxprune import analyze, analyze_model, prune
-from onnxprune.graph import build_view
-from onnxprune.io import normalize
+from onnxprune.analysis.graph import build_view
+from onnxprune.model.store import normalize
 
 IMG = {"x": [2, 3, 8, 8]}
 
@@ -749,9 +749,9 @@ def test_exclude_freezes_groups_the_node_touches():
 def _rewrite_and_verify(model, shapes, choose):
     """Analyze, keep the channels `choose(analysis)` picks per group ({group id: kept positions},
     non-uniform on purpose), rewrite, and check the result against the mask oracle."""
-    from onnxprune.graph import random_feeds
-    from onnxprune.oracle import compare_models, masked_model
-    from onnxprune.rewrite import rewrite
+    from onnxprune.analysis.graph import random_feeds
+    from onnxprune.verify.oracle import compare_models, masked_model
+    from onnxprune.transform.rewrite import rewrite
 
     view = build_view(normalize(model), shapes)
     a = analyze(view)
@@ -859,7 +859,7 @@ def numpy_helper_to_array(t):
 def test_ratio_applies_to_the_free_channels_of_a_partly_frozen_group():
     """Concat of the model input (frozen) with a conv: --ratio 0.25 removes a quarter of the conv's
     channels, not a quarter of the whole concatenated axis."""
-    from onnxprune.select import n_remove
+    from onnxprune.planning.ratio import n_remove
 
     assert n_remove(40, 8, 0.25) == 2 and n_remove(40, 8, 0.9) == 7 and n_remove(8, 8, 1.0) == 7
     b = GraphBuilder()

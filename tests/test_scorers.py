@@ -13,11 +13,11 @@ from helpers import GraphBuilder, group_at
 from onnx import helper
 
 from onnxprune import analyze_model
-from onnxprune.graph import random_feeds
-from onnxprune.calib import CalibSet, FeedList, activation_spaces, activation_stats
-from onnxprune.score import SCORERS, ScoreContext, magnitude_scores, score_groups
-from onnxprune.scorers import consumer_weight_spaces, sp_lamp_saliency
-from onnxprune.spscore import sp_lamp_scores
+from onnxprune.analysis.graph import random_feeds
+from onnxprune.scoring.calibration import CalibSet, FeedList, activation_spaces, activation_stats
+from onnxprune.scoring.registry import SCORERS, ScoreContext, magnitude_scores, score_groups
+from onnxprune.scoring.scorers import consumer_weight_spaces, sp_lamp_saliency
+from onnxprune.scoring.lamp import sp_lamp_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = ["l1", "l2", "sp-lamp", "saliency", "bn-scale", "vbp", "random"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from helpers import GraphBuilder, assert_prunes
 
-from onnxprune.graph import build_view
-from onnxprune.rules.shape import _shape_entry
+from onnxprune.analysis.graph import build_view
+from onnxprune.analysis.rules.shape import _shape_entry
 
 I64_MIN = np.iinfo(np.int64).min
 

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxprune.solve import (KnapsackSolution, discretize, pareto_items, solve_discrete,
+from onnxprune.planning.knapsack import (KnapsackSolution, discretize, pareto_items, solve_discrete,
                              solve_group_knapsack)
 
 

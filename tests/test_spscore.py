@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune.spscore import cumulative_keep_values, sp_lamp_scores
+from onnxprune.scoring.lamp import cumulative_keep_values, sp_lamp_scores
 
 
 def reference(s):

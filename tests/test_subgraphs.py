@@ -10,8 +10,8 @@ from helpers import GraphBuilder, assert_prunes, group_at, ort_run
 from onnx import TensorProto, helper
 
 from onnxprune import analyze_model
-from onnxprune.graph import build_view, subgraph_outer_refs
-from onnxprune.oracle import compare_models, masked_model
+from onnxprune.analysis.graph import build_view, subgraph_outer_refs
+from onnxprune.verify.oracle import compare_models, masked_model
 
 IMG = {"x": [1, 3, 8, 8]}
 

@@ -1,0 +1,1 @@
+"""Stage 2: the graph view and the channel groups found by the per-op rules."""

@@ -1,0 +1,193 @@
+"""A read-only view of a normalized model for the analyzer: producers, consumers, constants, shapes.
+
+Shapes come from ONNX shape inference on a copy with concrete input shapes; tensors that inference
+leaves unknown are measured by one ONNX Runtime run with them exposed as outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.model.store import graph_input_shapes, infer_shapes_light, opset_version, with_fixed_input_shapes
+
+ONNX_TO_NP = {k: helper.tensor_dtype_to_np_dtype(k) for k in (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64,
+    onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.BOOL,
+    onnx.TensorProto.INT16)}
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+@dataclass
+class GraphView:
+    model: onnx.ModelProto
+    input_shapes: dict[str, list[int]]
+    nodes: list[onnx.NodeProto] = field(init=False)
+    producer: dict[str, int] = field(init=False)
+    consumers: dict[str, list[tuple[int, int]]] = field(init=False)
+    consts: dict[str, np.ndarray] = field(init=False)
+    shapes: dict[str, tuple[int, ...]] = field(init=False)
+    dtypes: dict[str, int] = field(init=False)
+    inputs: list[str] = field(init=False)
+    outputs: list[str] = field(init=False)
+    opset: int = field(init=False)
+    # node index -> outer-scope tensors its subgraphs (If/Loop/Scan bodies) read without listing
+    # them as inputs; they are also in `consumers` with slot -1
+    implicit: dict[int, list[str]] = field(init=False)
+
+    def __post_init__(self):
+        g = self.model.graph
+        self.nodes = list(g.node)
+        self.opset = opset_version(self.model)
+        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.inputs = [i.name for i in g.input if i.name not in self.consts]
+        self.outputs = [o.name for o in g.output]
+        self.producer, self.consumers, self.implicit = {}, {}, {}
+        for k, n in enumerate(self.nodes):
+            for t in n.output:
+                if t:
+                    self.producer[t] = k
+            for s, t in enumerate(n.input):
+                if t:
+                    self.consumers.setdefault(t, []).append((k, s))
+            # a tensor read inside a subgraph is an input of the node like any other: whatever
+            # touches its channels must see this node as a consumer (slot -1: no input slot)
+            refs = [t for t in subgraph_outer_refs(n, set(self.consts)) if t not in set(n.input)]
+            if refs:
+                self.implicit[k] = refs
+                for t in refs:
+                    self.consumers.setdefault(t, []).append((k, -1))
+        self._infer_shapes()
+
+    # --- shapes -------------------------------------------------------------------------------
+    def _infer_shapes(self):
+        fixed = with_fixed_input_shapes(self.model, self.input_shapes)
+        self.shapes, self.dtypes = {}, {}
+        try:
+            inferred = infer_shapes_light(fixed, data_prop=True)
+        except Exception:
+            inferred = fixed
+        g = inferred.graph
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            tt = vi.type.tensor_type
+            if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+                self.shapes[vi.name] = tuple(d.dim_value for d in tt.shape.dim)
+            if tt.elem_type:
+                self.dtypes[vi.name] = tt.elem_type
+        for name, arr in self.consts.items():
+            self.shapes[name] = tuple(arr.shape)
+        missing = [t for n in self.nodes for t in n.output if t and t not in self.shapes]
+        if missing:
+            self._measure_shapes(fixed, missing)
+
+    def _measure_shapes(self, fixed: onnx.ModelProto, missing: list[str]):
+        from onnxprune.model.store import run_light
+
+        try:
+            outs = run_light(fixed, missing, [random_feeds(self, seed=0)])[0]
+        except Exception:
+            return  # rules that need a missing shape treat the node as opaque
+        for t, v in outs.items():
+            self.shapes[t] = tuple(np.asarray(v).shape)
+
+    # --- helpers for rules --------------------------------------------------------------------
+    def shape(self, t: str) -> tuple[int, ...] | None:
+        return self.shapes.get(t)
+
+    def const(self, t: str) -> np.ndarray | None:
+        return self.consts.get(t)
+
+    def node_label(self, k: int) -> str:
+        n = self.nodes[k]
+        return f"{n.op_type} '{n.name}'" if n.name else f"{n.op_type} #{k}"
+
+    def nx_graph(self) -> nx.DiGraph:
+        """Op graph (node indices) for ordering and reporting."""
+        g = nx.DiGraph()
+        g.add_nodes_from(range(len(self.nodes)))
+        for t, k in self.producer.items():
+            for c, _ in self.consumers.get(t, []):
+                g.add_edge(k, c, tensor=t)
+        return g
+
+
+def subgraph_outer_refs(node: onnx.NodeProto, outer_consts: set[str] = frozenset()) -> list[str]:
+    """Names the node's subgraphs (If branches, Loop/Scan bodies, nested at any depth) read from an
+    enclosing scope: used inside but not defined there (no input, initializer or node output).
+    A subgraph initializer named like one of `outer_consts` counts as a read of the outer one:
+    graphsurgeon's cleanup (normalize) copies outer initializers into the subgraphs that use them,
+    and rewriting the outer one rewrites that copy too (same name, one tensor)."""
+    refs: set[str] = set()
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            refs |= _free_names(a.g, outer_consts)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            for g in a.graphs:
+                refs |= _free_names(g, outer_consts)
+    return sorted(refs)
+
+
+def _free_names(g: onnx.GraphProto, outer_consts) -> set[str]:
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer if t.name not in outer_consts}
+    defined |= {t.values.name for t in g.sparse_initializer}
+    used = {o.name for o in g.output} | {t.name for t in g.initializer if t.name in outer_consts}
+    for n in g.node:
+        defined.update(o for o in n.output if o)
+        used.update(i for i in n.input if i)
+        used.update(subgraph_outer_refs(n, outer_consts))
+    return used - defined
+
+
+def random_feeds(view_or_model, seed: int = 0, input_shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs for a model: floats ~ N(0,1); integer inputs that index an embedding table get
+    valid indices, other integer inputs (masks, flags) get ones."""
+    view = view_or_model if isinstance(view_or_model, GraphView) else None
+    model = view.model if view else view_or_model
+    shapes = view.input_shapes if view else graph_input_shapes(model, input_shapes)
+    # constant shapes only (embedding rows): never convert a large model's weights for this
+    consts = ({k: tuple(v.shape) for k, v in view.consts.items()} if view
+              else {t.name: tuple(t.dims) for t in model.graph.initializer})
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in model.graph.input:
+        if i.name in consts:
+            continue
+        et = i.type.tensor_type.elem_type
+        dtype = helper.tensor_dtype_to_np_dtype(et)
+        shape = shapes[i.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[i.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[i.name] = np.ones(shape, dtype=bool)
+        else:
+            high = _embedding_rows(model, i.name, consts)
+            feeds[i.name] = (rng.integers(0, high, size=shape) if high else np.ones(shape)).astype(dtype)
+    return feeds
+
+
+def _embedding_rows(model, name, consts) -> int | None:
+    for n in model.graph.node:
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == name and n.input[0] in consts:
+            return consts[n.input[0]][attr(n, "axis", 0)]
+        if n.op_type == "EmbedLayerNormalization" and name in n.input[:2]:  # ORT's fused BERT embeddings
+            table = n.input[2] if n.input[0] == name else (n.input[4] if len(n.input) > 4 else "")
+            if table in consts:
+                return consts[table][0]
+    return None
+
+
+def build_view(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> GraphView:
+    shapes = graph_input_shapes(model, input_shapes)
+    if not model.graph.node:
+        raise OnnxPruneError("model has no nodes")
+    return GraphView(model, shapes)

@@ -1,0 +1,1 @@
+"""Stage 5: which channels to keep: ratios, budgets, knapsack solvers."""

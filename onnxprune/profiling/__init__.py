@@ -1,0 +1,1 @@
+"""Stage 4: latency measured on the runtime, latency tables and models, analytic costs."""

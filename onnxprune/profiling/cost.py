@@ -1,0 +1,167 @@
+"""Analytic costs from static shapes: MACs of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN, parameter count."""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune.analysis.graph import GraphView, attr
+
+
+def node_macs(view: GraphView, k: int) -> int:
+    n = view.nodes[k]
+    op = n.op_type
+    try:
+        if op == "Conv":
+            w = view.shape(n.input[1])
+            y = view.shape(n.output[0])
+            return int(np.prod(y, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+        if op == "ConvTranspose":
+            w = view.shape(n.input[1])
+            x = view.shape(n.input[0])
+            return int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+        if op == "Gemm":
+            a = view.shape(n.input[0])
+            k_dim = a[0] if attr(n, "transA", 0) else a[1]
+            y = view.shape(n.output[0])
+            return int(y[0] * y[1] * k_dim)
+        if op == "MatMul":
+            a = view.shape(n.input[0])
+            y = view.shape(n.output[0])
+            return int(np.prod(y, dtype=np.int64) * a[-1])
+        if op in ("LSTM", "GRU", "RNN"):
+            # every step of every sequence: W (dirs, gates*hidden, input) and R (dirs, gates*hidden, hidden)
+            x, w, r = (view.shape(t) for t in n.input[:3])
+            return int(np.prod(x[:2], dtype=np.int64) * (np.prod(w, dtype=np.int64) + np.prod(r, dtype=np.int64)))
+    except (TypeError, IndexError):
+        return 0
+    return 0
+
+
+def total_macs(view: GraphView) -> int:
+    return int(sum(node_macs(view, k) for k in range(len(view.nodes))))
+
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
+
+
+def uncounted_mac_nodes(view: GraphView) -> list[str]:
+    """Conv/Gemm/MatMul nodes whose shapes are unknown (e.g. behind a custom op without declared
+    output shapes): their MACs are missing from total_macs."""
+    return [view.node_label(k) for k, n in enumerate(view.nodes)
+            if n.op_type in MAC_OPS and any(view.shape(t) is None for t in (*n.input[:2], n.output[0]) if t)]
+
+
+def total_params(view: GraphView) -> int:
+    """Elements of floating-point initializers (shape constants and indices are not parameters)."""
+    return int(sum(a.size for a in view.consts.values() if np.issubdtype(a.dtype, np.floating)))
+
+
+# --- how costs scale when channel groups shrink ---------------------------------------------------
+# A node's MACs scale with the kept fraction of each weight axis it owns (Conv W[0] and W[1], Gemm
+# in/out); nodes without weights (attention MatMuls) scale with the groups of their channel axes.
+# Parameters scale per weight axis, activations per channel axis. Exact for uniform maps, a first
+# order estimate for Concat groups (the fraction of the whole group stands in for each part).
+
+def _space_groups(analysis, tensor: str) -> list[int]:
+    shape = analysis.view.shape(tensor) or ()
+    return [analysis.space_group[(tensor, a)] for a in range(len(shape)) if (tensor, a) in analysis.space_group]
+
+
+def macs_terms(analysis) -> list[tuple[int, list[int]]]:
+    """(base MACs, group ids whose kept fraction multiplies it) for every MAC-carrying node."""
+    view = analysis.view
+    terms = []
+    for k, n in enumerate(view.nodes):
+        base = node_macs(view, k)
+        if not base:
+            continue
+        weights = [i for i in n.input[1:2] if i in view.consts]
+        if weights:
+            gids = _space_groups(analysis, weights[0])
+        else:
+            gids = sorted({g for t in list(n.input) + list(n.output) if t for g in _space_groups(analysis, t)})
+        terms.append((base, gids))
+    return terms
+
+
+def params_terms(analysis) -> list[tuple[int, list[int]]]:
+    view = analysis.view
+    return [(int(a.size), _space_groups(analysis, t)) for t, a in view.consts.items()
+            if np.issubdtype(a.dtype, np.floating)]
+
+
+def activation_terms(analysis) -> dict[str, tuple[int, list[int]]]:
+    """Bytes of every activation at full width and the groups that scale it (`analysis` may also be
+    a plain GraphView: then nothing scales)."""
+    view = getattr(analysis, "view", analysis)
+    out = {}
+    for t in list(view.inputs) + [o for n in view.nodes for o in n.output if o]:
+        s = view.shape(t)
+        if s is None:
+            continue
+        itemsize = np.dtype(_np_dtype(view.dtypes.get(t, 1))).itemsize
+        out[t] = (int(np.prod(s, dtype=np.int64)) * itemsize,
+                  _space_groups(analysis, t) if hasattr(analysis, "space_group") else [])
+    return out
+
+
+def _np_dtype(et):
+    from onnx import helper
+
+    try:
+        return helper.tensor_dtype_to_np_dtype(et)
+    except Exception:
+        return np.float32
+
+
+def scaled_total(terms, fractions: dict[int, float]) -> float:
+    total = 0.0
+    for base, gids in terms:
+        f = 1.0
+        for g in gids:
+            f *= fractions.get(g, 1.0)
+        total += base * f
+    return total
+
+
+def live_intervals(view) -> dict[str, tuple[int, int]]:
+    """Step at which each activation is produced and the last step that reads it (graph outputs
+    live to the end). Inputs are produced at step -1."""
+    last = len(view.nodes)
+    spans = {t: (-1, -1) for t in view.inputs}
+    for k, n in enumerate(view.nodes):
+        for o in n.output:
+            if o:
+                spans[o] = (k, k)
+        for i in n.input:
+            if i in spans:
+                spans[i] = (spans[i][0], k)
+    for o in view.outputs:
+        if o in spans:
+            spans[o] = (spans[o][0], last)
+    return spans
+
+
+def peak_memory(analysis, fractions: dict[int, float] | None = None) -> tuple[float, int]:
+    """Peak activation bytes of a topological execution (inputs, outputs and intermediate tensors
+    alive at once; weights excluded), as DEPrune reports it. Returns (bytes, step of the peak)."""
+    fractions = fractions or {}
+    acts = activation_terms(analysis)
+    view = getattr(analysis, "view", analysis)
+    spans = live_intervals(view)
+    n = len(view.nodes)
+    delta = np.zeros(n + 3)
+    for t, (start, end) in spans.items():
+        if t not in acts:
+            continue
+        size = scaled_total([acts[t]], fractions)
+        delta[start + 1] += size
+        delta[end + 2] -= size
+    usage = np.cumsum(delta)[: n + 2]
+    step = int(np.argmax(usage))
+    return float(usage[step]), step - 1
+
+
+def peak_terms(analysis, step: int) -> list[tuple[int, list[int]]]:
+    """Terms of the activations alive at `step`: a separable model of the peak around that step."""
+    acts = activation_terms(analysis)
+    return [acts[t] for t, (s, e) in live_intervals(analysis.view).items() if t in acts and s <= step <= e]

@@ -1,0 +1,1 @@
+"""Stage 7b: the report, its summary and plot."""

@@ -1,0 +1,1 @@
+"""Stage 3: channel importance (weight magnitudes, SP-LAMP, saliency, VBP) and calibration data."""

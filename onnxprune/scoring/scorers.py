@@ -1,0 +1,169 @@
+"""More scorers for the registry in score.py (imported there, so ``--scorer`` lists them):
+
+- ``sp-lamp``  SP-LAMP (Eq. 2-3): s_u = (producer mass) x (consumer mass), squared Frobenius norms of
+  the channel's weight slices; then ``spscore.sp_lamp_scores`` per group. Producer slices are weight
+  members on an output-channel axis (Conv W axis 0, Gemm/MatMul weight output axis, BN/bias/affine
+  vectors); consumer slices are weight members on an axis some node contracts (Conv W axis 1,
+  Gemm/MatMul weight input axis: the weight spaces in the same group as a node's ``mixes``).
+  A group with no consumer weight uses the producer term alone (Eq. 3), and vice versa.
+- ``saliency`` OCSPruner group saliency with local normalization: every weight member's per-channel
+  L2 norms are divided by that member's mean per-channel norm (so each member contributes on the
+  same scale whatever its size or magnitude), then averaged over the members.
+- ``bn-scale`` |gamma| of the group's BatchNormalization/InstanceNormalization/LayerNormalization
+  scale (summed when a group has several); without one (BN folded into the conv by the exporter)
+  it falls back to l2 and says so in ``ctx.notes``.
+- ``vbp``      variance-based pruning: per-channel activation variance at the group's mixing points
+  (activations entering Conv/Gemm/MatMul), one streaming pass over the calibration data
+  (``calib.activation_stats``); the statistics stay in ``ctx.cache`` for mean compensation.
+- ``random``   seeded uniform scores (a baseline).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune.analysis.groups import Analysis, ChannelGroup
+from onnxprune.scoring.calibration import activation_spaces, cached_stats
+from onnxprune.scoring.registry import ScoreContext, magnitude_scores, member_norms, register_scorer
+
+NORM_OPS = {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
+
+
+def consumer_weight_spaces(analysis: Analysis) -> set[tuple[str, int]]:
+    """Weight spaces on an axis that their node contracts (sums over): those in the same group as
+    one of the node's mixing spaces. Conv W axis 1 (mixes names only the activation X axis 1, W axis 1
+    joins its group), Gemm B's K axis, MatMul B's K axis, ConvTranspose W axis 0."""
+    cached = getattr(analysis, "_consumer_spaces", None)
+    if cached is not None:
+        return cached
+    view = analysis.view
+    out = set()
+    for k, res in analysis.node_results.items():
+        if not res.mixes:
+            continue
+        mixed_groups = {analysis.space_group.get(sp) for sp in res.mixes} - {None}
+        node = view.nodes[k]
+        for t in node.input:
+            if not t or t not in view.consts:
+                continue
+            for a in range(view.consts[t].ndim):
+                if analysis.space_group.get((t, a)) in mixed_groups:
+                    out.add((t, a))
+    analysis._consumer_spaces = out
+    return out
+
+
+def producer_consumer_mass(analysis: Analysis, group: ChannelGroup) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Sum of squared slice norms per canonical channel over producer and over consumer members."""
+    cons = consumer_weight_spaces(analysis)
+    prod_s, cons_s = np.zeros(group.size), np.zeros(group.size)
+    n_prod = n_cons = 0
+    for m in group.weights:
+        if (m.tensor, m.axis) in cons:
+            cons_s += member_norms(analysis, m, 2)
+            n_cons += 1
+        else:
+            prod_s += member_norms(analysis, m, 2)
+            n_prod += 1
+    return prod_s, cons_s, n_prod, n_cons
+
+
+def sp_lamp_saliency(analysis: Analysis, group: ChannelGroup) -> np.ndarray:
+    prod_s, cons_s, n_prod, n_cons = producer_consumer_mass(analysis, group)
+    if n_prod and n_cons:
+        return prod_s * cons_s
+    return prod_s if n_prod else cons_s
+
+
+@register_scorer("sp-lamp")
+def sp_lamp(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    from onnxprune.scoring.lamp import sp_lamp_scores
+
+    return {g.id: sp_lamp_scores(sp_lamp_saliency(ctx.analysis, g)) for g in ctx.groups}
+
+
+def saliency_scores(analysis: Analysis, group: ChannelGroup) -> np.ndarray:
+    """Local normalization: each member's per-channel L2 norms / their mean, averaged over members."""
+    total = np.zeros(group.size)
+    n = 0
+    for m in group.weights:
+        v = np.sqrt(member_norms(analysis, m, 2))
+        mu = v.mean()
+        if mu > 0:
+            total += v / mu
+            n += 1
+    return total / max(n, 1)
+
+
+@register_scorer("saliency")
+def saliency(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    return {g.id: saliency_scores(ctx.analysis, g) for g in ctx.groups}
+
+
+def norm_scale_members(analysis: Analysis, group: ChannelGroup):
+    """Weight members that are the scale (gamma) input of a normalization node."""
+    view = analysis.view
+    scales = set()
+    for n in view.nodes:
+        if n.op_type in NORM_OPS and len(n.input) > 1 and n.input[1] in view.consts:
+            scales.add(n.input[1])
+    return [m for m in group.weights if m.tensor in scales]
+
+
+@register_scorer("bn-scale")
+def bn_scale(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    out, fallback = {}, []
+    for g in ctx.groups:
+        members = norm_scale_members(ctx.analysis, g)
+        if not members:
+            out[g.id] = magnitude_scores(ctx.analysis, g, 2)
+            fallback.append(g.name)
+            continue
+        s = np.zeros(g.size)
+        for m in members:
+            s += member_norms(ctx.analysis, m, 1)  # |gamma| (a vector: L1 of each 1-element slice)
+        out[g.id] = s
+    if fallback:
+        shown = ", ".join(fallback[:5]) + (f" and {len(fallback) - 5} more" if len(fallback) > 5 else "")
+        ctx.notes.append(f"bn-scale: {len(fallback)} of {len(ctx.groups)} prunable groups have no "
+                         f"BatchNormalization/affine scale (folded into the conv by the exporter?): "
+                         f"scored with l2 instead ({shown})")
+    return out
+
+
+def vbp_scores(ctx: ScoreContext) -> tuple[dict[int, np.ndarray], list[str]]:
+    analysis = ctx.analysis
+    spaces = activation_spaces(analysis, ctx.groups)
+    stats = cached_stats(ctx, spaces)
+    out, missing = {}, []
+    by_group: dict[int, list] = {}
+    for sp in spaces:
+        by_group.setdefault(analysis.space_group[sp], []).append(sp)
+    for g in ctx.groups:
+        sps = by_group.get(g.id)
+        if not sps:
+            out[g.id] = magnitude_scores(analysis, g, 2)
+            missing.append(g.name)
+            continue
+        members = {(m.tensor, m.axis): m for m in g.members}
+        s = np.zeros(g.size)
+        for sp in sps:
+            s += stats[sp].pooled(members[sp].index_map, g.size).var
+        out[g.id] = s
+    return out, missing
+
+
+@register_scorer("vbp", needs_calib=True)
+def vbp(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Activation variance per canonical channel over batch and spatial/token positions, summed over
+    the group's mixing points (positions of a block map, e.g. Flatten into Gemm, are pooled)."""
+    out, missing = vbp_scores(ctx)
+    if missing:
+        ctx.notes.append(f"vbp: {len(missing)} prunable group(s) have no activation entering a "
+                         f"Conv/Gemm/MatMul: scored with l2 instead ({', '.join(missing[:5])})")
+    return out
+
+
+@register_scorer("random")
+def random_scores(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(ctx.seed)
+    return {g.id: rng.random(g.size) for g in ctx.groups}

@@ -1,0 +1,1 @@
+"""Stage 6: rewrite the graph, compensate removed channels."""

@@ -1,0 +1,1 @@
+"""Stage 7a: the mask oracle."""

@@ -1,0 +1,259 @@
+"""The mask oracle: the original model with removed channels zeroed where they enter a node that
+mixes channels (Conv/Gemm/MatMul inputs), and with channel-axis normalizations (LayerNorm over C,
+Softmax/Reduce over C) computed over the kept channels only. A correct rewrite equals it exactly
+(to float tolerance) on any input."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.analysis.groups import Analysis
+from onnxprune.errors import InternalError, OnnxPruneError, first_line
+from onnxprune.transform.rewrite import kept_positions
+
+
+def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | None = None) -> onnx.ModelProto:
+    """``fill``: optional {(tensor, axis): per-position values} put in place of zeros (the
+    mean-substituted oracle of mean compensation, see compensate.py)."""
+    view = analysis.view
+    pos = kept_positions(analysis, kept)
+    m = onnx.ModelProto()
+    m.CopyFrom(view.model)
+    g = m.graph
+    new_nodes, inits = [], []
+    masked: dict[tuple[str, int], str] = {}
+    uid = [0]
+
+    def name(base):
+        uid[0] += 1
+        return f"__oracle_{uid[0]}_{base}"
+
+    def mask_of(t, a):
+        if (t, a) in masked:
+            return masked[(t, a)]
+        r = len(view.shape(t))
+        mshape = [1] * r
+        mshape[a] = view.shape(t)[a]
+        mk = np.zeros(view.shape(t)[a], dtype=bool)
+        mk[pos[(t, a)]] = True
+        mn, zn, out = name("mask"), name("zero"), name(t)
+        zero = np.zeros((), dtype=_np_dtype(view, t))
+        if fill is not None and (t, a) in fill:
+            zero = np.asarray(fill[(t, a)])
+            # a per-channel vector, or a full [1, ...] map of per-position values (used as it is)
+            zero = (zero if zero.ndim == r else zero.reshape(mshape)).astype(_np_dtype(view, t))
+        if view.opset >= 9:  # Where: a removed channel holding inf/nan is zeroed too
+            inits.append(numpy_helper.from_array(mk.reshape(mshape), mn))
+            inits.append(numpy_helper.from_array(zero, zn))
+            new_nodes.append(helper.make_node("Where", [mn, t, zn], [out], name=name("Where")))
+        else:  # no Where before opset 9: multiply by a 0/1 mask
+            inits.append(numpy_helper.from_array(mk.reshape(mshape).astype(_np_dtype(view, t)), mn))
+            if zero.ndim:  # fill values: x * mask + fill * (1 - mask)
+                inits.append(numpy_helper.from_array((zero * ~mk.reshape(mshape)).astype(zero.dtype), zn))
+                mul = name("mul")
+                new_nodes.append(helper.make_node("Mul", [t, mn], [mul], name=name("Mul")))
+                new_nodes.append(helper.make_node("Add", [mul, zn], [out], name=name("Add")))
+            else:
+                new_nodes.append(helper.make_node("Mul", [t, mn], [out], name=name("Mul")))
+        masked[(t, a)] = out
+        return out
+
+    for k, node in enumerate(list(g.node)):
+        res = analysis.node_results.get(k)
+        node = onnx.NodeProto()
+        node.CopyFrom(g.node[k])
+        if res is not None:
+            for (t, a) in res.mixes:
+                if (t, a) in pos and t not in view.consts:
+                    node.input[:] = [mask_of(t, a) if i == t else i for i in node.input]
+            norms = [(t, a) for (t, a) in res.normalizes if (t, a) in pos]
+            if norms:
+                new_nodes.extend(_over_kept(view, node, norms, pos, inits, name))
+                continue
+        new_nodes.append(node)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(inits)
+    g.ClearField("value_info")
+    return m
+
+
+def _np_dtype(view, t):
+    et = view.dtypes.get(t, onnx.TensorProto.FLOAT)
+    return helper.tensor_dtype_to_np_dtype(et)
+
+
+def _over_kept(view, node, norms, pos, inits, name):
+    """Gather kept channels before the node, run it, scatter outputs back (zeros elsewhere)."""
+    nodes = []
+    (t, a), = norms[:1]
+    idx = pos[(t, a)]
+    n_in = view.shape(t)[a]
+    iname = name("idx")
+    inits.append(numpy_helper.from_array(idx.astype(np.int64), iname))
+    new_inputs = list(node.input)
+    for slot, inp in enumerate(node.input):
+        if not inp:
+            continue
+        s = view.shape(inp)
+        if inp == t:
+            g_out = name("gathered")
+            nodes.append(helper.make_node("Gather", [inp, iname], [g_out], axis=a, name=name("Gather")))
+            new_inputs[slot] = g_out
+        elif inp in view.consts and (inp, len(s) - (len(view.shape(t)) - a)) in pos:
+            pa = len(s) - (len(view.shape(t)) - a)  # a per-channel parameter (LayerNorm scale/bias)
+            arr = np.take(view.consts[inp], pos[(inp, pa)], axis=pa)
+            cn = name(inp)
+            inits.append(numpy_helper.from_array(arr, cn))
+            new_inputs[slot] = cn
+        elif s is not None and (inp, len(s) - (len(view.shape(t)) - a)) in pos:
+            # a second data input on the same channels (SkipLayerNormalization's skip)
+            pa = len(s) - (len(view.shape(t)) - a)
+            other = name("idx")
+            inits.append(numpy_helper.from_array(pos[(inp, pa)].astype(np.int64), other))
+            g_out = name("gathered")
+            nodes.append(helper.make_node("Gather", [inp, other], [g_out], axis=pa, name=name("Gather")))
+            new_inputs[slot] = g_out
+    node.input[:] = new_inputs
+    outs = list(node.output)
+    scatter = []
+    for j, o in enumerate(outs):
+        so = view.shape(o) if o else None
+        # the output axis on these channels: usually axis a; EmbedLayerNormalization's tables
+        # carry them on axis 1 of a rank-2 table, its output on the last axis
+        axes = [b for b in range(len(so or ())) if so[b] == n_in and (o, b) in pos]
+        if len(axes) == 1:
+            tmp = name(o)
+            node.output[j] = tmp
+            scatter.append((tmp, o, axes[0]))
+    nodes.append(node)
+    for tmp, o, a in scatter:
+        # positions of kept channels -> their rank; removed ones -> index of an appended zero slice
+        src = np.full(n_in, len(idx), dtype=np.int64)
+        src[idx] = np.arange(len(idx))
+        sname, z1, zz, cat = name("src"), name("z1"), name("zz"), name("cat")
+        inits.append(numpy_helper.from_array(src, sname))
+        if view.opset >= 10:
+            st, en, ax = name("st"), name("en"), name("ax")
+            inits += [numpy_helper.from_array(np.array([0], np.int64), st),
+                      numpy_helper.from_array(np.array([1], np.int64), en),
+                      numpy_helper.from_array(np.array([a], np.int64), ax)]
+            nodes.append(helper.make_node("Slice", [tmp, st, en, ax], [z1], name=name("Slice")))
+        else:  # Slice-1: bounds are attributes
+            nodes.append(helper.make_node("Slice", [tmp], [z1], starts=[0], ends=[1], axes=[a], name=name("Slice")))
+        nodes.append(helper.make_node("Sub", [z1, z1], [zz], name=name("Sub")))
+        nodes.append(helper.make_node("Concat", [tmp, zz], [cat], axis=a, name=name("Concat")))
+        nodes.append(helper.make_node("Gather", [cat, sname], [o], axis=a, name=name("Gather")))
+    return nodes
+
+
+@dataclass
+class VerifyResult:
+    max_abs_diff: float
+    scale: float
+    tolerance: float
+    passed: bool
+    per_output: dict[str, float]
+    mismatched: dict[str, int] = field(default_factory=dict)  # integer/bool outputs: differing elements
+
+
+def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds_list: list[dict],
+                   rel_tol: float = 1e-4, optimize: bool = True) -> VerifyResult:
+    """Run both on the same inputs; pass when max |diff| <= rel_tol x max |reference output|.
+    `optimize=False` runs both as written, op by op (see needs_plain_execution)."""
+    names = [o.name for o in reference.graph.output]
+    # one session at a time: a large model's weights are held once more by each
+    ref_s = _session(reference, "masked original", optimize)
+    try:
+        refs = [ref_s.run(names, feeds) for feeds in feeds_list]
+    except Exception as e:  # the original itself (masks only zero channels) does not run
+        raise OnnxPruneError(f"ONNX Runtime cannot run the model on random inputs: {first_line(e)}") from None
+    del ref_s
+    cand_s = _session(candidate, "pruned model", optimize)
+    try:
+        cands = [cand_s.run(names, feeds) for feeds in feeds_list]
+    except Exception as e:
+        raise InternalError(f"internal error: the pruned model does not run in ONNX Runtime: "
+                            f"{first_line(e)}; nothing written") from None
+    del cand_s
+    worst, scale, per, mismatched = 0.0, 0.0, {}, {}
+    for r, c in zip(refs, cands):
+        for n, a, b in zip(names, r, c):
+            discrete = np.asarray(a).dtype.kind in "iub"  # indices, classes, masks: exact, not scaled
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            if a.shape != b.shape:
+                raise OnnxPruneError(f"verification failed: output '{n}' has shape {b.shape}, expected {a.shape}")
+            if discrete:
+                wrong = int(np.sum(a != b))
+                if wrong:
+                    mismatched[n] = mismatched.get(n, 0) + wrong
+                per[n] = max(per.get(n, 0.0), _max_abs_diff(a, b))
+                continue
+            d = _max_abs_diff(a, b)
+            per[n] = max(per.get(n, 0.0), d)
+            worst = max(worst, d)
+            fin = a[np.isfinite(a)]
+            scale = max(scale, float(np.max(np.abs(fin))) if fin.size else 0.0)
+    scale = scale if scale > 0 else 1.0
+    tol = rel_tol * scale
+    return VerifyResult(worst, scale, tol, bool(worst <= tol and not mismatched), per, mismatched)
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|, where a NaN/Inf in one output that the other does not have at the same place is an
+    infinite difference (a plain max would skip NaN and let a broken model pass)."""
+    if not a.size:
+        return 0.0
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    same_nonfinite = ~fa & ~fb & ((a == b) | (np.isnan(a) & np.isnan(b)))
+    if np.any((fa != fb) | (~fa & ~fb & ~same_nonfinite)):
+        return float("inf")
+    both = fa & fb
+    return float(np.max(np.abs(a[both] - b[both]))) if both.any() else 0.0
+
+
+# Verification tolerance relative to the output scale, by the narrowest float type the model
+# computes in: removing channels changes the accumulation order (kernel blocking), which moves
+# results by a few ulps of that type per layer.
+REL_TOL = {TensorProto.FLOAT: 1e-4, TensorProto.DOUBLE: 1e-4, TensorProto.FLOAT16: 1e-2, TensorProto.BFLOAT16: 5e-2}
+
+
+def verify_tolerance(model: onnx.ModelProto) -> tuple[float, str | None]:
+    """(relative tolerance, name of the half-precision type that set it, if any)."""
+    g = model.graph
+    types = {t.data_type for t in g.initializer}
+    types |= {v.type.tensor_type.elem_type for v in [*g.input, *g.output, *g.value_info]}
+    types |= {a.i for n in g.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"}
+    half = [t for t in (TensorProto.BFLOAT16, TensorProto.FLOAT16) if t in types]
+    if not half:
+        return REL_TOL[TensorProto.FLOAT], None
+    return REL_TOL[half[0]], TensorProto.DataType.Name(half[0]).lower()
+
+
+def needs_plain_execution(model: onnx.ModelProto) -> bool:
+    """QDQ models: ONNX Runtime's optimizer fuses DequantizeLinear -> op -> QuantizeLinear into integer
+    kernels where the pattern matches, and the oracle's mask Muls break some of those patterns, so the
+    two models would round differently. Op by op, both compute exactly what the graph says."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul")
+               for n in model.graph.node)
+
+
+def _session(model: onnx.ModelProto, what: str, optimize: bool = True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise OnnxPruneError(f"ONNX Runtime cannot run the {what}: {first_line(e)}") from None
+
+
+def run_model(model: onnx.ModelProto, feeds: dict, what: str = "compensated model") -> list[np.ndarray]:
+    """All outputs of `model` on one feed dict (ONNX Runtime CPU)."""
+    return _session(model, what).run(None, feeds)
