@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from onnxprune.analysis.graph import GraphView, attr
-from onnxprune.analysis.rules import Opaque, RuleContext, RuleResult, Space, rule_for
+from onnxprune.analysis.graph import GraphView
+from onnxprune.analysis.rules import (CHANNELWISE, LAYOUT_OPS, AttentionAxes, Opaque, RuleContext, RuleResult, Space,
+                                      rule_for)
 
 
 @dataclass
@@ -179,11 +180,7 @@ def _build_groups(view, spaces, results, freeze):
     root = _union_find(total, np.concatenate(ea) if ea else np.zeros(0, np.int64),
                        np.concatenate(eb) if eb else np.zeros(0, np.int64))
 
-    dw_spaces = set()
-    for k, n in enumerate(view.nodes):
-        if n.op_type == "Conv" and view.shape(n.input[0]) and int(attr(n, "group", 1)) > 1 \
-                and int(attr(n, "group", 1)) == view.shape(n.input[0])[1]:
-            dw_spaces |= {(n.input[0], 1), (n.output[0], 1)}
+    dw_spaces = depthwise_spaces(view)
 
     groups, space_group = [], {}
     comps = sorted(nx.connected_components(G), key=min)
@@ -228,42 +225,49 @@ def _build_groups(view, spaces, results, freeze):
     return groups, space_group
 
 
-PASS_THROUGH = {"Reshape", "Transpose", "Gather", "Split", "Slice", "Squeeze", "Unsqueeze", "Add", "Mul", "Div",
-                "Identity", "Cast"}
+def depthwise_spaces(view) -> set[Space]:
+    """Channel spaces tied by a depthwise node (DEPrune's depthwise ratio applies to their groups)."""
+    out: set[Space] = set()
+    for n in view.nodes:
+        rule = rule_for(n)
+        if rule is not None:
+            out.update(rule.depthwise_spaces(n, view))
+    return out
+
+
+# what an attention operand passes on its way from the projection that made it
+PASS_THROUGH = frozenset(LAYOUT_OPS) | frozenset(CHANNELWISE)
+
+
+def attention_nodes(view) -> list[AttentionAxes]:
+    """The attention spaces of every node whose rule reports some, in node order."""
+    out = []
+    for n in view.nodes:
+        rule = rule_for(n)
+        axes = rule.attention(n, view) if rule is not None else None
+        if axes is not None:
+            out.append(axes)
+    return out
 
 
 def _classify(view, groups, space_group, *, embed_dim: bool) -> None:
     """Label attention groups and apply the transformer defaults: head_dim is never pruned (whole
     heads are, with heads=True) and the residual stream only with embed_dim=True."""
-    def grp(t, a):
-        g = space_group.get((t, a))
+    def grp(sp):
+        g = space_group.get(sp)
         return groups[g] if g is not None else None
 
-    attn = [n for n in view.nodes if n.op_type == "MatMul" and not any(i in view.consts for i in n.input)]
-    for n in attn:
-        a, b, y = n.input[0], n.input[1], n.output[0]
-        sa, sb, sy = view.shape(a), view.shape(b), view.shape(y)
-        if not (sa and sb and sy):
-            continue
-        for t, ax in ((a, len(sa) - 1), (b, len(sb) - 2), (b, len(sb) - 1), (y, len(sy) - 1)):
-            g = grp(t, ax)
-            if g is not None and g.kind == "channels":
-                g.kind = "head_dim"
-        for o in range(len(sy) - 2):
-            g = grp(y, o)
-            if g is not None:
-                g.kind = "heads"
-        for src in (a, b):
-            proj = _projection_input(view, src)
-            if proj is not None and grp(*proj) is not None and grp(*proj).kind == "channels":
-                grp(*proj).kind = "embed"
-    for n in view.nodes:  # ONNX Runtime's fused attention: input = residual stream, output = heads
-        if n.op_type == "Attention" and n.domain == "com.microsoft":
-            sx, sy = view.shape(n.input[0]), view.shape(n.output[0])
-            if sx and grp(n.input[0], len(sx) - 1) is not None and grp(n.input[0], len(sx) - 1).kind == "channels":
-                grp(n.input[0], len(sx) - 1).kind = "embed"
-            if sy and grp(n.output[0], len(sy) - 1) is not None:
-                grp(n.output[0], len(sy) - 1).kind = "heads"
+    def label(spaces, kind, only_channels=True):
+        for sp in spaces:
+            g = grp(sp)
+            if g is not None and (g.kind == "channels" or not only_channels):
+                g.kind = kind
+
+    for axes in attention_nodes(view):
+        label(axes.head_dim, "head_dim")
+        label(axes.heads, "heads", only_channels=False)
+        label(axes.embed, "embed")
+        label([p for p in (_projection_input(view, t) for t in axes.projected) if p is not None], "embed")
     for g in groups:
         if g.kind == "head_dim" and not g.frozen.all():
             g.frozen[:] = True
@@ -280,12 +284,10 @@ def _projection_input(view, t, depth=0):
     if k is None or depth > 12:
         return None
     n = view.nodes[k]
-    if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in view.consts:
-        s = view.shape(n.input[0])
-        if s is None:
-            return None
-        trans_a = n.op_type == "Gemm" and attr(n, "transA", 0)
-        return (n.input[0], 0 if trans_a else len(s) - 1)
+    rule = rule_for(n)
+    proj = rule.projection_input(n, view) if rule is not None else None
+    if proj is not None or (rule is not None and rule.layer):
+        return proj
     if n.op_type in PASS_THROUGH:
         for i in n.input:
             if i and i not in view.consts:
@@ -300,7 +302,8 @@ def _group_name(view, g: ChannelGroup) -> str:
     for m in g.members:
         if not m.is_weight and m.tensor in view.producer:
             n = view.nodes[view.producer[m.tensor]]
-            if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+            rule = rule_for(n)
+            if rule is not None and rule.layer:
                 return n.name or m.tensor
     for m in g.members:
         if not m.is_weight:

@@ -1,53 +1,32 @@
-"""Analytic costs from static shapes: MACs of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN, parameter count."""
+"""Analytic costs from static shapes: MACs (each op's rule counts its own, see OpRule.macs), parameter count."""
 from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.analysis.graph import GraphView, attr
+from onnxprune.analysis.graph import GraphView
+from onnxprune.analysis.rules import counts_macs, rule_for
 
 
 def node_macs(view: GraphView, k: int) -> int:
+    """MACs of node k as its rule counts them; 0 for non-compute ops and where shapes are unknown."""
     n = view.nodes[k]
-    op = n.op_type
+    rule = rule_for(n)
     try:
-        if op == "Conv":
-            w = view.shape(n.input[1])
-            y = view.shape(n.output[0])
-            return int(np.prod(y, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
-        if op == "ConvTranspose":
-            w = view.shape(n.input[1])
-            x = view.shape(n.input[0])
-            return int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
-        if op == "Gemm":
-            a = view.shape(n.input[0])
-            k_dim = a[0] if attr(n, "transA", 0) else a[1]
-            y = view.shape(n.output[0])
-            return int(y[0] * y[1] * k_dim)
-        if op == "MatMul":
-            a = view.shape(n.input[0])
-            y = view.shape(n.output[0])
-            return int(np.prod(y, dtype=np.int64) * a[-1])
-        if op in ("LSTM", "GRU", "RNN"):
-            # every step of every sequence: W (dirs, gates*hidden, input) and R (dirs, gates*hidden, hidden)
-            x, w, r = (view.shape(t) for t in n.input[:3])
-            return int(np.prod(x[:2], dtype=np.int64) * (np.prod(w, dtype=np.int64) + np.prod(r, dtype=np.int64)))
+        macs = rule.macs(n, view) if rule is not None else None
     except (TypeError, IndexError):
         return 0
-    return 0
+    return int(macs or 0)
 
 
 def total_macs(view: GraphView) -> int:
     return int(sum(node_macs(view, k) for k in range(len(view.nodes))))
 
 
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
-
-
 def uncounted_mac_nodes(view: GraphView) -> list[str]:
-    """Conv/Gemm/MatMul nodes whose shapes are unknown (e.g. behind a custom op without declared
-    output shapes): their MACs are missing from total_macs."""
+    """Compute nodes (Conv/Gemm/MatMul, ...) whose shapes are unknown (e.g. behind a custom op without
+    declared output shapes): their MACs are missing from total_macs."""
     return [view.node_label(k) for k, n in enumerate(view.nodes)
-            if n.op_type in MAC_OPS and any(view.shape(t) is None for t in (*n.input[:2], n.output[0]) if t)]
+            if counts_macs(rule_for(n)) and any(view.shape(t) is None for t in (*n.input[:2], n.output[0]) if t)]
 
 
 def total_params(view: GraphView) -> int:
@@ -74,7 +53,8 @@ def macs_terms(analysis) -> list[tuple[int, list[int]]]:
         base = node_macs(view, k)
         if not base:
             continue
-        weights = [i for i in n.input[1:2] if i in view.consts]
+        rule = rule_for(n)
+        weights = [n.input[r.input] for r in (rule.weight_roles(n, view) if rule is not None else [])]
         if weights:
             gids = _space_groups(analysis, weights[0])
         else:

@@ -22,10 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analysis.groups import Analysis, ChannelGroup
+from onnxprune.analysis.rules import rule_for
 from onnxprune.scoring.calibration import activation_spaces, cached_stats
 from onnxprune.scoring.registry import ScoreContext, magnitude_scores, member_norms, register_scorer
-
-NORM_OPS = {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
 
 
 def consumer_weight_spaces(analysis: Analysis) -> set[tuple[str, int]]:
@@ -104,7 +103,8 @@ def norm_scale_members(analysis: Analysis, group: ChannelGroup):
     view = analysis.view
     scales = set()
     for n in view.nodes:
-        if n.op_type in NORM_OPS and len(n.input) > 1 and n.input[1] in view.consts:
+        rule = rule_for(n)
+        if rule is not None and rule.is_norm and len(n.input) > 1 and n.input[1] in view.consts:
             scales.add(n.input[1])
     return [m for m in group.weights if m.tensor in scales]
 

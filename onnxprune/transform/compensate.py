@@ -39,19 +39,21 @@ consumers' biases (and, for lstsq, their kept weight columns).
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.analysis.groups import Analysis
-from onnxprune.scoring.calibration import SpaceStats, activation_spaces
-from onnxprune.errors import InternalError, OnnxPruneError, first_line
 from onnxprune.analysis.graph import attr
+from onnxprune.analysis.groups import Analysis
+from onnxprune.analysis.rules import CompensationTarget, Space, rule_for
+from onnxprune.errors import InternalError, OnnxPruneError, first_line
+from onnxprune.model.runtime import ort_session
 from onnxprune.model.store import check_model_light
+from onnxprune.scoring.calibration import SpaceStats, activation_spaces, cached_stats
 from onnxprune.transform.rewrite import kept_positions
+from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, run_model, verify_tolerance
 
 
 @dataclass
@@ -65,6 +67,7 @@ class CompensationResult:
     mean_fallback: list[str] = field(default_factory=list)  # lstsq: consumers compensated by the mean only
     position_maps: int = 0  # per-position: consumers followed by an Add of a constant map
     position_fallback: list[str] = field(default_factory=list)  # per-position: consumers given per-channel constants
+    replaced: dict[str, str] = field(default_factory=dict)  # new initializer -> the original one it replaces
 
 
 def affine_fit(st: SpaceStats, keep: np.ndarray, removed: np.ndarray, ridge: float = 1e-3,
@@ -91,90 +94,129 @@ def compensation_spaces(analysis: Analysis, kept: dict[int, np.ndarray]) -> list
     return activation_spaces(analysis, [analysis.groups[g] for g in kept])
 
 
+@dataclass
+class ConsumerDelta:
+    """What one consumer's output gains from the constants standing in for its removed inputs."""
+    output: str
+    y_axis: int | None  # the output's channel axis; None: ``delta`` is a per-position map [1, ...]
+    delta: np.ndarray   # over the ORIGINAL output channels (positions)
+    approximate: bool   # exact away from padded borders only
+    target: CompensationTarget | None  # None for a per-position map
+
+
+@dataclass
+class Refit:
+    """lstsq: a consumer's weight with A folded in (original output channels x kept input channels)."""
+    weight: np.ndarray
+    target: CompensationTarget
+
+
+@dataclass
+class BiasDeltas:
+    """bias_deltas' result. ``skipped``: consumers that cannot be compensated; ``mean_fallback``
+    (lstsq): consumers compensated by the mean only; ``position_fallback`` (per-position): consumers
+    given per-channel constants."""
+    positions: dict[Space, np.ndarray]  # kept positions of every pruned space
+    deltas: dict[int, ConsumerDelta] = field(default_factory=dict)  # by consumer node index
+    refits: dict[int, Refit] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    mean_fallback: list[str] = field(default_factory=list)
+    position_fallback: list[str] = field(default_factory=list)
+
+
 def bias_deltas(analysis: Analysis, kept: dict[int, np.ndarray], stats: dict[tuple[str, int], SpaceStats],
-                lstsq: bool = False, positions: bool = False):
-    """Per consumer node index: (output tensor, output axis, delta over the ORIGINAL output channels,
-    approximate?). Nodes that cannot be compensated are returned in `skipped`. With ``lstsq``, also
-    the refit weights per node index: (weight over original outputs x kept inputs, in the layout of
-    the node's weight), and the nodes where only the mean could be used.
+                lstsq: bool = False, positions: bool = False) -> BiasDeltas:
+    """Per consumer node (a node whose rule gives a CompensationTarget for the mixing input): the
+    change of its output, over the ORIGINAL output channels. With ``lstsq``, also the refit weights.
 
     ``positions``: the constants are per position (see position_fill): the delta is the consumer's
     whole response to the fill map, shape [1, *output.shape[1:]] over the original output channels,
-    with output axis None; consumers without per-position statistics get the per-channel constant and
-    are listed in ``position_fallback`` (returned last)."""
+    with output axis None; consumers without per-position statistics get the per-channel constant."""
     view = analysis.view
-    pos = kept_positions(analysis, kept)
-    deltas: dict[int, list] = {}
-    weights: dict[int, np.ndarray] = {}
-    skipped, fallback, pos_fallback = [], [], []
+    out = BiasDeltas(kept_positions(analysis, kept))
     for k, res in analysis.node_results.items():
         for (t, a) in res.mixes:
-            if t in view.consts or (t, a) not in pos or (t, a) not in stats:
+            if t in view.consts or (t, a) not in out.positions or (t, a) not in stats:
                 continue
-            size = view.shape(t)[a]
-            removed = np.setdiff1d(np.arange(size), pos[(t, a)])
-            if len(removed) == 0:
-                continue
-            st = stats[(t, a)]
-            m = st.mean[removed]
-            node = view.nodes[k]
-            A = None
-            if lstsq:
-                w = None
-                if st.c2 is not None and k not in weights:
-                    A, c = affine_fit(st, pos[(t, a)], removed, axis=a if positions else None)
-                    w = _refit_weight(view, node, t, a, pos[(t, a)], removed, A)
-                if w is not None:
-                    weights[k], m = w, c
-                else:
-                    A = None
-                    fallback.append(view.node_label(k))
-            d = None
-            if positions and st.pos_mean is not None:
-                fill = position_fill(st.pos_mean, a, pos[(t, a)], removed, A)
-                d = _position_delta(view, node, t, fill)
-                if d is None:
-                    pos_fallback.append(f"{view.node_label(k)} (a {node.op_type} with non-constant weights)")
-            elif positions:
-                pos_fallback.append(f"{view.node_label(k)} ({t} {st.pos_note or 'has no per-position statistics'})")
-            if d is None:
-                d = _delta(view, node, t, a, removed, m)
-            if d is None:
-                skipped.append(view.node_label(k))
-                continue
-            y, y_axis, delta, approx = d
-            if k in deltas and (deltas[k][1] is None) != (y_axis is None):
-                skipped.append(view.node_label(k))  # mixed per-position and per-channel inputs: rare, left out
-                continue
-            if k in deltas:
-                deltas[k][2] = deltas[k][2] + delta
-                deltas[k][3] = deltas[k][3] or approx
-            else:
-                deltas[k] = [y, y_axis, delta, approx]
+            removed = np.setdiff1d(np.arange(view.shape(t)[a]), out.positions[(t, a)])
+            if len(removed):
+                _add_consumer(out, view, k, (t, a), stats[(t, a)], removed, lstsq, positions)
+    return out
+
+
+def _add_consumer(out: BiasDeltas, view, k: int, space: Space, st: SpaceStats, removed: np.ndarray,
+                  lstsq: bool, positions: bool) -> None:
+    """Add the delta of consumer k for its mixing input ``space`` (and its lstsq refit) to ``out``."""
+    t, a = space
+    keep = out.positions[space]
+    node = view.nodes[k]
+    rule = rule_for(node)
+    target = rule.compensation_target(node, view, t, a) if rule is not None else None
+    m, A = st.mean[removed], None
     if lstsq:
-        return deltas, skipped, pos, weights, fallback, pos_fallback
-    return deltas, skipped, pos, pos_fallback
+        w = None
+        if st.c2 is not None and k not in out.refits:
+            A, c = affine_fit(st, keep, removed, axis=a if positions else None)
+            w = refit_weight(view, node, target, keep, removed, A)
+        if w is not None:
+            out.refits[k], m = Refit(w, target), c
+        else:
+            A = None
+            out.mean_fallback.append(view.node_label(k))
+    d = None
+    if positions and st.pos_mean is not None:
+        d = _position_delta(view, node, t, position_fill(st.pos_mean, a, keep, removed, A))
+        if d is None:
+            out.position_fallback.append(f"{view.node_label(k)} (a {node.op_type} with non-constant weights)")
+    elif positions:
+        out.position_fallback.append(f"{view.node_label(k)} ({t} {st.pos_note or 'has no per-position statistics'})")
+    if d is None and target is not None:
+        d = ConsumerDelta(node.output[0], target.y_axis, channel_delta(view, node, target, view.shape(t)[a],
+                                                                       removed, m), target.approximate, target)
+    _merge_delta(out, view, k, d)
 
 
-def _refit_weight(view, node, t, a, keep, removed, A):
+def _merge_delta(out: BiasDeltas, view, k: int, d: ConsumerDelta | None) -> None:
+    if d is None:
+        out.skipped.append(view.node_label(k))
+        return
+    prev = out.deltas.get(k)
+    if prev is None:
+        out.deltas[k] = d
+    elif (prev.y_axis is None) != (d.y_axis is None):
+        out.skipped.append(view.node_label(k))  # mixed per-position and per-channel inputs: rare, left out
+    else:
+        prev.delta = prev.delta + d.delta
+        prev.approximate = prev.approximate or d.approximate
+
+
+def _weight_matrix(view, node, target: CompensationTarget) -> np.ndarray:
+    """The consumer's weight as [out, in, taps...] in float64."""
+    W = view.consts[node.input[target.weight_input]].astype(np.float64)
+    return np.moveaxis(W, (target.out_axis, target.in_axis), (0, 1))
+
+
+def refit_weight(view, node, target: CompensationTarget | None, keep, removed, A):
     """The consumer's weight with A folded into its kept input columns (original output channels,
-    kept inputs only; the node's own layout), or None where lstsq does not apply."""
-    op = node.op_type
-    if op == "Conv" and node.input[0] == t and a == 1 and node.input[1] in view.consts:
-        if int(attr(node, "group", 1)) != 1:
-            return None
-        W = view.consts[node.input[1]].astype(np.float64)
-        return W[:, keep] + np.einsum("mr...,rk->mk...", W[:, removed], A)
-    if op in ("Gemm", "MatMul") and node.input[0] == t and node.input[1] in view.consts:
-        B = view.consts[node.input[1]].astype(np.float64)
-        if op == "MatMul" and (B.ndim != 2 or a != len(view.shape(t)) - 1):
-            return None
-        trans = op == "Gemm" and int(attr(node, "transB", 0))
-        if trans:
-            B = B.T
-        new = B[keep] + A.T @ B[removed]
-        return new.T if trans else new
-    return None
+    kept inputs only; the node's own layout), or None where lstsq does not apply (grouped convs)."""
+    if target is None or target.groups != 1:
+        return None
+    W = _weight_matrix(view, node, target)
+    new = W[:, keep] + np.einsum("mr...,rk->mk...", W[:, removed], A)
+    return np.moveaxis(new, (0, 1), (target.out_axis, target.in_axis))
+
+
+def channel_delta(view, node, target: CompensationTarget, cin: int, removed, m) -> np.ndarray:
+    """scale x sum over removed c of m_c x (kernel sum of W[:, c]), over the outputs of c's group."""
+    ksum = _weight_matrix(view, node, target)
+    ksum = ksum.reshape(ksum.shape[0], ksum.shape[1], -1).sum(2)  # (M, C/g)
+    M = ksum.shape[0]
+    cg, mg = cin // target.groups, M // target.groups
+    delta = np.zeros(M)
+    for c, mc in zip(removed, m):
+        gi = c // cg
+        delta[gi * mg:(gi + 1) * mg] += ksum[gi * mg:(gi + 1) * mg, c % cg] * mc
+    return target.scale * delta
 
 
 def position_fill(pos_mean: np.ndarray, a: int, keep: np.ndarray, removed: np.ndarray,
@@ -189,14 +231,13 @@ def position_fill(pos_mean: np.ndarray, a: int, keep: np.ndarray, removed: np.nd
     return np.moveaxis(F, -1, a - 1)[None]
 
 
-def _position_delta(view, node, t, fill):
+def _position_delta(view, node, t, fill) -> ConsumerDelta | None:
     """The consumer's response to ``fill`` at input ``t`` (its output on fill minus its output on zeros,
     every other input constant), run in ONNX Runtime: exact for any linear consumer (Conv of any
-    group, stride or padding, ConvTranspose, Gemm, MatMul). (output, None, [1, ...] delta, False) or
-    None where another input is not a constant."""
-    import onnxruntime as ort
-
-    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+    group, stride or padding, ConvTranspose, Gemm, MatMul). None where the op is not linear or another
+    input is not a constant."""
+    rule = rule_for(node)
+    if rule is None or not rule.linear:
         return None
     others = [i for i in node.input if i and i != t]
     if any(i not in view.consts for i in others) or list(node.input).count(t) != 1:
@@ -209,7 +250,6 @@ def _position_delta(view, node, t, fill):
     one.output[:] = ["y"] + [""] * (len(node.output) - 1) if len(node.output) > 1 else ["y"]
     # in float32 whatever the model's float type: CPU kernels for float16 are few, and the map is
     # cast to the model's type when it is written
-    dtype = np.dtype(np.float32)
     x_info = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)
     y_info = helper.make_empty_tensor_value_info("y")
     inits = [numpy_helper.from_array(np.asarray(view.consts[i]).astype(np.float32)
@@ -218,54 +258,13 @@ def _position_delta(view, node, t, fill):
     g = helper.make_graph([one], "position_delta", [x_info], [y_info], inits)
     m = helper.make_model(g, opset_imports=list(view.model.opset_import))
     m.ir_version = view.model.ir_version
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    x = np.concatenate([fill, np.zeros_like(fill)]).astype(dtype)
-    y = sess.run(None, {"x": x})[0].astype(np.float64)
-    return node.output[0], None, y[:1] - y[1:], False
+    x = np.concatenate([fill, np.zeros_like(fill)]).astype(np.float32)
+    y = ort_session(m).run(None, {"x": x})[0].astype(np.float64)
+    return ConsumerDelta(node.output[0], None, y[:1] - y[1:], False, None)
 
 
 def _np_dtype(view, t):
     return helper.tensor_dtype_to_np_dtype(view.dtypes.get(t, onnx.TensorProto.FLOAT))
-
-
-def _delta(view, node, t, a, removed, m):
-    op = node.op_type
-    if op == "Conv" and node.input[0] == t and a == 1 and node.input[1] in view.consts:
-        W = view.consts[node.input[1]].astype(np.float64)
-        ksum = W.reshape(W.shape[0], W.shape[1], -1).sum(2)  # (M, C/g)
-        g = int(attr(node, "group", 1))
-        cin = view.shape(t)[1]
-        M = W.shape[0]
-        cg, mg = cin // g, M // g
-        delta = np.zeros(M)
-        for c, mc in zip(removed, m):
-            gi = c // cg
-            delta[gi * mg:(gi + 1) * mg] += ksum[gi * mg:(gi + 1) * mg, c % cg] * mc
-        pads = attr(node, "pads", None)
-        auto = attr(node, "auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
-        approx = bool((pads is not None and any(int(p) for p in pads)) or auto in ("SAME_UPPER", "SAME_LOWER"))
-        return node.output[0], 1, delta, approx
-    if op == "Gemm" and node.input[0] == t and node.input[1] in view.consts:
-        B = view.consts[node.input[1]].astype(np.float64)
-        if int(attr(node, "transB", 0)):
-            B = B.T
-        alpha = float(attr(node, "alpha", 1.0))
-        return node.output[0], 1, alpha * (m @ B[removed]), False
-    if op == "MatMul" and node.input[0] == t and node.input[1] in view.consts:
-        B = view.consts[node.input[1]].astype(np.float64)
-        if B.ndim != 2 or a != len(view.shape(t)) - 1:
-            return None
-        return node.output[0], len(view.shape(node.output[0])) - 1, m @ B[removed], False
-    return None
-
-
-def compensate_mean(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.ModelProto,
-                    stats: dict[tuple[str, int], SpaceStats]) -> CompensationResult:
-    """Fold the means of removed channels into the consumers' biases of the pruned model."""
-    return compensate(analysis, kept, pruned, stats, "mean")
 
 
 def channel_normalized_groups(analysis: Analysis) -> set[int]:
@@ -281,6 +280,85 @@ def mean_compensable(analysis: Analysis, kept: dict[int, np.ndarray], stats: dic
     return {sp: st for sp, st in stats.items() if analysis.space_group.get(sp) not in norm}, sorted(norm)
 
 
+class GraphEditor:
+    """The pruned model's graph while compensation edits it. Every changed constant is a fresh
+    initializer (the old one may be shared); ``replaced`` maps each to the original initializer it
+    stands in for."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = self.graph = model.graph
+        self.inits = {t.name: t for t in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in g.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.outputs = {o.name for o in g.output}
+        self.replaced: dict[str, str] = {}
+        self._uid = 0
+
+    def fresh(self, base: str) -> str:
+        self._uid += 1
+        return f"{base}{COMP_SUFFIX}{self._uid}"
+
+    def new_init(self, base: str, arr: np.ndarray, replaces: str | None = None) -> str:
+        name = self.fresh(base)
+        t = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+        self.graph.initializer.append(t)
+        self.inits[name] = t
+        if replaces is not None:
+            self.replaced[name] = self.replaced.get(replaces, replaces)
+        return name
+
+    def add_to_input(self, node, slot: int, delta, dtype, shape) -> bool:
+        """bias input `slot` += delta (broadcast along the last axis), or a new bias of ``shape``."""
+        if len(node.input) > slot and node.input[slot]:
+            name = node.input[slot]
+            if name not in self.inits:
+                return False
+            old = numpy_helper.to_array(self.inits[name]).astype(np.float64)
+            try:
+                new = old + delta  # (N,), (1, N) or (M, N) biases broadcast along their last axis
+            except ValueError:
+                return False
+            if new.ndim > 1 and new.shape[:-1] != old.shape[:-1] and any(s > 1 for s in new.shape[:-1]):
+                return False  # would turn a per-row broadcast bias into a fixed-batch one
+            node.input[slot] = self.new_init(name, new.astype(dtype), replaces=name)
+            return True
+        while len(node.input) < slot:
+            node.input.append("")
+        node.input.append(self.new_init(f"{node.name or node.output[0]}.bias",
+                                        np.asarray(delta, np.float64).reshape(shape).astype(dtype)))
+        return True
+
+    def add_after(self, node, y: str, delta, dtype) -> bool:
+        """Add delta to the constant of the Add that follows ``y`` when it is the only consumer, else
+        insert ``Add(y, delta)``."""
+        users = self.consumers.get(y, [])
+        delta = np.asarray(delta)
+        if len(users) == 1 and users[0].op_type == "Add" and y not in self.outputs:
+            add = users[0]
+            slot = 1 if add.input[0] == y else 0
+            other = add.input[slot]
+            if other in self.inits:
+                c = numpy_helper.to_array(self.inits[other]).astype(np.float64)
+                if delta.ndim == 1:
+                    fits = c.ndim >= 1 and c.shape[-1] == len(delta) and all(s == 1 for s in c.shape[:-1])
+                else:  # a per-position map: the constant must broadcast into it, so the Add keeps its shape
+                    fits = c.ndim <= delta.ndim and _broadcasts_to(c.shape, delta.shape)
+                if fits:
+                    add.input[slot] = self.new_init(other, (c + delta).astype(dtype), replaces=other)
+                    return True
+        tmp = self.fresh(y)
+        node.output[:] = [tmp if o == y else o for o in node.output]
+        bname = self.new_init(f"{node.name or y}.bias", delta.astype(dtype))
+        # the Add takes the old name: graph outputs and all former users read the compensated tensor
+        g = self.graph
+        idx = list(g.node).index(node)
+        g.node.insert(idx + 1, helper.make_node("Add", [tmp, bname], [y], name=self.fresh(f"{node.name or y}_bias_add")))
+        return True
+
+
 def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.ModelProto,
                stats: dict[tuple[str, int], SpaceStats], method: str = "mean",
                positions: bool = False) -> CompensationResult:
@@ -290,112 +368,113 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
     constants are per position (stats with per-position means): an Add of a [1, ...] map after each
     consumer instead of a bias."""
     view = analysis.view
-    weights, fallback, left_out = {}, [], []
+    left_out = []
     if method == "mean":
         stats, left_out = mean_compensable(analysis, kept, stats)
-    if method == "lstsq":
-        deltas, skipped, pos, weights, fallback, pos_fallback = bias_deltas(analysis, kept, stats, lstsq=True,
-                                                                             positions=positions)
-    else:
-        deltas, skipped, pos, pos_fallback = bias_deltas(analysis, kept, stats, positions=positions)
+    bd = bias_deltas(analysis, kept, stats, lstsq=method == "lstsq", positions=positions)
     m = onnx.ModelProto()
     m.CopyFrom(pruned)
-    g = m.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    outputs = {o.name for o in g.output}
-    uid = [0]
-
-    def fresh(base):
-        uid[0] += 1
-        return f"{base}{COMP_SUFFIX}{uid[0]}"
-
-    res = CompensationResult(m, mean_fallback=fallback)
+    ed = GraphEditor(m)
+    res = CompensationResult(m, mean_fallback=bd.mean_fallback, skipped=list(bd.skipped))
     if left_out:
         res.notes.append(f"mean compensation left out {len(left_out)} group(s) that pass a normalization over "
                          "channels (LayerNorm/Softmax/Reduce over C): removal changes the kept channels there too, "
                          "which a bias cannot stand in for: " + ", ".join(analysis.groups[g].name for g in left_out[:5]))
-    for k, w in weights.items():
-        y = view.nodes[k].output[0]
-        node = producer.get(y)
-        if node is None or len(node.input) < 2 or node.input[1] not in inits:
-            raise InternalError(f"internal error: lstsq compensation lost the weight of {view.node_label(k)}")
-        # output channels: Conv W[M, C, ...] and Gemm transB=1 B[N, K] on axis 0; Gemm B[K, N] / MatMul on the last
-        out_axis = 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and int(attr(node, "transB", 0))) else -1
-        y_axis = 1 if node.op_type in ("Conv", "Gemm") else len(view.shape(y)) - 1
-        if (y, y_axis) in pos:
-            w = np.take(w, pos[(y, y_axis)], axis=out_axis)
-        old = inits[node.input[1]]
-        if tuple(old.dims) != w.shape:
-            raise InternalError(f"internal error: lstsq weight {w.shape} does not fit {tuple(old.dims)} "
-                                 f"at {view.node_label(k)}")
-        dtype = helper.tensor_dtype_to_np_dtype(old.data_type)
-        node.input[1] = _new_init(g, inits, fresh, node.input[1], w.astype(dtype))
+    for k, refit in bd.refits.items():
+        _apply_refit(ed, view, k, refit, bd.positions)
         res.refit += 1
-    n_maps, map_params = 0, 0
-    for k, (y, y_axis, delta, approx) in deltas.items():
-        if y_axis is None:  # a per-position map over the original output: keep the written positions
-            for ax in range(1, delta.ndim):
-                if (y, ax) in pos:
-                    delta = np.take(delta, pos[(y, ax)], axis=ax)
-        elif (y, y_axis) in pos:
-            delta = delta[pos[(y, y_axis)]]
-        node = producer.get(y)
-        if node is None:
-            skipped.append(view.node_label(k))
-            continue
-        dtype = helper.tensor_dtype_to_np_dtype(view.dtypes.get(y, onnx.TensorProto.FLOAT))
-        ok = False
-        if y_axis is None:
-            ok = _add_after(node, y, delta, dtype, inits, g, fresh, consumers, outputs)
-            n_maps += int(ok)
-            map_params += int(delta.size) if ok else 0
-        elif node.op_type == "Conv":
-            ok = _add_to_input(node, 2, delta, dtype, inits, g, fresh, shape=(len(delta),))
-        elif node.op_type == "Gemm":
-            beta = float(attr(node, "beta", 1.0))
-            has_c = len(node.input) > 2 and node.input[2]
-            if has_c and beta != 0.0 and node.input[2] in inits:
-                ok = _add_to_input(node, 2, delta / beta, dtype, inits, g, fresh, shape=None)
-            elif not has_c:
-                ok = _add_to_input(node, 2, delta / (beta if beta != 0.0 else 1.0), dtype, inits, g, fresh,
-                                   shape=(len(delta),))
-                if beta == 0.0:
-                    _set_attr(node, "beta", 1.0)
-        if y_axis is not None and (node.op_type == "MatMul" or (node.op_type == "Gemm" and not ok)):
-            ok = _add_after(node, y, delta, dtype, inits, g, fresh, consumers, outputs)
-        if not ok:
-            skipped.append(view.node_label(k))
+    map_params = 0
+    for k, d in bd.deltas.items():
+        if not _apply_delta(ed, view, d, bd.positions):
+            res.skipped.append(view.node_label(k))
             continue
         res.nodes += 1
-        res.approximate += int(approx)
-    res.skipped = skipped
-    _drop_unused_initializers(g)
+        res.approximate += int(d.approximate)
+        res.position_maps += int(d.y_axis is None)
+        map_params += int(d.delta.size) if d.y_axis is None else 0
+    _drop_unused_initializers(m.graph)
+    used = {t.name for t in m.graph.initializer}
+    res.replaced = {new: old for new, old in ed.replaced.items() if new in used}
+    res.position_fallback = bd.position_fallback
+    res.notes.extend(_notes(method, positions, res, map_params))
+    return res
+
+
+def _apply_refit(ed: GraphEditor, view, k: int, refit: Refit, pos) -> None:
+    """lstsq: the consumer's weight becomes the refit one, its output channels sliced as pruned."""
+    tg = refit.target
+    y = view.nodes[k].output[0]
+    node = ed.producer.get(y)
+    slot = tg.weight_input
+    if node is None or len(node.input) <= slot or node.input[slot] not in ed.inits:
+        raise InternalError(f"internal error: lstsq compensation lost the weight of {view.node_label(k)}")
+    w = refit.weight
+    if (y, tg.y_axis) in pos:
+        w = np.take(w, pos[(y, tg.y_axis)], axis=tg.out_axis)
+    old = ed.inits[node.input[slot]]
+    if tuple(old.dims) != w.shape:
+        raise InternalError(f"internal error: lstsq weight {w.shape} does not fit {tuple(old.dims)} "
+                             f"at {view.node_label(k)}")
+    dtype = helper.tensor_dtype_to_np_dtype(old.data_type)
+    node.input[slot] = ed.new_init(node.input[slot], w.astype(dtype), replaces=node.input[slot])
+
+
+def _apply_delta(ed: GraphEditor, view, d: ConsumerDelta, pos) -> bool:
+    """Fold one consumer's delta (sliced to the written output channels) into the pruned model."""
+    y, delta = d.output, d.delta
+    if d.y_axis is None:  # a per-position map over the original output: keep the written positions
+        for ax in range(1, delta.ndim):
+            if (y, ax) in pos:
+                delta = np.take(delta, pos[(y, ax)], axis=ax)
+    elif (y, d.y_axis) in pos:
+        delta = delta[pos[(y, d.y_axis)]]
+    node = ed.producer.get(y)
+    if node is None:
+        return False
+    dtype = helper.tensor_dtype_to_np_dtype(view.dtypes.get(y, onnx.TensorProto.FLOAT))
+    if d.y_axis is None:
+        return ed.add_after(node, y, delta, dtype)
+    if d.target.bias_slot is not None and _fold_into_bias(ed, node, d.target, delta, dtype):
+        return True
+    # an Add after the output broadcasts along its last axis: right only where the channels are
+    return d.y_axis == len(view.shape(y)) - 1 and ed.add_after(node, y, delta, dtype)
+
+
+def _fold_into_bias(ed: GraphEditor, node, tg: CompensationTarget, delta, dtype) -> bool:
+    """delta into the node's bias input (divided by the attribute that scales it, Gemm beta)."""
+    slot = tg.bias_slot
+    beta = float(attr(node, tg.bias_scale_attr, 1.0)) if tg.bias_scale_attr else 1.0
+    has_bias = len(node.input) > slot and node.input[slot]
+    if has_bias:
+        return beta != 0.0 and node.input[slot] in ed.inits and ed.add_to_input(node, slot, delta / beta, dtype, None)
+    ok = ed.add_to_input(node, slot, delta / (beta if beta != 0.0 else 1.0), dtype, shape=(len(delta),))
+    if beta == 0.0:
+        _set_attr(node, tg.bias_scale_attr, 1.0)
+    return ok
+
+
+def _notes(method: str, positions: bool, res: CompensationResult, map_params: int) -> list[str]:
+    notes = []
+    n_maps, fallback, pos_fallback, skipped = res.position_maps, res.mean_fallback, res.position_fallback, res.skipped
     if method == "lstsq":
-        res.notes.append(f"lstsq compensation: kept weight columns of {res.refit} consumer(s) refit"
-                         + (f"; mean only at {len(fallback)} (grouped conv or no covariance): "
-                            + ", ".join(fallback[:5]) if fallback else ""))
+        notes.append(f"lstsq compensation: kept weight columns of {res.refit} consumer(s) refit"
+                     + (f"; mean only at {len(fallback)} (grouped conv or no covariance): "
+                        + ", ".join(fallback[:5]) if fallback else ""))
     if positions:
-        res.position_maps = n_maps
-        res.position_fallback = pos_fallback
-        res.notes.append(f"per-position {method} compensation: a constant map added after {n_maps} consumer(s) "
-                         f"({map_params:,} values)"
-                         + (f"; per-channel constants at {len(pos_fallback)}: " + ", ".join(pos_fallback[:5])
-                            if pos_fallback else ""))
+        notes.append(f"per-position {method} compensation: a constant map added after {n_maps} consumer(s) "
+                     f"({map_params:,} values)"
+                     + (f"; per-channel constants at {len(pos_fallback)}: " + ", ".join(pos_fallback[:5])
+                        if pos_fallback else ""))
     if res.nodes - n_maps:
         msg = f"{method} compensation: biases of {res.nodes - n_maps} consumer(s) updated"
         if res.approximate:
             msg += (f"; {res.approximate} of them are padded convs, where it is exact away from the borders "
                     "only (border windows see zero padding, not the mean)")
-        res.notes.append(msg)
+        notes.append(msg)
     if skipped:
-        res.notes.append(f"mean compensation skipped at {len(skipped)} consumer(s) it cannot fold into a bias: "
-                         + ", ".join(skipped[:5]))
-    return res
+        notes.append(f"mean compensation skipped at {len(skipped)} consumer(s) it cannot fold into a bias: "
+                     + ", ".join(skipped[:5]))
+    return notes
 
 
 def _used_names(graph) -> set[str]:
@@ -415,7 +494,8 @@ _COMP_RE = re.compile(rf"(?:{COMP_SUFFIX}\d+)+$")
 
 
 def compensated_base(name: str) -> str:
-    """The tensor a compensated initializer replaced (its name without the fresh-name suffixes)."""
+    """The tensor a compensated initializer replaced (its name without the fresh-name suffixes).
+    CompensationResult.replaced says the same without parsing names."""
     return _COMP_RE.sub("", name)
 
 
@@ -437,64 +517,6 @@ def _set_attr(node, name, value):
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def _new_init(g, inits, fresh, base, arr):
-    name = fresh(base)
-    t = numpy_helper.from_array(np.ascontiguousarray(arr), name)
-    g.initializer.append(t)
-    inits[name] = t
-    return name
-
-
-def _add_to_input(node, slot, delta, dtype, inits, g, fresh, shape):
-    """bias input `slot` += delta (broadcast along the last axis); a fresh initializer every time,
-    since the old one may be shared."""
-    if len(node.input) > slot and node.input[slot]:
-        name = node.input[slot]
-        if name not in inits:
-            return False
-        old = numpy_helper.to_array(inits[name]).astype(np.float64)
-        try:
-            new = old + delta  # (N,), (1, N) or (M, N) biases broadcast along their last axis
-        except ValueError:
-            return False
-        if new.ndim > 1 and new.shape[:-1] != old.shape[:-1] and any(s > 1 for s in new.shape[:-1]):
-            return False  # would turn a per-row broadcast bias into a fixed-batch one
-        node.input[slot] = _new_init(g, inits, fresh, name, new.astype(dtype))
-        return True
-    while len(node.input) < slot:
-        node.input.append("")
-    node.input.append(_new_init(g, inits, fresh, f"{node.name or node.output[0]}.bias",
-                                np.asarray(delta, np.float64).reshape(shape).astype(dtype)))
-    return True
-
-
-def _add_after(node, y, delta, dtype, inits, g, fresh, consumers, outputs):
-    """MatMul (or a Gemm with a computed C): add delta to the constant of the Add that follows when
-    it is the only consumer, else insert ``Add(y, delta)``."""
-    users = consumers.get(y, [])
-    delta = np.asarray(delta)
-    if len(users) == 1 and users[0].op_type == "Add" and y not in outputs:
-        add = users[0]
-        slot = 1 if add.input[0] == y else 0
-        other = add.input[slot]
-        if other in inits:
-            c = numpy_helper.to_array(inits[other]).astype(np.float64)
-            if delta.ndim == 1:
-                fits = c.ndim >= 1 and c.shape[-1] == len(delta) and all(s == 1 for s in c.shape[:-1])
-            else:  # a per-position map: the constant must broadcast into it, so the Add's output keeps its shape
-                fits = c.ndim <= delta.ndim and _broadcasts_to(c.shape, delta.shape)
-            if fits:
-                add.input[slot] = _new_init(g, inits, fresh, other, (c + delta).astype(dtype))
-                return True
-    tmp = fresh(y)
-    node.output[:] = [tmp if o == y else o for o in node.output]
-    bname = _new_init(g, inits, fresh, f"{node.name or y}.bias", np.asarray(delta).astype(dtype))
-    # the Add takes the old name: graph outputs and all former users read the compensated tensor
-    idx = list(g.node).index(node)
-    g.node.insert(idx + 1, helper.make_node("Add", [tmp, bname], [y], name=fresh(f"{node.name or y}_bias_add")))
-    return True
-
-
 def _broadcasts_to(shape, target) -> bool:
     try:
         return tuple(np.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
@@ -508,8 +530,6 @@ def mean_substituted_model(analysis: Analysis, kept: dict[int, np.ndarray],
     enters a mixing node: ``Where(mask, x, mean)`` (channel-axis normalizations over the kept
     channels only, as in the mask oracle). The compensated pruned model equals it exactly when every
     compensated consumer is a Gemm, a MatMul or an unpadded conv."""
-    from onnxprune.verify.oracle import masked_model
-
     fill = {sp: (s.pos_mean[None] if positions and s.pos_mean is not None else s.mean) for sp, s in stats.items()}
     return masked_model(analysis, kept, fill=fill)
 
@@ -536,9 +556,6 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
     first calibration batch: for ``mean`` the compensated model must equal the mean-substituted
     original there (where that is exact); ``lstsq`` has no closed-form reference, its outputs must be
     finite. Returns (model, result, check summary or None)."""
-    from onnxprune.scoring.calibration import cached_stats
-    from onnxprune.verify.oracle import compare_models, needs_plain_execution, run_model, verify_tolerance
-
     if positions:
         check_static_positions(pruned)
     stats = cached_stats(ctx, compensation_spaces(analysis, kept), cov=method == "lstsq", positions=positions)

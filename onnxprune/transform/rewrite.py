@@ -48,6 +48,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
     counter = [0]
     made: dict[tuple, gs.Constant] = {}
     private: dict[tuple[int, int], object] = {}  # (consumer, chain node) -> its private copy
+    clone_of: dict[int, object] = {}  # id(clone) -> the original node it copies
 
     def set_input_const(consumer, node, slot, value):
         """Give `node` (the node being rewritten, `consumer`, or a node on its shape chain) a new
@@ -57,7 +58,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
         if node is not consumer:
             key = (id(consumer), id(node))
             if key not in private:  # a later edit of the same chain node goes to the same copy
-                private[key] = _private_chain(graph, consumer, node, counter)
+                private[key] = _private_chain(graph, consumer, node, counter, clone_of)
             node = private[key]
         old = node.inputs[slot].name if slot < len(node.inputs) else f"{node.name}_in{slot}"
         value = np.asarray(value)
@@ -84,7 +85,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
             rule.rewrite(node, RewriteContext(view, pos, node, setter))
     if len(graph.nodes) > len(view.nodes):
         graph.toposort()
-        _merge_clones(graph)
+        _merge_clones(graph, clone_of)
 
     for t in tensors.values():  # stale shapes of intermediate tensors would mislead runtimes
         if isinstance(t, gs.Variable) and t.name not in view.outputs and t.name not in view.inputs:
@@ -97,10 +98,11 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
     return out
 
 
-def _private_chain(graph, consumer, owner, counter):
+def _private_chain(graph, consumer, owner, counter, clone_of: dict):
     """Make the path owner -> ... -> consumer private to `consumer`: every node on it whose output
     also reaches someone else is replaced, for this consumer only, by a clone with fresh output
-    names. Returns the node to edit in place of `owner`."""
+    names (recorded in ``clone_of``: id(clone) -> original node). Returns the node to edit in place
+    of `owner`."""
     import onnx_graphsurgeon as gs
 
     path = _path_up(consumer, owner)
@@ -115,7 +117,7 @@ def _private_chain(graph, consumer, owner, counter):
             clone = gs.Node(node.op, f"{node.name}__u{counter[0]}", dict(node.attrs), list(node.inputs),
                             [gs.Variable(f"{t.name}__u{counter[0]}", dtype=t.dtype)
                              for t in node.outputs], domain=node.domain)
-            clone._onnxprune_clone_of = getattr(node, "_onnxprune_clone_of", node)
+            clone_of[id(clone)] = clone_of.get(id(node), node)
             graph.nodes.append(clone)
             for t in outs:
                 j = node.outputs.index(t)
@@ -145,7 +147,7 @@ def _path_up(consumer, owner, depth=0, dead=None):
     return None
 
 
-def _merge_clones(graph):
+def _merge_clones(graph, clone_of: dict):
     """Fold clones made by _private_chain that ended up equal to another clone of the same node or
     to the node itself: consumers that need the same value keep sharing it."""
     import onnx_graphsurgeon as gs
@@ -153,7 +155,7 @@ def _merge_clones(graph):
     def sig(n):
         ins = tuple(("c", t.values.dtype.str, t.values.shape, np.asarray(t.values).tobytes())
                     if isinstance(t, gs.Constant) else ("v", id(t)) for t in n.inputs)
-        return (id(getattr(n, "_onnxprune_clone_of", n)), n.op, repr(sorted(n.attrs.items())), ins)
+        return (id(clone_of.get(id(n), n)), n.op, repr(sorted(n.attrs.items())), ins)
 
     seen = {}
     for n in list(graph.nodes):  # topological: upstream merges make downstream clones equal

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analysis.groups import Analysis
+from onnxprune.analysis.rules import rule_for
 from onnxprune.errors import InternalError, OnnxPruneError, first_line
 from onnxprune.transform.rewrite import kept_positions
 
@@ -31,9 +32,10 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | N
         uid[0] += 1
         return f"__oracle_{uid[0]}_{base}"
 
-    def mask_of(t, a):
-        if (t, a) in masked:
-            return masked[(t, a)]
+    def mask_of(t, a, neutral=""):
+        """``neutral``: a tensor a removed channel takes instead of zero (an integer op's zero point)."""
+        if (t, a, neutral) in masked:
+            return masked[(t, a, neutral)]
         r = len(view.shape(t))
         mshape = [1] * r
         mshape[a] = view.shape(t)[a]
@@ -47,7 +49,10 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | N
             zero = (zero if zero.ndim == r else zero.reshape(mshape)).astype(_np_dtype(view, t))
         if view.opset >= 9:  # Where: a removed channel holding inf/nan is zeroed too
             inits.append(numpy_helper.from_array(mk.reshape(mshape), mn))
-            inits.append(numpy_helper.from_array(zero, zn))
+            if neutral:
+                zn = neutral
+            else:
+                inits.append(numpy_helper.from_array(zero, zn))
             new_nodes.append(helper.make_node("Where", [mn, t, zn], [out], name=name("Where")))
         else:  # no Where before opset 9: multiply by a 0/1 mask
             inits.append(numpy_helper.from_array(mk.reshape(mshape).astype(_np_dtype(view, t)), mn))
@@ -58,7 +63,7 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | N
                 new_nodes.append(helper.make_node("Add", [mul, zn], [out], name=name("Add")))
             else:
                 new_nodes.append(helper.make_node("Mul", [t, mn], [out], name=name("Mul")))
-        masked[(t, a)] = out
+        masked[(t, a, neutral)] = out
         return out
 
     for k, node in enumerate(list(g.node)):
@@ -66,9 +71,11 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | N
         node = onnx.NodeProto()
         node.CopyFrom(g.node[k])
         if res is not None:
+            rule = rule_for(node)
             for (t, a) in res.mixes:
                 if (t, a) in pos and t not in view.consts:
-                    node.input[:] = [mask_of(t, a) if i == t else i for i in node.input]
+                    neutral = rule.removed_value(node, t) if rule is not None else ""
+                    node.input[:] = [mask_of(t, a, neutral) if i == t else i for i in node.input]
             norms = [(t, a) for (t, a) in res.normalizes if (t, a) in pos]
             if norms:
                 new_nodes.extend(_over_kept(view, node, norms, pos, inits, name))

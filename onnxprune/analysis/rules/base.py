@@ -113,15 +113,124 @@ class RewriteContext:
         self._set_input_const(node if node is not None else self.node, slot, value)
 
 
+@dataclass(frozen=True)
+class WeightRole:
+    """One weight input of a node: ``out_axis`` holds the node's output channels (a producer slice),
+    ``in_axis`` the input channels it reads (a consumer slice); either may be None."""
+    input: int
+    out_axis: int | None
+    in_axis: int | None
+
+
+@dataclass(frozen=True)
+class CompensationTarget:
+    """How a removed input channel's constant folds into a weighted consumer (see transform/compensate):
+    ``y = scale * sum_c W[out, c, taps...] x_c (+ bias)``.
+
+    weight_input: input slot of the weight; out_axis / in_axis: its output- and input-channel axes
+    (the other axes are kernel taps, summed); groups: channel groups (grouped convs: removed input c
+    only reaches the outputs of its group); y_axis: the output's channel axis; bias_slot: input slot
+    of an additive bias (None: the bias goes into an Add after the output); bias_scale_attr: the
+    attribute that multiplies that bias (Gemm beta), set to 1 when the bias is created while it is 0;
+    approximate: the fold is exact away from padded borders only."""
+    weight_input: int
+    out_axis: int
+    in_axis: int
+    y_axis: int
+    groups: int = 1
+    scale: float = 1.0
+    bias_slot: int | None = None
+    bias_scale_attr: str | None = None
+    approximate: bool = False
+
+
+@dataclass(frozen=True)
+class AttentionAxes:
+    """Channel spaces of an attention node: ``head_dim`` (per-head features: never pruned alone),
+    ``heads`` (axes that index heads), ``embed`` (the residual stream it reads), and ``projected``:
+    operands made by a linear projection whose input is the residual stream (see groups._classify)."""
+    head_dim: tuple[Space, ...] = ()
+    heads: tuple[Space, ...] = ()
+    embed: tuple[Space, ...] = ()
+    projected: tuple[str, ...] = ()
+
+
+# Hooks a rule with weights must implement or opt out of (``opts_out``), checked by
+# tests/test_rule_hooks.py: the defaults below would otherwise silently count 0 MACs, skip
+# compensation, miss a depthwise conv or score a weight without its role.
+WEIGHT_HOOKS = ("macs", "compensation_target", "is_depthwise", "weight_roles")
+
+
 class OpRule:
     op_types: tuple[str, ...] = ()
     domain: str = ""  # "" is the default ONNX domain; "com.microsoft" for ONNX Runtime's contrib ops
+    weighted: bool = False  # has weight inputs (initializers sliced with its channels)
+    opts_out: dict[str, str] = {}  # hook name in WEIGHT_HOOKS -> why this rule leaves it at its default
+    is_norm: bool = False  # a normalization whose input 1 is its per-channel scale (gamma): bn-scale scores it
+    layer: bool = False  # weights x activations (Conv, Gemm, MatMul): its output names the group in reports
+    linear: bool = False  # output is linear in each input when the others are constant
 
     def relate(self, node: onnx.NodeProto, ctx: RuleContext) -> RuleResult:
         raise NotImplementedError
 
     def rewrite(self, node: onnx.NodeProto, rctx: RewriteContext) -> None:
         """Default: only weights change, and those are sliced by the rewriter itself."""
+
+    def macs(self, node: onnx.NodeProto, view: GraphView) -> int | None:
+        """Multiply-accumulates of one run from static shapes; None: not a compute op. May raise
+        TypeError / IndexError where shapes are unknown (counted as 0, listed as uncounted)."""
+        return None
+
+    def compensation_target(self, node: onnx.NodeProto, view: GraphView, tensor: str,
+                            axis: int) -> CompensationTarget | None:
+        """How removed channels of input space (tensor, axis) fold into this node's bias, or None."""
+        return None
+
+    def is_depthwise(self, node: onnx.NodeProto, view: GraphView) -> bool:
+        """One filter per input channel (DEPrune's depthwise ratio applies to its channels)."""
+        return False
+
+    def depthwise_spaces(self, node: onnx.NodeProto, view: GraphView) -> list[Space]:
+        """The channel spaces a depthwise node ties (input and output channels, NCHW axis 1)."""
+        return [(node.input[0], 1), (node.output[0], 1)] if self.is_depthwise(node, view) else []
+
+    def weight_roles(self, node: onnx.NodeProto, view: GraphView) -> list[WeightRole]:
+        """The node's constant weight inputs and their channel axes, main weight first."""
+        return []
+
+    def attention(self, node: onnx.NodeProto, view: GraphView) -> AttentionAxes | None:
+        """Spaces of an attention node (two activations multiplied, or a fused attention op), or None."""
+        return None
+
+    def projection_input(self, node: onnx.NodeProto, view: GraphView) -> Space | None:
+        """For a linear projection (constant weight x activation): the activation space it contracts."""
+        return None
+
+    def removed_value(self, node: onnx.NodeProto, tensor: str) -> str:
+        """The tensor whose value a removed channel of input ``tensor`` contributes nothing with (an
+        integer op's zero point); "" for zero."""
+        return ""
+
+
+# The opt-outs of a rule whose weights are per-channel vectors (norm scales and shifts, fused biases).
+PER_CHANNEL_PARAMS = {
+    "macs": "per-channel arithmetic: no multiply-accumulates counted",
+    "compensation_target": "does not sum over channels: nothing to compensate",
+    "is_depthwise": "not a convolution",
+}
+
+
+def hooks_missing(rule: OpRule) -> list[str]:
+    """WEIGHT_HOOKS a weighted rule neither implements nor opts out of (with a reason)."""
+    if not rule.weighted:
+        return []
+    cls = type(rule)
+    return [h for h in WEIGHT_HOOKS if getattr(cls, h) is getattr(OpRule, h) and not rule.opts_out.get(h)]
+
+
+def counts_macs(rule: OpRule | None) -> bool:
+    """Whether the rule's ops are compute ops (implement ``macs``)."""
+    return rule is not None and type(rule).macs is not OpRule.macs
 
 
 RULES: dict[str, OpRule] = {}  # "OpType" (default domain) or "domain::OpType"
@@ -132,6 +241,11 @@ def register(cls):
     for op in cls.op_types:
         RULES[op if not cls.domain else f"{cls.domain}::{op}"] = inst
     return cls
+
+
+# Ops that move channels without computing on them; analysis follows attention operands back
+# through them (and CHANNELWISE ops, see elementwise) to the projection that made them.
+LAYOUT_OPS = ("Reshape", "Transpose", "Gather", "Split", "Slice", "Squeeze", "Unsqueeze")
 
 
 def rule_for(node: onnx.NodeProto) -> OpRule | None:

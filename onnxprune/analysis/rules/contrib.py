@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analysis.graph import attr
-from .base import Opaque, OpRule, RuleResult, broadcast_relate, register
+from .base import (PER_CHANNEL_PARAMS, AttentionAxes, Opaque, OpRule, RuleResult, WeightRole, broadcast_relate,
+                   register)
+
+
+def last_axis_params(node, view, first: int) -> list[WeightRole]:
+    """Constant inputs from slot ``first`` on, as per-channel vectors over their last axis."""
+    return [WeightRole(i, view.consts[p].ndim - 1, None) for i, p in enumerate(node.input)
+            if i >= first and p in view.consts and view.consts[p].ndim]
 
 
 @register
@@ -14,6 +21,11 @@ class BiasGelu(OpRule):
     bias is a per-channel vector over the last axis, sliced with it."""
     domain = "com.microsoft"
     op_types = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu", "BiasAdd")
+    weighted = True
+    opts_out = PER_CHANNEL_PARAMS
+
+    def weight_roles(self, node, view):
+        return last_axis_params(node, view, 1)
 
     def relate(self, node, ctx):
         return broadcast_relate(RuleResult(), node, ctx, [i for i in node.input if i], node.output[0])
@@ -26,6 +38,11 @@ class SkipLayerNorm(OpRule):
     the residual stream: normalized over (the oracle computes it over kept channels)."""
     domain = "com.microsoft"
     op_types = ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
+    weighted = True
+    opts_out = PER_CHANNEL_PARAMS
+
+    def weight_roles(self, node, view):
+        return last_axis_params(node, view, 2)
 
     def relate(self, node, ctx):
         x = node.input[0]
@@ -57,6 +74,19 @@ class FusedAttention(OpRule):
     `num_heads` is rewritten; without it they stay as they are."""
     domain = "com.microsoft"
     op_types = ("Attention",)
+    weighted = True
+    opts_out = {"macs": "ONNX Runtime's fused attention is not counted (its MACs are left out of the totals)",
+                "compensation_target": "packed q/k/v weights: removed input channels are not compensated",
+                "is_depthwise": "not a convolution"}
+
+    def weight_roles(self, node, view):
+        return [WeightRole(1, 1, 0)] if node.input[1] in view.consts else []
+
+    def attention(self, node, view):
+        """Input: the residual stream; output: the heads."""
+        x, y = node.input[0], node.output[0]
+        sx, sy = view.shape(x), view.shape(y)
+        return AttentionAxes(heads=((y, len(sy) - 1),) if sy else (), embed=((x, len(sx) - 1),) if sx else ())
 
     def relate(self, node, ctx):
         x, w, b, y = node.input[0], node.input[1], (node.input[2] if len(node.input) > 2 else ""), node.output[0]
@@ -110,6 +140,13 @@ class EmbedLayerNorm(OpRule):
     embedding sum are one space, normalized over (the residual stream's start)."""
     domain = "com.microsoft"
     op_types = ("EmbedLayerNormalization",)
+    weighted = True
+    opts_out = {**PER_CHANNEL_PARAMS, "macs": "table lookups and a norm: no multiply-accumulates counted"}
+
+    def weight_roles(self, node, view):
+        """Word/position/segment tables (hidden axis 1) and gamma/beta (axis 0)."""
+        return [WeightRole(i, 1 if i < 5 else 0, None) for i, p in enumerate(node.input)
+                if 2 <= i <= 6 and p in view.consts]
 
     def relate(self, node, ctx):
         ins = list(node.input) + [""] * (9 - len(node.input))

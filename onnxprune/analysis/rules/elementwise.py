@@ -13,6 +13,10 @@ UNARY = (
     "CastLike", "Swish", "Shrink",
 )
 
+# Ops whose output channel c depends on input channel c only (with per-channel or scalar constants):
+# the one list other rules and the analysis follow channels through.
+CHANNELWISE = UNARY + ("Add", "Sub", "Mul", "Div", "PRelu", "Clip", "BatchNormalization")
+
 
 @register
 class Unary(OpRule):

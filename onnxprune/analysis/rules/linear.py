@@ -2,12 +2,37 @@
 from __future__ import annotations
 
 from onnxprune.analysis.graph import attr
-from .base import Opaque, OpRule, RuleResult, register
+import numpy as np
+
+from .base import AttentionAxes, CompensationTarget, Opaque, OpRule, RuleResult, WeightRole, register
 
 
 @register
 class Gemm(OpRule):
     op_types = ("Gemm",)
+    weighted = layer = linear = True
+    opts_out = {"is_depthwise": "a dense layer"}
+
+    def macs(self, node, view):
+        a, y = view.shape(node.input[0]), view.shape(node.output[0])
+        return int(y[0] * y[1] * (a[0] if attr(node, "transA", 0) else a[1]))
+
+    def weight_roles(self, node, view):
+        tb = int(attr(node, "transB", 0))
+        return [WeightRole(1, 0 if tb else 1, 1 if tb else 0)] if node.input[1] in view.consts else []
+
+    def compensation_target(self, node, view, tensor, axis):
+        if node.input[0] != tensor or node.input[1] not in view.consts:
+            return None
+        tb = int(attr(node, "transB", 0))
+        return CompensationTarget(1, out_axis=0 if tb else 1, in_axis=1 if tb else 0, y_axis=1,
+                                  scale=float(attr(node, "alpha", 1.0)), bias_slot=2, bias_scale_attr="beta")
+
+    def projection_input(self, node, view):
+        s = view.shape(node.input[0])
+        if node.input[1] not in view.consts or s is None:
+            return None
+        return (node.input[0], 0 if attr(node, "transA", 0) else len(s) - 1)
 
     def relate(self, node, ctx):
         a, b = node.input[0], node.input[1]
@@ -37,6 +62,49 @@ class MatMul(OpRule):
     """Y = A @ B with numpy batching. The contracted axes of A and B are one space (summed: mixing).
     A constant B is a weight and anchors spaces; two activations (attention) pass spaces through."""
     op_types = ("MatMul",)
+    weighted = layer = linear = True
+    opts_out = {"is_depthwise": "a dense layer"}
+
+    def macs(self, node, view):
+        a, y = view.shape(node.input[0]), view.shape(node.output[0])
+        return int(np.prod(y, dtype=np.int64) * a[-1])
+
+    def weight_roles(self, node, view):
+        a, b = node.input[0], node.input[1]
+        roles = []
+        if b in view.consts:
+            rb = view.consts[b].ndim
+            roles.append(WeightRole(1, rb - 1, rb - 2))
+        if a in view.consts:  # Y = W @ X: W's rows are the output channels
+            ra = view.consts[a].ndim
+            roles.append(WeightRole(0, ra - 2, ra - 1))
+        return roles
+
+    def compensation_target(self, node, view, tensor, axis):
+        b = node.input[1]
+        if node.input[0] != tensor or b not in view.consts:
+            return None
+        if view.consts[b].ndim != 2 or axis != len(view.shape(tensor)) - 1:
+            return None  # batched weights: no per-channel bias
+        return CompensationTarget(1, out_axis=1, in_axis=0, y_axis=len(view.shape(node.output[0])) - 1)
+
+    def projection_input(self, node, view):
+        s = view.shape(node.input[0])
+        if node.input[1] not in view.consts or s is None:
+            return None
+        return (node.input[0], len(s) - 1)
+
+    def attention(self, node, view):
+        """Two activations multiplied (q @ k^T, p @ v): the contracted and free feature axes are
+        head_dim, the leading (batch x head) axes index heads."""
+        if any(i in view.consts for i in node.input):
+            return None
+        a, b, y = node.input[0], node.input[1], node.output[0]
+        sa, sb, sy = view.shape(a), view.shape(b), view.shape(y)
+        if not (sa and sb and sy):
+            return None
+        return AttentionAxes(head_dim=((a, len(sa) - 1), (b, len(sb) - 2), (b, len(sb) - 1), (y, len(sy) - 1)),
+                             heads=tuple((y, o) for o in range(len(sy) - 2)), projected=(a, b))
 
     def relate(self, node, ctx):
         a, b, y = node.input[0], node.input[1], node.output[0]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from onnxprune.analysis.graph import attr
-from .base import Opaque, OpRule, RuleResult, norm_axis, read_ints, register
+from .base import PER_CHANNEL_PARAMS, Opaque, OpRule, RuleResult, WeightRole, norm_axis, read_ints, register
 
 
 def _identity_live(res, ctx, x, y, skip=()):
@@ -20,6 +20,11 @@ def _identity_live(res, ctx, x, y, skip=()):
 @register
 class BatchNorm(OpRule):
     op_types = ("BatchNormalization", "InstanceNormalization")
+    weighted = is_norm = True
+    opts_out = PER_CHANNEL_PARAMS
+
+    def weight_roles(self, node, view):
+        return [WeightRole(i, 0, None) for i, p in enumerate(node.input) if i and p in view.consts]
 
     def relate(self, node, ctx):
         if node.op_type == "BatchNormalization" and any(o for o in node.output[1:]):
@@ -37,6 +42,8 @@ class BatchNorm(OpRule):
 @register
 class GroupNorm(OpRule):
     op_types = ("GroupNormalization",)
+    weighted = is_norm = True
+    opts_out = {**PER_CHANNEL_PARAMS, "weight_roles": "opaque: its channels are frozen"}
 
     def relate(self, node, ctx):
         raise Opaque("GroupNormalization ties channels into fixed groups")
@@ -45,6 +52,13 @@ class GroupNorm(OpRule):
 @register
 class LayerNorm(OpRule):
     op_types = ("LayerNormalization",)
+    weighted = is_norm = True
+    opts_out = PER_CHANNEL_PARAMS
+
+    def weight_roles(self, node, view):
+        """gamma / beta: output channels on their last axis (the normalized axes end there)."""
+        return [WeightRole(i, view.consts[p].ndim - 1, None) for i, p in enumerate(node.input)
+                if i and p in view.consts and view.consts[p].ndim]
 
     def relate(self, node, ctx):
         x, y = node.input[0], node.output[0]

@@ -8,6 +8,7 @@ import numpy as np
 
 from onnxprune.analysis.graph import attr
 from .base import Opaque, OpRule, RuleResult, align_blocks, block_pairs, norm_axis, read_ints, register
+from .elementwise import CHANNELWISE
 
 
 @register
@@ -141,10 +142,6 @@ def _selection_axis(view, t, a, depth=0) -> bool:
     return False
 
 
-_CHANNELWISE = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-                "BatchNormalization", "Identity", "Add", "Sub", "Mul", "Div", "PRelu")
-
-
 def _upstream_groups(view, t, depth=0):
     """`group` of a grouped (not depthwise) Conv that produces `t` through channel-wise ops."""
     k = view.producer.get(t)
@@ -155,7 +152,7 @@ def _upstream_groups(view, t, depth=0):
         g = int(attr(n, "group", 1))
         c = (view.shape(n.output[0]) or (0, 0))[1]
         return g if 1 < g < c else None
-    if n.op_type in _CHANNELWISE and all(i == n.input[0] or view.const(i) is not None for i in n.input[1:] if i):
+    if n.op_type in CHANNELWISE and all(i == n.input[0] or view.const(i) is not None for i in n.input[1:] if i):
         return _upstream_groups(view, n.input[0], depth + 1)
     return None
 
