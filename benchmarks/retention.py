@@ -113,7 +113,7 @@ class OnnxBench:
     def knapsack(self, scores, target, value="lamp"):
         """onnxprune's own --macs budget: the group knapsack over LAMP-normalized scores with
         analytic MACs costs and its closed loop on the written model."""
-        from onnxprune.api import _budget_spec
+        from onnxprune.config import budget_spec
         from onnxprune.planning.budget import plan_for_budget
         from onnxprune.profiling.cost import total_macs
         from onnxprune.analysis.graph import build_view
@@ -122,7 +122,7 @@ class OnnxBench:
         from onnxprune.errors import OnnxPruneError
 
         try:
-            res = plan_for_budget(self.analysis, scores, _budget_spec(None, f"{(1 - target) * 100:.6f}%", None, None),
+            res = plan_for_budget(self.analysis, scores, budget_spec(None, f"{(1 - target) * 100:.6f}%", None, None),
                                   original=self.model, knapsack_value=value)
         except OnnxPruneError:  # not reachable with one channel per group
             return None

@@ -1,28 +1,42 @@
 """The Python API the CLI is a thin layer over:
 
     import onnxprune
-    result = onnxprune.prune("in.onnx", ratio=0.3)
+    result = onnxprune.prune("in.onnx", ratio=0.3)          # or prune("in.onnx", PruneConfig(...))
     onnxprune.save(result.model, "out.onnx")
+
+``prune`` runs the pipeline as stages, each a small function returning a typed result: load and
+analyze, calibrate and score, plan (ratio or budget), rewrite and check, verify, compensate,
+finalize and measure.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from onnxprune.analysis.groups import Analysis, analyze
-from onnxprune.profiling.cost import total_macs, total_params, uncounted_mac_nodes
-from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, first_line
 from onnxprune.analysis.graph import build_view, random_feeds
-from onnxprune.model.store import (check_model_light, custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes,
-                 requantize_weights, sanitized, save_model, validate_model, with_batch)
-from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
-from onnxprune.report.summary import GroupReport, ModelStats, Progress, Report
-from onnxprune.transform.rewrite import rewrite
-from onnxprune.scoring.registry import score_groups
+from onnxprune.analysis.groups import Analysis, analyze, excluded_by
+from onnxprune.config import PruneConfig, config_from_keywords, input_shapes_from, split_patterns
+from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, first_line
+from onnxprune.model.store import (check_model_light, custom_ops, initializers_as_inputs, load_model, normalize,
+                                   requantize_weights, sanitized, save_model, validate_model, with_batch)
+from onnxprune.planning.budget import BudgetResult, BudgetSpec, plan_for_budget, plan_in_stages
 from onnxprune.planning.ratio import keep_every_member, select_by_ratio
+from onnxprune.profiling.cost import uncounted_mac_nodes
+from onnxprune.profiling.latency_cmd import measure_with_command
+from onnxprune.report.records import BudgetReport, ModelStats, RunSettings, VerificationResult
+from onnxprune.report.stats import group_reports, measure, model_stats
+from onnxprune.report.summary import Progress, Report
+from onnxprune.scoring.calibration import load_calib, resolve_compensate
+from onnxprune.scoring.registry import ScoreContext, score_groups
+from onnxprune.transform.compensate import apply_compensation, check_static_positions
+from onnxprune.transform.rewrite import rewrite
+from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
+
+__all__ = ["PruneConfig", "PruneResult", "analyze_model", "group_reports", "measure", "model_stats",
+           "prune", "save", "split_patterns", "unmatched_excludes"]
 
 
 @dataclass
@@ -33,69 +47,61 @@ class PruneResult:
     kept: dict[int, np.ndarray]
 
 
+@dataclass
+class LoadedModel:
+    """Stage 1: the input as given, its normalized form and its channel groups."""
+    original: onnx.ModelProto
+    source: str
+    normalized: onnx.ModelProto
+    analysis: Analysis
+    checker_note: str | None
+    custom_ops: list[str]
+
+    @property
+    def input_shapes(self) -> dict:
+        return self.analysis.view.input_shapes
+
+
+@dataclass
+class Scored:
+    """Stage 2: calibration data, the compensation mode it allows, and channel scores."""
+    calib: object
+    compensate: str
+    context: ScoreContext
+    scores: dict[int, np.ndarray]
+
+
+@dataclass
+class Plan:
+    """Stage 3: kept canonical channels per group (only groups that lose channels), and the
+    closed loop's record for a budget."""
+    kept: dict[int, np.ndarray]
+    budget: BudgetResult | None = None
+
+
+@dataclass
+class Rewritten:
+    """Stage 4: the pruned model, and what the ONNX checker had to say about the input."""
+    model: onnx.ModelProto
+    checker_note: str | None
+
+
+@dataclass
+class Compensated:
+    """Stage 6: the compensated model (the rewritten one when there is nothing to compensate)."""
+    model: onnx.ModelProto
+    applied: bool = False
+    notes: list[str] = field(default_factory=list)
+    check: dict | None = None
+
+
 def _as_model(model) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
         return sanitized(model), "<in-memory model>"  # ORT must run it for the latency baseline
     return load_model(model), str(model)
 
 
-def _shapes(input_shapes):
-    if input_shapes is None or isinstance(input_shapes, dict):
-        return input_shapes
-    if isinstance(input_shapes, str):  # "x=1x3x224x224" or "a=1x16,b=1x16"
-        input_shapes = input_shapes.split(",")
-    return parse_input_shapes(list(input_shapes))
-
-
-def split_patterns(patterns) -> list[str]:
-    """--exclude values: a string or a list of strings, each possibly comma-separated."""
-    if patterns is None:
-        return []
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    return [p.strip() for s in patterns for p in str(s).split(",") if p.strip()]
-
-
-LATENCY_MODELS = ("measured", "macs")
-
-
-def check_prune_args(*, ratio, ratio_dw, budgets: dict, round_to, stages, latency_model, seed, calib_batch,
-                     calib_limit, threads, batch, knapsack_value: str = "lamp") -> None:
-    """One place for the argument rules, so the CLI and the Python API accept and refuse the same
-    things (a flag that would be silently ignored is refused with the reason)."""
-    given = [k for k, v in budgets.items() if v is not None]
-    if ratio is not None and given:
-        raise OnnxPruneError("give either a ratio or a budget, not both")
-    for r in (ratio, ratio_dw):
-        if r is not None and not (isinstance(r, (int, float)) and 0.0 <= r < 1.0):
-            raise OnnxPruneError(f"ratio must be in [0, 1), got {r}")
-    if ratio_dw is not None and given:
-        raise OnnxPruneError("--ratio-dw applies to ratio pruning, not to budgets")
-    if round_to is not None and round_to != "auto" and not (isinstance(round_to, int) and round_to >= 1):
-        raise OnnxPruneError(f"round_to must be a positive integer or 'auto', got {round_to!r}")
-    if round_to == "auto" and given != ["budget"]:
-        raise OnnxPruneError("--round-to auto uses measured latency steps: it needs a latency budget (--budget)")
-    if not (isinstance(stages, int) and stages >= 1):
-        raise OnnxPruneError(f"stages must be an integer >= 1, got {stages!r}")
-    if stages > 1 and not given:
-        raise OnnxPruneError("--stages applies to budgets, not to --ratio")
-    from onnxprune.planning.budget import KNAPSACK_VALUES
-
-    if knapsack_value not in KNAPSACK_VALUES:
-        raise OnnxPruneError(f"knapsack value must be one of {', '.join(KNAPSACK_VALUES)}, got {knapsack_value!r}")
-    if knapsack_value != "lamp" and not given:
-        raise OnnxPruneError("--knapsack-value applies to budgets (--budget, --macs, --params, --peak-memory)")
-    if latency_model not in LATENCY_MODELS:
-        raise OnnxPruneError(f"latency model must be one of {', '.join(LATENCY_MODELS)}, got {latency_model!r}")
-    if latency_model != "measured" and given != ["budget"]:
-        raise OnnxPruneError("--latency-model applies to latency budgets (--budget)")
-    for name, v, lo in (("seed", seed, 0), ("calib batch", calib_batch, 1), ("calib limit", calib_limit, 1),
-                        ("threads", threads, 1), ("batch", batch, 1)):
-        if v is not None and not (isinstance(v, (int, np.integer)) and v >= lo):
-            raise OnnxPruneError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-
-def check_per_position(compensate: str, spec) -> None:
+def check_per_position(compensate: str, spec: BudgetSpec | None) -> None:
     """Per-position compensation adds a constant map and an Add after each compensated consumer:
     a budget on latency, params or memory did not plan for them."""
     if compensate == "none":
@@ -107,9 +113,7 @@ def check_per_position(compensate: str, spec) -> None:
 
 
 def unmatched_excludes(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
-    from onnxprune.analysis.groups import _excluded
-
-    return [p for p in patterns if not any(_excluded(n, [p]) for n in model.graph.node)]
+    return [p for p in patterns if not any(excluded_by(n, [p]) for n in model.graph.node)]
 
 
 def analyze_model(model, *, input_shapes=None, exclude=None, heads: bool = False, embed_dim: bool = False,
@@ -122,274 +126,287 @@ def analyze_model(model, *, input_shapes=None, exclude=None, heads: bool = False
     progress.start("normalize")
     norm = normalize(m)
     progress.start("analyze")
-    view = build_view(norm, _shapes(input_shapes))
+    view = build_view(norm, input_shapes_from(input_shapes))
     a = analyze(view, exclude=split_patterns(exclude), heads=heads, embed_dim=embed_dim)
     progress.done()
     return a
 
 
-def group_reports(analysis: Analysis, kept: dict[int, np.ndarray] | None = None) -> list[GroupReport]:
-    out = []
-    for g in analysis.groups:
-        k = kept.get(g.id) if kept else None
-        out.append(GroupReport(
-            id=g.id, name=g.name, channels=g.size, kept=len(k) if k is not None else g.size,
-            frozen=not g.prunable, frozen_channels=int(g.frozen.sum()), reasons=list(g.reasons),
-            depthwise=g.depthwise, kind=g.kind, members=[f"{m.tensor}:{m.axis}" for m in g.members],
-            kept_indices=[int(i) for i in k] if k is not None else None))
-    return out
+def load_and_analyze(model, config: PruneConfig, progress: Progress) -> LoadedModel:
+    ac = config.analysis
+    progress.start("load")
+    m, src = _as_model(model)
+    # ONNX Runtime runs the input before the rewrite when calibrating or timing: check types and
+    # shapes first, so an inconsistent input is named as such (the rewrite checks it otherwise)
+    spec = config.target.budget
+    runs_input = config.scoring.calib is not None or (spec is not None and spec.metric == "latency")
+    checker_note = validate_model(m, src, full=runs_input)
+    progress.start("normalize")
+    norm = normalize(m)
+    progress.start("analyze")
+    view = build_view(norm, with_batch(norm, ac.input_shapes, ac.batch))
+    analysis = analyze(view, exclude=ac.exclude, heads=ac.heads, embed_dim=ac.embed_dim)
+    return LoadedModel(m, src, norm, analysis, checker_note, custom_ops(norm))
 
 
-def model_stats(model: onnx.ModelProto, input_shapes, file_bytes: bool = False) -> ModelStats:
-    """MACs, params, peak memory (and with ``file_bytes`` the serialized size: a full pass over a large
-    model's weights, so only where it is reported)."""
-    from onnxprune.profiling.cost import peak_memory
-
-    v = build_view(model, input_shapes)
-    return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model.ByteSize() if file_bytes else None,
-                      peak_memory_bytes=int(peak_memory(v)[0]))
-
-
-def measure(models: list[onnx.ModelProto], input_shapes, *, provider="cpu", threads=None,
-            time_budget_s: float = 6.0) -> list[float]:
-    """Median latency (ms) of each model, measured side by side in one process."""
-    from onnxprune.profiling.timing import measure_latencies
-
-    feeds = random_feeds(models[0], seed=0, input_shapes=input_shapes)
-    stats = measure_latencies([m.SerializeToString() for m in models], feeds, provider=provider,
-                              threads=threads, time_budget_s=time_budget_s)
-    return [s.median_ms for s in stats]
+def calibrate_and_score(loaded: LoadedModel, config: PruneConfig, progress: Progress) -> Scored:
+    sc = config.scoring
+    calib = load_calib(sc.calib, loaded.normalized, batch_size=sc.calib_batch, limit=sc.calib_limit,
+                       preprocess=sc.preprocess)
+    compensate = resolve_compensate(config.compensation.mode, sc.scorer, calib is not None)
+    if config.compensation.per_position:
+        check_per_position(compensate, config.target.budget)
+        check_static_positions(loaded.normalized)  # before any work: the written model keeps these inputs
+    ctx = ScoreContext(loaded.analysis, calib=calib, seed=sc.seed)
+    progress.start("score", sc.scorer)
+    return Scored(calib, compensate, ctx, score_groups(loaded.analysis, sc.scorer, context=ctx))
 
 
-def _budget_spec(budget, macs, params, peak_memory):
-    from onnxprune.planning.budget import BudgetSpec, parse_budget_spec
+def plan(loaded: LoadedModel, scored: Scored, config: PruneConfig, progress: Progress) -> Plan:
+    """Kept channels by ratio, or by a budget's knapsack and closed loop (in stages if asked)."""
+    t, rt, spec = config.target, config.runtime, config.target.budget
+    analysis = loaded.analysis
+    if spec is not None and spec.metric == "latency" and loaded.custom_ops and not rt.latency_cmd:
+        raise OnnxPruneError(f"a latency budget needs ONNX Runtime to run the model, which has custom op(s) "
+                             f"{', '.join(loaded.custom_ops)}: time it with --latency-cmd, or use --macs / --params")
+    if spec is None:
+        kept = select_by_ratio(analysis.groups, scored.scores, t.ratio, ratio_dw=t.ratio_dw,
+                               global_rank=t.global_rank, round_to=t.round_to)
+        return Plan(keep_every_member(analysis.groups, kept, scored.scores))
+    plan_kw = dict(original=loaded.original, provider=rt.provider, threads=rt.threads, round_to=t.round_to,
+                   knapsack_value=t.knapsack_value, latency_model=rt.latency_model, cache_dir=rt.cache_dir,
+                   use_cache=rt.use_cache, latency_cmd=rt.latency_cmd, progress=progress)
+    if t.stages > 1:
+        res = plan_in_stages(analysis, _stage_scorer(scored, config), spec, t.stages,
+                             reanalyze=_stage_analyzer(loaded, config), **plan_kw)
+    else:
+        res = plan_for_budget(analysis, scored.scores, spec, **plan_kw)
+    return Plan(keep_every_member(analysis.groups, res.kept, scored.scores), res)
 
-    given = [(k, v) for k, v in (("latency", budget), ("macs", macs), ("params", params),
-                                 ("peak_memory", peak_memory)) if v is not None]
-    if len(given) > 1:
-        raise OnnxPruneError("give one budget at a time (--budget, --macs, --params or --peak-memory)")
-    if not given:
+
+def _stage_analyzer(loaded: LoadedModel, config: PruneConfig):
+    """Re-analysis of an intermediate stage's model with the run's options."""
+    ac = config.analysis
+
+    def reanalyze(model):
+        return analyze(build_view(model, loaded.input_shapes), exclude=ac.exclude, heads=ac.heads,
+                       embed_dim=ac.embed_dim)
+    return reanalyze
+
+
+def _stage_scorer(scored: Scored, config: PruneConfig):
+    """Scores of an intermediate stage's groups, on the run's calibration data."""
+    sc = config.scoring
+
+    def score(a):
+        return score_groups(a, sc.scorer, context=ScoreContext(a, calib=scored.calib, seed=sc.seed))
+    return score
+
+
+def rewrite_and_check(loaded: LoadedModel, plan_: Plan, progress: Progress) -> Rewritten:
+    progress.start("rewrite")
+    pruned = rewrite(loaded.analysis, plan_.kept)
+    checker_note = loaded.checker_note
+    try:
+        check_model_light(pruned)
+    except Exception as e:
+        # the plain check at load skips type/shape inference: was the input already inconsistent?
+        input_note = validate_model(loaded.original, loaded.source, full=True)  # raises if ORT cannot load it
+        if input_note is None:
+            raise InternalError(f"internal error: the rewritten model fails the ONNX checker: "
+                                f"{first_line(e)}") from None
+        validate_model(pruned, "the rewritten model")  # held to what the input meets: ONNX Runtime loads it
+        checker_note = checker_note or input_note
+    return Rewritten(pruned, checker_note)
+
+
+def budget_report(plan_: Plan, config: PruneConfig) -> BudgetReport | None:
+    """The closed loop's record for the report; a budget that was not met stops the run."""
+    res, spec, t = plan_.budget, config.target.budget, config.target
+    if res is None:
         return None
-    k, v = given[0]
-    return v if isinstance(v, BudgetSpec) else parse_budget_spec(k, v)
+    info = dict(res.info)
+    latency_model = info.pop("latency_model", config.runtime.latency_model if spec.metric == "latency" else None)
+    report = BudgetReport(
+        metric=res.metric, spec=spec.text, budget=res.budget, baseline=res.baseline,
+        # a sum of per-group deltas can fall below zero where latency is not additive (tiny,
+        # overhead-bound models): no prediction then, the loop measured
+        predicted=res.predicted if res.predicted > 0 else None, measured=res.measured, met=res.met,
+        iterations=res.iterations, round_to=t.round_to, stages=t.stages, knapsack_value=t.knapsack_value,
+        latency_model=latency_model, **info)
+    if not res.met:
+        raise OnnxPruneError(
+            f"{spec.metric} budget {spec.text} not met after {len(res.iterations)} tries "
+            f"(best measured {res.measured:.4g} vs budget {res.budget:.4g}); nothing written")
+    return report
 
 
-def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, global_rank: bool = False,
-          scorer: str = "l2", exclude: list[str] | None = None, input_shapes=None, heads: bool = False,
-          embed_dim: bool = False, verify: bool = True,
-          latency: bool = True, provider: str = "cpu", threads: int | None = None,
-          progress: Progress | None = None,
-          calib=None, calib_batch: int | None = None, calib_limit: int | None = None, preprocess=None,
-          compensate: str | None = None, per_position: bool = False, seed: int = 0,
-          budget: str | None = None, macs: str | None = None, params: str | None = None,
-          peak_memory: str | None = None, round_to: int | None = None, latency_model: str = "measured",
-          cache_dir=None, use_cache: bool = True, latency_cmd: str | None = None,
-          batch: int | None = None, stages: int = 1, knapsack_value: str = "lamp") -> PruneResult:
-    """Remove `ratio` of the channels of every prunable channel group (lowest scores first; 0.3 when
-    neither a ratio nor a budget is given).
+def verify(loaded: LoadedModel, plan_: Plan, pruned: onnx.ModelProto, progress: Progress) -> VerificationResult:
+    """The mask oracle: the original with removed channels zeroed must give the pruned model's outputs."""
+    progress.start("verify")
+    if loaded.custom_ops:
+        raise OnnxPruneError(
+            f"cannot verify: ONNX Runtime has no kernel for custom op(s) {', '.join(loaded.custom_ops)}; "
+            "rerun with --no-verify to write the model unverified")
+    feeds = [random_feeds(loaded.analysis.view, seed=s) for s in range(3)]
+    plain = needs_plain_execution(loaded.normalized)
+    rel_tol, half = verify_tolerance(loaded.normalized)
+    res = compare_models(masked_model(loaded.analysis, plan_.kept), pruned, feeds, rel_tol=rel_tol, optimize=not plain)
+    result = VerificationResult(
+        passed=res.passed, max_abs_diff=res.max_abs_diff, tolerance=res.tolerance, rel_tol=rel_tol,
+        output_scale=res.scale, inputs=len(feeds), per_output=res.per_output,
+        tolerance_note=(f"{half} model: tolerance {rel_tol:g} x output scale (a few {half} ulps per layer), not 1e-4"
+                        if half else None),
+        note=("quantize/dequantize ops: both models run op by op (ONNX Runtime graph optimizations off), as fused "
+              "integer kernels round differently" if plain else None),
+        mismatched_elements=res.mismatched or None)
+    if not res.passed:
+        what = ("integer output(s) differ: " + ", ".join(f"'{k}' in {v} element(s)" for k, v in res.mismatched.items())
+                if res.mismatched else
+                f"pruned model differs from the masked original by {res.max_abs_diff:.3e} "
+                f"(tolerance {res.tolerance:.3e})")
+        raise VerificationError(f"verification failed: {what}; nothing written")
+    return result
+
+
+def compensate(loaded: LoadedModel, scored: Scored, plan_: Plan, pruned: onnx.ModelProto, config: PruneConfig,
+               progress: Progress) -> Compensated:
+    """Fold what removed channels contributed on average into their consumers (after verification)."""
+    if scored.compensate == "none" or not plan_.kept:
+        return Compensated(pruned)
+    progress.start("compensate", scored.compensate)
+    model, comp, check = apply_compensation(loaded.analysis, plan_.kept, pruned, scored.context, scored.compensate,
+                                            check=config.runtime.verify, positions=config.compensation.per_position)
+    return Compensated(model, True, list(comp.notes), check)
+
+
+def finalize(loaded: LoadedModel, plan_: Plan, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], int]:
+    """The model as written: int8 weights behind DequantizeLinear stay int8, and the original's
+    graph inputs are kept. Returns (model, notes, its serialized size before the inputs are restored)."""
+    model, notes = requantize_weights(model, loaded.analysis, plan_.kept)
+    size = model.ByteSize()
+    return initializers_as_inputs(loaded.original, model), notes, size
+
+
+def measure_latency(loaded: LoadedModel, pruned: onnx.ModelProto, config: PruneConfig, progress: Progress
+                    ) -> tuple[float | None, float | None, str]:
+    """(baseline ms, pruned ms, how) of the original and written models."""
+    rt = config.runtime
+    progress.start("latency", f"({rt.provider})")
+    if loaded.custom_ops and not rt.latency_cmd:
+        return None, None, "not measured: custom ops have no ONNX Runtime kernel"
+    if rt.latency_cmd:
+        base_ms, pruned_ms = (measure_with_command(rt.latency_cmd, x) for x in (loaded.original, pruned))
+        return base_ms, pruned_ms, "measured by --latency-cmd"
+    base_ms, pruned_ms = measure([loaded.original, pruned], loaded.input_shapes, provider=rt.provider,
+                                 threads=rt.threads)
+    return base_ms, pruned_ms, f"median, {rt.provider}, side by side in one process"
+
+
+def run_settings(loaded: LoadedModel, scored: Scored, config: PruneConfig) -> RunSettings:
+    t, ac = config.target, config.analysis
+    return RunSettings(ratio=t.ratio, ratio_dw=t.ratio_dw, global_rank=t.global_rank, round_to=t.round_to,
+                       scorer=config.scoring.scorer, exclude=list(ac.exclude), heads=ac.heads,
+                       embed_dim=ac.embed_dim, input_shapes=loaded.input_shapes, provider=config.runtime.provider,
+                       threads=config.runtime.threads, seed=config.scoring.seed, compensate=scored.compensate,
+                       per_position=config.compensation.per_position,
+                       calib=getattr(scored.calib, "description", None) if scored.calib is not None else None)
+
+
+def outcome_notes(loaded: LoadedModel, kept: dict[int, np.ndarray]) -> list[str]:
+    """What the user should know about the result: nothing removed (and why), frozen custom ops,
+    MACs that could not be counted."""
+    analysis, notes = loaded.analysis, []
+    if not any(len(kept[g.id]) < g.size for g in analysis.groups if g.id in kept):
+        prunable = [g for g in analysis.groups if g.prunable]
+        why = ("no channel group was found (every node is excluded or not understood: see `onnxprune analyze`)"
+               if not analysis.groups else "every channel group is frozen" if not prunable
+               else "the ratio or budget leaves every group at full width")
+        notes.append(f"no channel was removed: {why}")
+    if loaded.custom_ops:
+        notes.append(f"custom op(s) {', '.join(loaded.custom_ops)}: groups touching them are frozen")
+    uncounted = uncounted_mac_nodes(analysis.view)
+    if uncounted:
+        notes.append(f"MACs leave out {len(uncounted)} node(s) whose shapes are unknown: "
+                     + ", ".join(uncounted[:3]) + (" ..." if len(uncounted) > 3 else ""))
+    return notes
+
+
+def input_notes(loaded: LoadedModel, rewritten: Rewritten, scored: Scored, config: PruneConfig) -> list[str]:
+    """Notes about the input and the options: checker findings, unmatched excludes, scorer notes."""
+    notes = [rewritten.checker_note] if rewritten.checker_note else []
+    notes += [f"--exclude '{p}' matches no node name or op type"
+              for p in unmatched_excludes(loaded.normalized, config.analysis.exclude)]
+    return notes + list(scored.context.notes)
+
+
+def baseline_stats(loaded: LoadedModel) -> ModelStats:
+    stats = model_stats(loaded.normalized, loaded.input_shapes)
+    stats.file_bytes = loaded.original.ByteSize()
+    return stats
+
+
+def prune(model, config: PruneConfig | None = None, *, progress: Progress | None = None, **options) -> PruneResult:
+    """Remove channels of every prunable channel group (lowest scores first) and verify the result.
+
+    ``config`` is a :class:`onnxprune.config.PruneConfig`; or give its options as keywords
+    (``prune(model, ratio=0.3, scorer="vbp", calib="calib.npz")``, see
+    :func:`onnxprune.config.config_from_keywords`): a ratio of 0.3 when neither a ratio nor a budget
+    is given.
 
     Calibration (data-driven scorers such as ``vbp``, and ``compensate="mean"``): ``calib`` is a
     .npz/.npy path, a folder of images (``preprocess``), an array, a dict of arrays or a list of feed
-    dicts (see onnxprune/calib.py). ``compensate``: "mean" (default for vbp) folds the calibration
-    mean of every removed channel into the consumer's bias after verification; "none" disables it.
-    ``per_position``: compensation constants per position (token / pixel: the mean over the batch axis
-    only) instead of per channel, added as a constant map after each consumer; exact in expectation at
-    every position, padded conv borders included; needs static input dims except the batch.
+    dicts (see onnxprune/scoring/calibration.py). ``compensate``: "mean" (default for vbp) folds the
+    calibration mean of every removed channel into the consumer's bias after verification; "none"
+    disables it. ``per_position``: compensation constants per position (token / pixel: the mean over
+    the batch axis only) instead of per channel, added as a constant map after each consumer; exact in
+    expectation at every position, padded conv borders included; needs static input dims except the
+    batch.
 
     Budgets (instead of ``ratio``): ``budget`` latency ("11ms", "0.6x"), ``macs`` / ``params``
     ("50%", "1.2G", "3M") or ``peak_memory`` ("3.6MB", "50%"): a group knapsack over LAMP-normalized
     scores (use ``scorer="sp-lamp"`` for the paper's method) with a measured, cached, position-aware
     latency table (``latency_model="macs"`` for an analytic estimate), then a closed loop on the
     written model (``knapsack_value="members"`` weights each group's values by its number of weight
-    members: better accuracy without fine-tuning, see budget.group_choices). ``round_to`` keeps channel counts at multiples of N (or "auto": widest width of
-    each measured latency step); ``stages`` reaches the budget in k steps, re-scoring and
-    re-measuring on the model pruned so far (SP-LAMP Sec. 3.3).
+    members: better accuracy without fine-tuning, see planning/choices.group_choices). ``round_to``
+    keeps channel counts at multiples of N (or "auto": widest width of each measured latency step);
+    ``stages`` reaches the budget in k steps, re-scoring and re-measuring on the model pruned so far
+    (SP-LAMP Sec. 3.3).
 
     The result is verified against the mask oracle unless ``verify=False``; a mismatch raises
     :class:`VerificationError` and no model is returned.
     """
-    check_prune_args(ratio=ratio, ratio_dw=ratio_dw,
-                     budgets=dict(budget=budget, macs=macs, params=params, peak_memory=peak_memory),
-                     round_to=round_to, stages=stages, latency_model=latency_model, seed=seed,
-                     calib_batch=calib_batch, calib_limit=calib_limit, threads=threads, batch=batch,
-                     knapsack_value=knapsack_value)
-    if ratio is None and all(v is None for v in (budget, macs, params, peak_memory)):
-        ratio = 0.3
-    exclude = split_patterns(exclude)
+    if config is not None and options:
+        raise TypeError(f"prune() takes a PruneConfig or keyword options, not both (got {', '.join(options)})")
+    config = config if config is not None else config_from_keywords(**options)
     progress = progress or Progress(False)
-    progress.start("load")
-    m, src = _as_model(model)
-    # ONNX Runtime runs the input before the rewrite when calibrating or timing: check types and
-    # shapes first, so an inconsistent input is named as such (the rewrite checks it otherwise)
-    checker_note = validate_model(m, src, full=calib is not None or budget is not None)
-    progress.start("normalize")
-    norm = normalize(m)
-    progress.start("analyze")
-    shapes = with_batch(norm, _shapes(input_shapes), batch)
-    view = build_view(norm, shapes)
-    analysis = analyze(view, exclude=exclude, heads=heads, embed_dim=embed_dim)
-    # -- calibration data and compensation mode (issue #4) --
-    from onnxprune.scoring.calibration import load_calib, resolve_compensate
-    from onnxprune.scoring.registry import ScoreContext
-
-    calib_set = load_calib(calib, norm, batch_size=calib_batch, limit=calib_limit, preprocess=preprocess)
-    compensate = resolve_compensate(compensate, scorer, calib_set is not None)
-    if per_position:
-        from onnxprune.transform.compensate import check_static_positions
-
-        check_per_position(compensate, _budget_spec(budget, macs, params, peak_memory))
-        check_static_positions(norm)  # before any work: the written model keeps these inputs
-    score_ctx = ScoreContext(analysis, calib=calib_set, seed=seed)
-    progress.start("score", scorer)
-    scores = score_groups(analysis, scorer, context=score_ctx)
-    spec = _budget_spec(budget, macs, params, peak_memory)
-    customs = custom_ops(norm)
-    if spec is not None and spec.metric == "latency" and customs and not latency_cmd:
-        raise OnnxPruneError(f"a latency budget needs ONNX Runtime to run the model, which has custom op(s) "
-                             f"{', '.join(customs)}: time it with --latency-cmd, or use --macs / --params")
-    budget_res = None
-    if spec is None:
-        kept = select_by_ratio(analysis.groups, scores, ratio, ratio_dw=ratio_dw, global_rank=global_rank,
-                               round_to=round_to)
-    else:
-        from onnxprune.planning.budget import plan_for_budget
-
-        plan_kw = dict(original=m, provider=provider, threads=threads, round_to=round_to, knapsack_value=knapsack_value,
-                       latency_model=latency_model, cache_dir=cache_dir, use_cache=use_cache,
-                       latency_cmd=latency_cmd, progress=progress)
-        if stages > 1:
-            from onnxprune.planning.budget import plan_in_stages
-
-            def reanalyze(model):
-                return analyze(build_view(model, view.input_shapes), exclude=exclude, heads=heads, embed_dim=embed_dim)
-
-            def score_fn(a):
-                return score_groups(a, scorer, context=ScoreContext(a, calib=calib_set, seed=seed))
-            budget_res = plan_in_stages(analysis, score_fn, spec, stages, reanalyze=reanalyze, **plan_kw)
-        else:
-            budget_res = plan_for_budget(analysis, scores, spec, **plan_kw)
-        kept = budget_res.kept
-    kept = keep_every_member(analysis.groups, kept, scores)
-    progress.start("rewrite")
-    pruned = rewrite(analysis, kept)
-    try:
-        check_model_light(pruned)
-    except Exception as e:
-        # the plain check at load skips type/shape inference: was the input already inconsistent?
-        input_note = validate_model(m, src, full=True)  # raises if ONNX Runtime cannot load the input
-        if input_note is None:
-            raise InternalError(f"internal error: the rewritten model fails the ONNX checker: "
-                                 f"{first_line(e)}") from None
-        validate_model(pruned, "the rewritten model")  # held to what the input meets: ONNX Runtime loads it
-        checker_note = checker_note or input_note
-
-    report = Report(input=src, output=None,
-                    settings=dict(ratio=ratio, ratio_dw=ratio_dw, global_rank=global_rank, round_to=round_to,
-                                  scorer=scorer,
-                                  exclude=exclude or [], heads=heads, embed_dim=embed_dim,
-                                  input_shapes=view.input_shapes, provider=provider,
-                                  threads=threads),
-                    baseline=model_stats(norm, view.input_shapes))
-    report.baseline.file_bytes = m.ByteSize()
-    if checker_note:
-        report.notes.append(checker_note)
-    for p in unmatched_excludes(norm, exclude):
-        report.notes.append(f"--exclude '{p}' matches no node name or op type")
-    report.settings.update(seed=seed, compensate=compensate, per_position=per_position,
-                           calib=getattr(calib_set, "description", None) if calib_set is not None else None)
-    report.notes.extend(score_ctx.notes)
-    if budget_res is not None:
-        report.budget = dict(metric=budget_res.metric, spec=spec.text, budget=budget_res.budget,
-                             baseline=budget_res.baseline,
-                             # a sum of per-group deltas can fall below zero where latency is not
-                             # additive (tiny, overhead-bound models): no prediction then, the loop measured
-                             predicted=budget_res.predicted if budget_res.predicted > 0 else None,
-                             measured=budget_res.measured, met=budget_res.met, iterations=budget_res.iterations,
-                             round_to=round_to, stages=stages, knapsack_value=knapsack_value,
-                             **{"latency_model": latency_model if spec.metric == "latency" else None,
-                                **budget_res.info})
-        if not budget_res.met:
-            raise OnnxPruneError(
-                f"{spec.metric} budget {spec.text} not met after {len(budget_res.iterations)} tries "
-                f"(best measured {budget_res.measured:.4g} vs budget {budget_res.budget:.4g}); nothing written")
+    loaded = load_and_analyze(model, config, progress)
+    scored = calibrate_and_score(loaded, config, progress)
+    plan_ = plan(loaded, scored, config, progress)
+    rewritten = rewrite_and_check(loaded, plan_, progress)
+    report = Report(input=loaded.source, output=None, settings=run_settings(loaded, scored, config),
+                    baseline=baseline_stats(loaded), notes=input_notes(loaded, rewritten, scored, config))
+    report.budget = budget_report(plan_, config)
     progress.start("stats")
-    report.pruned = model_stats(pruned, view.input_shapes)
-    report.groups = group_reports(analysis, kept)
-    if not any(len(kept[g.id]) < g.size for g in analysis.groups if g.id in kept):
-        prunable = [g for g in analysis.groups if g.prunable]
-        why = ("no channel group was found (every node is excluded or not understood: see `onnxprune analyze`)"
-               if not analysis.groups else "every channel group is frozen" if not prunable
-               else "the ratio or budget leaves every group at full width")
-        report.notes.append(f"no channel was removed: {why}")
-    if customs:
-        report.notes.append(f"custom op(s) {', '.join(customs)}: groups touching them are frozen")
-    uncounted = uncounted_mac_nodes(view)
-    if uncounted:
-        report.notes.append(f"MACs leave out {len(uncounted)} node(s) whose shapes are unknown: "
-                            + ", ".join(uncounted[:3]) + (" ..." if len(uncounted) > 3 else ""))
-
-    if verify:
-        progress.start("verify")
-        if customs:
-            raise OnnxPruneError(
-                f"cannot verify: ONNX Runtime has no kernel for custom op(s) {', '.join(customs)}; "
-                "rerun with --no-verify to write the model unverified")
-        feeds = [random_feeds(view, seed=s) for s in range(3)]
-        plain = needs_plain_execution(norm)
-        rel_tol, half = verify_tolerance(norm)
-        res = compare_models(masked_model(analysis, kept), pruned, feeds, rel_tol=rel_tol, optimize=not plain)
-        report.verification = dict(passed=res.passed, max_abs_diff=res.max_abs_diff, tolerance=res.tolerance,
-                                   rel_tol=rel_tol, output_scale=res.scale, inputs=len(feeds),
-                                   per_output=res.per_output)
-        if half:
-            report.verification["tolerance_note"] = (f"{half} model: tolerance {rel_tol:g} x output scale (a few "
-                                                     f"{half} ulps per layer), not 1e-4")
-        if plain:
-            report.verification["note"] = ("quantize/dequantize ops: both models run op by op (ONNX Runtime graph "
-                                            "optimizations off), as fused integer kernels round differently")
-        if res.mismatched:
-            report.verification["mismatched_elements"] = res.mismatched
-        if not res.passed:
-            what = ("integer output(s) differ: " + ", ".join(f"'{k}' in {v} element(s)" for k, v in res.mismatched.items())
-                    if res.mismatched else
-                    f"pruned model differs from the masked original by {res.max_abs_diff:.3e} "
-                    f"(tolerance {res.tolerance:.3e})")
-            raise VerificationError(f"verification failed: {what}; nothing written")
-    else:
-        report.verification = dict(skipped="--no-verify")
-
-    if compensate != "none" and kept:
-        progress.start("compensate", compensate)
-        from onnxprune.transform.compensate import apply_compensation
-
-        pruned, comp, comp_check = apply_compensation(analysis, kept, pruned, score_ctx, compensate, check=verify,
-                                                      positions=per_position)
-        report.notes.extend(comp.notes)
-        if comp_check is not None:
-            report.verification[f"{compensate}_compensation"] = comp_check
-        report.pruned = model_stats(pruned, view.input_shapes)
-
-    pruned, notes = requantize_weights(pruned, analysis, kept)  # int8 weights behind DQ stay int8
-    report.notes.extend(notes)
-    report.pruned.file_bytes = pruned.ByteSize()
-    pruned = initializers_as_inputs(m, pruned)  # the written model keeps the original's inputs
-    if latency:
-        progress.start("latency", f"({provider})")
-        if customs and not latency_cmd:
-            report.baseline.latency_note = "not measured: custom ops have no ONNX Runtime kernel"
-        else:
-            if latency_cmd:
-                from onnxprune.profiling.latency_cmd import measure_with_command
-
-                base_ms, pruned_ms = (measure_with_command(latency_cmd, x) for x in (m, pruned))
-                report.baseline.latency_note = "measured by --latency-cmd"
-            else:
-                base_ms, pruned_ms = measure([m, pruned], view.input_shapes, provider=provider, threads=threads)
-                report.baseline.latency_note = f"median, {provider}, side by side in one process"
-            report.baseline.latency_ms, report.pruned.latency_ms = base_ms, pruned_ms
+    report.pruned = model_stats(rewritten.model, loaded.input_shapes)
+    report.groups = group_reports(loaded.analysis, plan_.kept)
+    report.notes += outcome_notes(loaded, plan_.kept)
+    report.verification = (verify(loaded, plan_, rewritten.model, progress) if config.runtime.verify
+                           else VerificationResult(skipped="--no-verify"))
+    comp = compensate(loaded, scored, plan_, rewritten.model, config, progress)
+    if comp.applied:
+        report.notes += comp.notes
+        if comp.check is not None:
+            report.verification.compensation[scored.compensate] = comp.check
+        report.pruned = model_stats(comp.model, loaded.input_shapes)
+    written, notes, report.pruned.file_bytes = finalize(loaded, plan_, comp.model)
+    report.notes += notes
+    if config.runtime.latency:
+        report.baseline.latency_ms, report.pruned.latency_ms, report.baseline.latency_note = \
+            measure_latency(loaded, written, config, progress)
     progress.done()
     report.timings_s = dict(progress.timings)
-    return PruneResult(pruned, report, analysis, kept)
+    return PruneResult(written, report, loaded.analysis, plan_.kept)
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path=None) -> None:

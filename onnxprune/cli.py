@@ -7,11 +7,25 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
+from onnxprune import __version__
+from onnxprune.api import analyze_model, prune, save
+from onnxprune.config import config_from_keywords
 from onnxprune.errors import InternalError, OnnxPruneError
+from onnxprune.model.store import check_not_input_file, check_writable_file, custom_ops
+from onnxprune.profiling.cost import uncounted_mac_nodes
+from onnxprune.profiling.latency_table import build_latency_table, default_cache_dir
+from onnxprune.report.plot import check_plot_path, plot_report
+from onnxprune.report.stats import group_reports, measure, model_stats
+from onnxprune.report.summary import Progress, format_count
+from onnxprune.scoring.registry import SCORERS
 
 COMMANDS = ("prune", "analyze", "profile")
 
@@ -43,8 +57,6 @@ def _latency_table_args(p, no_cache_help: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     ap = argparse.ArgumentParser(
         prog="onnxprune", description="Structured pruning for ONNX models.",
         epilog="'onnxprune IN OUT [options]' (without a command) means 'onnxprune prune IN OUT [options]'.")
@@ -58,8 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ratio for groups that pass through depthwise convs (DEPrune DW/PW setting)")
     p.add_argument("--global", dest="global_rank", action="store_true",
                    help="rank channels across groups (scores normalized by group mean) instead of per group")
-    from onnxprune.scoring.registry import SCORERS
-
     p.add_argument("--scorer", default="l2", choices=sorted(SCORERS), help="channel importance (default l2)")
     # -- calibration and training-free recovery (issue #4) --
     p.add_argument("--calib", metavar="DATA", help="calibration data: .npz (arrays named like the inputs; "
@@ -118,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "prune")
     args = build_parser().parse_args(argv)
-    import signal
 
     def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so no half-written file stays behind
         raise KeyboardInterrupt
@@ -127,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (main() called from a user's worker thread)
         pass
-    from onnxprune.report.summary import Progress
-
     args.progress = Progress(enabled=not args.quiet)
     try:
         if args.command == "prune":
@@ -160,60 +167,58 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _prune(args) -> int:
-    from onnxprune.api import prune, save
-    from onnxprune.model.store import _same_path, check_not_input_file
-    from pathlib import Path
-
+def config_from_args(args):
+    """The PruneConfig of `onnxprune prune` (validated as the Python API's is; the CLI has no default
+    ratio: it says what to give)."""
     budgets = [b for b in (args.budget, args.macs, args.params, args.peak_memory) if b is not None]
     if args.ratio is None and not budgets:
         raise OnnxPruneError("nothing to do: give --ratio (e.g. --ratio 0.3) or a budget (--budget 0.6x, --macs 50%)")
-    from onnxprune.api import check_prune_args
+    return config_from_keywords(
+        ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank, scorer=args.scorer,
+        exclude=args.exclude, input_shapes=args.input_shape, heads=args.heads, embed_dim=args.embed_dim,
+        verify=not args.no_verify, latency=not args.no_latency, provider=args.provider, threads=args.threads,
+        calib=args.calib, calib_batch=args.calib_batch, calib_limit=args.calib_limit, preprocess=args.preprocess,
+        compensate=args.compensate, per_position=args.per_position, seed=args.seed, budget=args.budget,
+        macs=args.macs, params=args.params, peak_memory=args.peak_memory, round_to=args.round_to,
+        latency_model=args.latency_model, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+        latency_cmd=args.latency_cmd, batch=args.batch, stages=args.stages, knapsack_value=args.knapsack_value)
 
-    check_prune_args(ratio=args.ratio, ratio_dw=args.ratio_dw,
-                     budgets=dict(budget=args.budget, macs=args.macs, params=args.params,
-                                  peak_memory=args.peak_memory),
-                     round_to=args.round_to, stages=args.stages, latency_model=args.latency_model, seed=args.seed,
-                     calib_batch=args.calib_batch, calib_limit=args.calib_limit, threads=args.threads,
-                     batch=args.batch, knapsack_value=args.knapsack_value)
+
+def _check_outputs(args) -> None:
+    """Refuse output paths before any work: the input, a missing folder, one file for two outputs."""
     check_not_input_file(args.output, args.input, "output path")
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
         raise OnnxPruneError(f"output folder does not exist: {out_dir}")
+    model_files = [Path(args.output), Path(str(args.output) + ".data")]
     if args.report:
         _check_side_output(args.report, args.input, "--report")
-        for f in (Path(args.output), Path(str(args.output) + ".data")):
-            if _same_path(Path(args.report), f):
-                raise OnnxPruneError("--report is the output model path: give the report its own file")
+        if any(_same_file(Path(args.report), f) for f in model_files):
+            raise OnnxPruneError("--report is the output model path: give the report its own file")
     if args.plot:
-        from onnxprune.report.plot import check_plot_path
-
         check_plot_path(args.plot)
         _check_side_output(args.plot, args.input, "--plot")
-        for f in [Path(args.output), Path(str(args.output) + ".data")] + ([Path(args.report)] if args.report else []):
-            if _same_path(Path(args.plot), f):
-                raise OnnxPruneError("--plot names another output's file: give the plot its own file")
-    progress = args.progress
-    res = prune(args.input, ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
-                scorer=args.scorer, exclude=args.exclude, input_shapes=args.input_shape,
-                heads=args.heads, embed_dim=args.embed_dim,
-                verify=not args.no_verify, latency=not args.no_latency, provider=args.provider,
-                threads=args.threads, progress=progress,
-                calib=args.calib, calib_batch=args.calib_batch, calib_limit=args.calib_limit,
-                preprocess=args.preprocess, compensate=args.compensate, per_position=args.per_position,
-                seed=args.seed,
-                budget=args.budget, macs=args.macs, params=args.params, peak_memory=args.peak_memory,
-                round_to=args.round_to, latency_model=args.latency_model, cache_dir=args.cache_dir,
-                use_cache=not args.no_cache, latency_cmd=args.latency_cmd, batch=args.batch,
-                stages=args.stages, knapsack_value=args.knapsack_value)
+        if any(_same_file(Path(args.plot), f) for f in model_files + ([Path(args.report)] if args.report else [])):
+            raise OnnxPruneError("--plot names another output's file: give the plot its own file")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _prune(args) -> int:
+    config = config_from_args(args)
+    _check_outputs(args)
+    res = prune(args.input, config, progress=args.progress)
     save(res.model, args.output, input_path=args.input)
     res.report.output = str(args.output)
     res.report.pruned.file_bytes = os.path.getsize(args.output)
     if args.report:
         res.report.write_json(args.report)
     if args.plot:
-        from onnxprune.report.plot import plot_report
-
         plot_report(res.report, args.plot)
     print(f"pruned {args.input} -> {args.output}")
     print(res.report.summary())
@@ -221,13 +226,6 @@ def _prune(args) -> int:
 
 
 def _analyze(args) -> int:
-    import json
-
-    from onnxprune.api import analyze_model, group_reports, measure, model_stats
-    from onnxprune.profiling.cost import uncounted_mac_nodes
-    from onnxprune.model.store import custom_ops
-    from onnxprune.report.summary import _si
-
     progress = args.progress
     if args.json:
         _check_side_output(args.json, args.input, "--json")
@@ -242,7 +240,7 @@ def _analyze(args) -> int:
     groups = group_reports(a)
     print(f"{args.input}: {len(view.nodes)} nodes, inputs {view.input_shapes}")
     lat = f"{stats.latency_ms:.3f} ms (median, {args.provider})" if stats.latency_ms is not None else "not measured"
-    print(f"MACs {_si(stats.macs)}  params {_si(stats.params)}  latency {lat}")
+    print(f"MACs {format_count(stats.macs)}  params {format_count(stats.params)}  latency {lat}")
     uncounted = uncounted_mac_nodes(view)
     if uncounted:
         print(f"  MACs leave out {len(uncounted)} node(s) whose shapes are unknown: {', '.join(uncounted[:3])}"
@@ -268,12 +266,6 @@ def _analyze(args) -> int:
 
 
 def _profile(args) -> int:
-    import json
-    import time
-
-    from onnxprune.api import analyze_model
-    from onnxprune.profiling.latency_table import build_latency_table, default_cache_dir
-
     if args.json:
         _check_side_output(args.json, args.input, "--json")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
@@ -300,16 +292,12 @@ def _profile(args) -> int:
         pts = ", ".join(f"{int(w)}:{d:+.3f}" for w, d in sorted(table.samples.get(g.id, [])))
         print(f"  {g.id:>3}  {g.name[:40]:<40} {g.size:>5}  {pts}")
     if args.json:
-        from dataclasses import asdict
-
         with open(args.json, "w") as f:
             json.dump(dict(asdict(table), wall_s=wall, groups={g.id: g.name for g in groups}), f, indent=1)
     return 0
 
 
 def _check_side_output(path, input_path, what: str) -> None:
-    from onnxprune.model.store import check_not_input_file, check_writable_file
-
     check_not_input_file(path, input_path, what)
     check_writable_file(path, what)
 

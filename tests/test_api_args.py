@@ -140,3 +140,61 @@ def test_macs_behind_a_custom_op_without_shapes_are_said_to_be_missing():
     assert "2 node(s)" in note and "conv2" in note
     res = prune(conv_chain(), ratio=0.3, latency=False)
     assert not any(n.startswith("MACs leave out") for n in res.report.notes)
+
+
+def test_a_prune_config_runs_as_the_keywords_do():
+    from onnxprune import PruneConfig
+    from onnxprune.config import AnalysisConfig, RuntimeConfig, TargetConfig, config_from_keywords
+
+    cfg = PruneConfig(target=TargetConfig(ratio=0.5), analysis=AnalysisConfig(exclude=["conv2"]),
+                      runtime=RuntimeConfig(latency=False))
+    assert cfg == config_from_keywords(ratio=0.5, exclude="conv2", latency=False)
+    by_config, by_keywords = prune(conv_chain(), cfg), prune(conv_chain(), ratio=0.5, exclude="conv2", latency=False)
+    assert kept_counts(by_config) == kept_counts(by_keywords)
+    assert by_config.report.settings == by_keywords.report.settings
+    with pytest.raises(TypeError, match="not both"):
+        prune(conv_chain(), cfg, ratio=0.3)
+    with pytest.raises(TypeError):
+        prune(conv_chain(), ratiio=0.3)  # a misspelt option is not silently ignored
+
+
+def test_prune_config_is_validated_when_built():
+    from onnxprune import PruneConfig
+    from onnxprune.config import RuntimeConfig, ScoringConfig, TargetConfig, budget_spec, config_from_keywords
+
+    with pytest.raises(OnnxPruneError, match=r"\[0, 1\)"):
+        PruneConfig(target=TargetConfig(ratio=1.5))
+    with pytest.raises(OnnxPruneError, match="latency budgets"):
+        PruneConfig(target=TargetConfig(budget=budget_spec(macs="50%")), runtime=RuntimeConfig(latency_model="macs"))
+    with pytest.raises(OnnxPruneError, match="calib limit"):
+        PruneConfig(scoring=ScoringConfig(calib_limit=0))
+    with pytest.raises(OnnxPruneError, match="one budget"):
+        config_from_keywords(macs="50%", params="50%")
+    cfg = config_from_keywords(budget="0.6x", input_shapes="x=1x3x8x8")
+    assert cfg.target.ratio is None and cfg.target.budget.metric == "latency" and cfg.target.budget.fraction == 0.6
+    assert cfg.analysis.input_shapes == {"x": [1, 3, 8, 8]}
+    assert config_from_keywords().target.ratio == 0.3  # the API's default; the CLI asks for one instead
+
+
+def test_cli_builds_the_config_the_keywords_build():
+    from onnxprune.cli import build_parser, config_from_args
+    from onnxprune.config import config_from_keywords
+
+    args = build_parser().parse_args(["prune", "in.onnx", "out.onnx", "--macs", "50%", "--exclude", "a,b",
+                                      "--input-shape", "x=1x3x8x8", "--no-latency", "--stages", "2"])
+    assert config_from_args(args) == config_from_keywords(macs="50%", exclude=["a,b"], input_shapes=["x=1x3x8x8"],
+                                                          latency=False, stages=2)
+    args = build_parser().parse_args(["prune", "in.onnx", "out.onnx"])
+    with pytest.raises(OnnxPruneError, match="nothing to do"):
+        config_from_args(args)
+
+
+def test_report_records_read_like_the_dicts_they_were():
+    res = prune(conv_chain(), macs="60%", latency=False)
+    rep = res.report
+    assert rep.verification.passed is True and rep.verification["passed"] is True
+    assert rep.budget.met and rep.budget["met"] and rep.budget.iterations[0].measured == rep.budget["iterations"][0]["measured"]
+    assert rep.settings.ratio is None and "compensate" in rep.settings
+    d = rep.to_dict()
+    assert list(d["verification"])[:3] == ["passed", "max_abs_diff", "tolerance"]
+    assert "method" not in d["budget"] and "stage" not in d["budget"]["iterations"][0]

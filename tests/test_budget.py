@@ -8,7 +8,8 @@ import pytest
 
 from onnxprune import OnnxPruneError, prune
 from onnxprune.analysis.groups import ChannelGroup
-from onnxprune.planning.budget import group_choices, kept_for, meet_budget, parse_budget_spec
+from onnxprune.planning.budget import meet_budget, parse_budget_spec
+from onnxprune.planning.choices import group_choices, kept_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2 = str(ROOT / "models" / "onnx" / "mobilenetv2.ts.onnx")
@@ -95,21 +96,21 @@ def test_meet_budget_remeasures_a_noisy_miss_at_the_floor():
         meet_budget(choices, 100.0, 90.0, lambda kept: next(calls), metric="latency")
 
 
-def test_check_prune_args_refuses_flags_that_would_be_ignored():
-    from onnxprune.api import check_prune_args
+def test_config_refuses_flags_that_would_be_ignored():
+    from onnxprune.config import config_from_keywords
 
-    ok = dict(ratio=None, ratio_dw=None, budgets=dict(budget="0.8x"), round_to=None, stages=1,
+    ok = dict(ratio=None, ratio_dw=None, budget="0.8x", round_to=None, stages=1,
               latency_model="measured", seed=0, calib_batch=None, calib_limit=None, threads=None, batch=None)
-    check_prune_args(**ok)
+    config_from_keywords(**ok)
     for bad, msg in [(dict(ratio=0.3), "not both"), (dict(ratio_dw=0.5), "ratio-dw"), (dict(stages=0), "stages"),
                      (dict(round_to=0), "round_to"), (dict(latency_model="bogus"), "latency model"),
                      (dict(seed=-1), "seed"), (dict(calib_batch=0), "calib batch"),
-                     (dict(budgets=dict(macs="50%"), round_to="auto"), "auto"),
-                     (dict(budgets=dict(budget=None), ratio=0.3, stages=2), "stages"),
-                     (dict(budgets=dict(budget=None), ratio=0.3, latency_model="macs"), "latency budgets"),
-                     (dict(budgets=dict(budget=None), ratio=1.2), r"\[0, 1\)")]:
+                     (dict(budget=None, macs="50%", round_to="auto"), "auto"),
+                     (dict(budget=None, ratio=0.3, stages=2), "stages"),
+                     (dict(budget=None, ratio=0.3, latency_model="macs"), "latency budgets"),
+                     (dict(budget=None, ratio=1.2), r"\[0, 1\)")]:
         with pytest.raises(OnnxPruneError, match=msg):
-            check_prune_args(**{**ok, **bad})
+            config_from_keywords(**{**ok, **bad})
 
 
 @pytest.mark.parametrize("kind,text,frac", [("macs", "50%", 0.5), ("params", "0.4x", 0.4)])
@@ -161,7 +162,7 @@ def test_one_budget_at_a_time():
 
 
 def test_round_to_auto_keeps_widest_width_of_a_latency_step():
-    from onnxprune.planning.budget import snap_to_steps, solve_budget
+    from onnxprune.planning.choices import snap_to_steps, solve_budget
 
     g = _group(0, 8)
     (c,) = group_choices([g], {0: np.arange(8.0)})
@@ -206,8 +207,9 @@ def test_recurrent_macs_are_counted(op, gates, layout):
 def test_knapsack_value_members_weights_groups_by_their_weight_members():
     """--knapsack-value members: a group's LAMP values times its number of weight members (a residual
     stream feeding many layers is worth more than a channel inside one block)."""
-    from onnxprune.api import analyze_model, check_prune_args
-    from onnxprune.planning.budget import group_choices
+    from onnxprune.api import analyze_model
+    from onnxprune.config import config_from_keywords
+    from onnxprune.planning.choices import group_choices
     from onnxprune.scoring.registry import score_groups
 
     a = analyze_model(str(ROOT / "models" / "onnx" / "resnet18.ts.onnx"))
@@ -222,4 +224,4 @@ def test_knapsack_value_members_weights_groups_by_their_weight_members():
     kw = dict(ratio_dw=None, round_to=None, stages=1, latency_model="measured", seed=0, calib_batch=None,
               calib_limit=None, threads=None, batch=None)
     with pytest.raises(OnnxPruneError, match="applies to budgets"):
-        check_prune_args(ratio=0.3, budgets={}, knapsack_value="members", **kw)
+        config_from_keywords(ratio=0.3, knapsack_value="members", **kw)

@@ -76,7 +76,7 @@ def analyze(view: GraphView, exclude: list[str] | None = None, max_passes: int =
     live: dict[str, set[int]] = {}
     ctx = RuleContext(view, live, options=dict(heads=heads, embed_dim=embed_dim))
     order = list(range(len(view.nodes)))
-    excluded = {k for k in order if exclude and _excluded(view.nodes[k], exclude)}
+    excluded = {k for k in order if exclude and excluded_by(view.nodes[k], exclude)}
     results: dict[int, RuleResult] = {}
     opaque: dict[int, str] = {}
     for p in range(max_passes):
@@ -103,7 +103,7 @@ def analyze(view: GraphView, exclude: list[str] | None = None, max_passes: int =
     return Analysis(view, groups, results, opaque, space_group)
 
 
-def _excluded(node, patterns) -> bool:
+def excluded_by(node, patterns) -> bool:
     return any(fnmatch.fnmatchcase(node.name, p) or fnmatch.fnmatchcase(node.op_type, p) for p in patterns)
 
 

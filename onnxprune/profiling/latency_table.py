@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from onnxprune.analysis.groups import Analysis, ChannelGroup
 from onnxprune.errors import OnnxPruneError
 from onnxprune.analysis.graph import random_feeds
+from onnxprune.profiling.latency_cmd import measure_with_command
 from onnxprune.profiling.timing import measure_latencies
 from onnxprune.transform.rewrite import rewrite
 
@@ -101,8 +103,6 @@ def build_latency_table(analysis: Analysis, groups: list[ChannelGroup], *, provi
                         threads: int | None = None, cache_dir: Path | None = None, use_cache: bool = True,
                         time_per_group_s: float = 6.0, progress=None, latency_cmd: str | None = None) -> LatencyTable:
     """Measure (or load) every group's latency contribution at sampled widths."""
-    import time
-
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if use_cache and cache_dir.exists() and not cache_dir.is_dir():
         raise OnnxPruneError(f"latency cache folder is a file: {cache_dir}")
@@ -127,22 +127,26 @@ def build_latency_table(analysis: Analysis, groups: list[ChannelGroup], *, provi
         order = keep_order(g, None)
         widths = [w for w in sample_widths(g.size, int(g.frozen.sum())) if w < g.size]
         models = [base_model] + [rewrite(analysis, {g.id: top_width_kept(g, order, w)}) for w in widths]
-        lat = _measure(models, feeds, provider, threads, time_per_group_s, latency_cmd)
+        lat = measure_medians(models, feeds, provider=provider, threads=threads, time_budget_s=time_per_group_s,
+                              latency_cmd=latency_cmd, min_time_s=min(1.0, time_per_group_s))
         base_runs.append(lat[0])
         table.samples[g.id] = [[float(g.size), 0.0]] + [[float(w), float(l - lat[0])] for w, l in zip(widths, lat[1:])]
-    table.baseline_ms = float(np.median(base_runs)) if base_runs else _measure([base_model], feeds, provider, threads,
-                                                                               time_per_group_s, latency_cmd)[0]
+    table.baseline_ms = float(np.median(base_runs)) if base_runs else measure_medians(
+        [base_model], feeds, provider=provider, threads=threads, time_budget_s=time_per_group_s,
+        latency_cmd=latency_cmd, min_time_s=min(1.0, time_per_group_s))[0]
     table.build_s = time.perf_counter() - t0
     if use_cache:
         table.save(path)
     return table
 
 
-def _measure(models, feeds, provider, threads, time_budget_s, latency_cmd):
+def measure_medians(models, feeds, *, provider: str, threads: int | None, time_budget_s: float,
+                    latency_cmd: str | None = None, min_time_s: float | None = None) -> list[float]:
+    """Median latency (ms) of each model: side by side in one ONNX Runtime process, or one
+    `--latency-cmd` run per model on the user's device."""
     if latency_cmd:
-        from onnxprune.profiling.latency_cmd import measure_with_command
-
         return [measure_with_command(latency_cmd, m) for m in models]
+    timing = dict(min_time_s=min_time_s) if min_time_s is not None else {}
     stats = measure_latencies([m.SerializeToString() for m in models], feeds, provider=provider, threads=threads,
-                              warmup=3, time_budget_s=time_budget_s, min_time_s=min(1.0, time_budget_s))
+                              warmup=3, time_budget_s=time_budget_s, **timing)
     return [s.median_ms for s in stats]

@@ -42,8 +42,17 @@ def plot_report(report, path: str | os.PathLike) -> None:
     panels = 2 + (1 if budget and budget.get("iterations") else 0)
     fig = plt.figure(figsize=(max(8.0, 0.22 * len(groups) + 3), 3.6 * panels))
     axes = [fig.add_subplot(panels, 1, i + 1) for i in range(panels)]
+    _groups_panel(axes[0], groups, r.get("input"))
+    _ratios_panel(axes[1], r.get("baseline") or {}, r.get("pruned") or {})
+    if panels == 3:
+        _budget_panel(axes[2], budget)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
-    ax = axes[0]
+
+def _groups_panel(ax, groups: list[dict], source) -> None:
+    """Original and kept width of every channel group (frozen ones grey)."""
     xs = range(len(groups))
     ax.bar(xs, [g["channels"] for g in groups], color="#dddddd", edgecolor="#999999", label="original")
     ax.bar(xs, [g["kept"] for g in groups], color=["#bbbbbb" if g["frozen"] else "#1f77b4" for g in groups],
@@ -52,11 +61,12 @@ def plot_report(report, path: str | os.PathLike) -> None:
     ax.set_xticklabels([_short(g["name"]) for g in groups], rotation=90, fontsize=6)
     ax.set_ylabel("channels")
     ax.set_title(f"channel groups: {sum(1 for g in groups if g['kept'] < g['channels'])} of {len(groups)} pruned "
-                 f"({os.path.basename(str(r.get('input') or ''))})", fontsize=10)
+                 f"({os.path.basename(str(source or ''))})", fontsize=10)
     ax.legend(fontsize=8)
 
-    ax = axes[1]
-    b, p = r.get("baseline") or {}, r.get("pruned") or {}
+
+def _ratios_panel(ax, b: dict, p: dict) -> None:
+    """pruned / original of MACs, params, peak memory, file size and latency (those measured)."""
     keys = [("macs", "MACs"), ("params", "params"), ("peak_memory_bytes", "peak memory"),
             ("file_bytes", "file"), ("latency_ms", "latency")]
     labels, ratios = [], []
@@ -72,21 +82,19 @@ def plot_report(report, path: str | os.PathLike) -> None:
     ax.set_xlabel("pruned / original")
     ax.invert_yaxis()
 
-    if panels == 3:
-        ax = axes[2]
-        its = budget["iterations"]
-        n = range(1, len(its) + 1)
-        scale, unit = {"latency": (1.0, "ms"), "peak_memory": (1e-6, "MB")}.get(budget["metric"], (1e-6, "M"))
-        meas = [it.get("measured") for it in its]
-        pred = [it.get("predicted") for it in its]
-        ax.plot(n, [None if v is None else v * scale for v in meas], "-o", label="measured")
-        ax.plot(n, [None if v is None or v <= 0 else v * scale for v in pred], "--x", label="predicted")
-        ax.axhline(budget["budget"] * scale, color="#d62728", lw=1, label=f"budget {budget['spec']}")
-        ax.set_xticks(list(n))
-        ax.set_xlabel("solve")
-        ax.set_ylabel(f"{budget['metric']} ({unit})")
-        ax.set_title(f"closed loop: {'met' if budget.get('met') else 'NOT met'}", fontsize=10)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+def _budget_panel(ax, budget: dict) -> None:
+    """Each solve's predicted and measured cost against the budget."""
+    its = budget["iterations"]
+    n = range(1, len(its) + 1)
+    scale, unit = {"latency": (1.0, "ms"), "peak_memory": (1e-6, "MB")}.get(budget["metric"], (1e-6, "M"))
+    meas = [it.get("measured") for it in its]
+    pred = [it.get("predicted") for it in its]
+    ax.plot(n, [None if v is None else v * scale for v in meas], "-o", label="measured")
+    ax.plot(n, [None if v is None or v <= 0 else v * scale for v in pred], "--x", label="predicted")
+    ax.axhline(budget["budget"] * scale, color="#d62728", lw=1, label=f"budget {budget['spec']}")
+    ax.set_xticks(list(n))
+    ax.set_xlabel("solve")
+    ax.set_ylabel(f"{budget['metric']} ({unit})")
+    ax.set_title(f"closed loop: {'met' if budget.get('met') else 'NOT met'}", fontsize=10)
+    ax.legend(fontsize=8)

@@ -4,49 +4,33 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from onnxprune.report.records import BudgetReport, GroupReport, ModelStats, RunSettings, VerificationResult
 
-@dataclass
-class ModelStats:
-    macs: int
-    params: int
-    file_bytes: int | None = None
-    peak_memory_bytes: int | None = None
-    latency_ms: float | None = None
-    latency_note: str = ""
-
-
-@dataclass
-class GroupReport:
-    id: int
-    name: str
-    channels: int
-    kept: int
-    frozen: bool
-    frozen_channels: int
-    reasons: list[str]
-    depthwise: bool
-    kind: str
-    members: list[str]
-    kept_indices: list[int] | None = None
+__all__ = ["GroupReport", "ModelStats", "Progress", "Report", "format_bytes", "format_count"]
 
 
 @dataclass
 class Report:
     input: str
     output: str | None
-    settings: dict
+    settings: RunSettings
     baseline: ModelStats
     pruned: ModelStats | None = None
     groups: list[GroupReport] = field(default_factory=list)
-    verification: dict | None = None
-    budget: dict | None = None
+    verification: VerificationResult | None = None
+    budget: BudgetReport | None = None
     timings_s: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        def rec(r):
+            return r.to_dict() if r is not None else None
+        return dict(input=self.input, output=self.output, settings=rec(self.settings), baseline=rec(self.baseline),
+                    pruned=rec(self.pruned), groups=[g.to_dict() for g in self.groups],
+                    verification=rec(self.verification), budget=rec(self.budget), timings_s=dict(self.timings_s),
+                    notes=list(self.notes))
 
     def write_json(self, path: str) -> None:
         with open(path, "w") as f:
@@ -54,60 +38,75 @@ class Report:
             f.write("\n")
 
     def summary(self) -> str:
-        b, p = self.baseline, self.pruned
-        lines = []
+        lines = [self._groups_line()]
+        lines += _stats_table(self.baseline, self.pruned)
+        if self.budget:
+            lines += _budget_lines(self.budget)
+        if self.verification:
+            lines.append(_verification_line(self.verification))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _groups_line(self) -> str:
         n_prunable = sum(1 for g in self.groups if not g.frozen)
         n_pruned = sum(1 for g in self.groups if g.kept < g.channels)
-        lines.append(f"channel groups: {len(self.groups)} ({n_prunable} prunable, {len(self.groups) - n_prunable} frozen), "
-                     f"{n_pruned} pruned")
-        rows = [("", "original", "pruned", "ratio")]
+        return (f"channel groups: {len(self.groups)} ({n_prunable} prunable, {len(self.groups) - n_prunable} frozen), "
+                f"{n_pruned} pruned")
 
-        def row(label, a, c, fmt):
-            if a is None or c is None:
-                rows.append((label, fmt(a) if a is not None else "-", fmt(c) if c is not None else "-", ""))
-            else:
-                rows.append((label, fmt(a), fmt(c), f"{c / a:.3f}" if a else ""))
-        if p is not None:
-            row("MACs", b.macs, p.macs, _si)
-            row("params", b.params, p.params, _si)
-            row("peak mem", b.peak_memory_bytes, p.peak_memory_bytes, _bytes)
-            row("file", b.file_bytes, p.file_bytes, _bytes)
-            row("latency", b.latency_ms, p.latency_ms, lambda v: f"{v:.3f} ms")
+
+def _stats_table(b: ModelStats, p: ModelStats | None) -> list[str]:
+    """original / pruned / ratio rows of MACs, params, peak memory, file size and latency."""
+    rows = [("", "original", "pruned", "ratio")]
+
+    def row(label, a, c, fmt):
+        if a is None or c is None:
+            rows.append((label, fmt(a) if a is not None else "-", fmt(c) if c is not None else "-", ""))
         else:
-            rows += [("MACs", _si(b.macs), "", ""), ("params", _si(b.params), "", ""),
-                     ("latency", f"{b.latency_ms:.3f} ms" if b.latency_ms is not None else "-", "", "")]
-        w = [max(len(r[i]) for r in rows) for i in range(4)]
-        for r in rows:
-            lines.append("  " + "  ".join(s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(r)).rstrip())
-        if b.latency_note or (p and p.latency_note):
-            lines.append(f"  latency: {(p.latency_note if p and p.latency_note else b.latency_note)}")
-        if self.budget:
-            bd = self.budget
-            unit = {"latency": (1.0, " ms"), "peak_memory": (1e-6, " MB")}.get(bd["metric"], (1e-6, "M"))
-            f = lambda v: f"{v * unit[0]:.3f}{unit[1]}" if v is not None else "-"  # noqa: E731
-            pred = f(bd["predicted"]) if bd["predicted"] is not None else "n/a (per-group costs not additive here)"
-            lines.append(f"budget: {bd['metric']} {bd['spec']} = {f(bd['budget'])}; predicted {pred}, "
-                         f"measured {f(bd['measured'])} ({'met' if bd['met'] else 'NOT met'}, "
-                         f"{len(bd['iterations'])} solve(s){', latency table from cache' if bd.get('table_cached') else ''})")
-            if bd.get("method"):
-                lines.append(f"budget method: {bd['method']}")
-        if self.verification:
-            v = self.verification
-            if v.get("skipped"):
-                lines.append(f"verification: skipped ({v['skipped']})")
-            else:
-                lines.append(f"verification: {'passed' if v['passed'] else 'FAILED'} (max |diff| {v['max_abs_diff']:.2e} "
-                             f"<= {v['tolerance']:.2e} = {_rel(v.get('rel_tol', 1e-4))} x output scale, {v['inputs']} random inputs)")
-        for n in self.notes:
-            lines.append(f"note: {n}")
-        return "\n".join(lines)
+            rows.append((label, fmt(a), fmt(c), f"{c / a:.3f}" if a else ""))
+    if p is not None:
+        row("MACs", b.macs, p.macs, format_count)
+        row("params", b.params, p.params, format_count)
+        row("peak mem", b.peak_memory_bytes, p.peak_memory_bytes, format_bytes)
+        row("file", b.file_bytes, p.file_bytes, format_bytes)
+        row("latency", b.latency_ms, p.latency_ms, lambda v: f"{v:.3f} ms")
+    else:
+        rows += [("MACs", format_count(b.macs), "", ""), ("params", format_count(b.params), "", ""),
+                 ("latency", f"{b.latency_ms:.3f} ms" if b.latency_ms is not None else "-", "", "")]
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  " + "  ".join(s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(r)).rstrip()
+             for r in rows]
+    if b.latency_note or (p and p.latency_note):
+        lines.append(f"  latency: {(p.latency_note if p and p.latency_note else b.latency_note)}")
+    return lines
+
+
+def _budget_lines(bd: BudgetReport) -> list[str]:
+    unit = {"latency": (1.0, " ms"), "peak_memory": (1e-6, " MB")}.get(bd.metric, (1e-6, "M"))
+
+    def f(v):
+        return f"{v * unit[0]:.3f}{unit[1]}" if v is not None else "-"
+    pred = f(bd.predicted) if bd.predicted is not None else "n/a (per-group costs not additive here)"
+    lines = [f"budget: {bd.metric} {bd.spec} = {f(bd.budget)}; predicted {pred}, "
+             f"measured {f(bd.measured)} ({'met' if bd.met else 'NOT met'}, "
+             f"{len(bd.iterations)} solve(s){', latency table from cache' if bd.table_cached else ''})"]
+    if bd.method:
+        lines.append(f"budget method: {bd.method}")
+    return lines
+
+
+def _verification_line(v: VerificationResult) -> str:
+    if v.skipped:
+        return f"verification: skipped ({v.skipped})"
+    rel = v.rel_tol if v.rel_tol is not None else 1e-4
+    return (f"verification: {'passed' if v.passed else 'FAILED'} (max |diff| {v.max_abs_diff:.2e} "
+            f"<= {v.tolerance:.2e} = {_rel(rel)} x output scale, {v.inputs} random inputs)")
 
 
 def _rel(v: float) -> str:
     return f"{v:.0e}".replace("e-0", "e-")  # 1e-4, 1e-2
 
 
-def _si(v) -> str:
+def format_count(v) -> str:
     if v is None:
         return "-"
     for unit, d in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -116,7 +115,7 @@ def _si(v) -> str:
     return str(v)
 
 
-def _bytes(v) -> str:
+def format_bytes(v) -> str:
     if v is None:
         return "-"
     for unit, d in (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3)):  # decimal, as budgets are parsed

@@ -1,0 +1,100 @@
+"""The group knapsack's items: per channel group, the widths it may keep, their LAMP-normalized
+values and (filled by an objective) their costs; one solve over them (SP-LAMP Eq. 8-10)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.errors import OnnxPruneError
+from onnxprune.planning.knapsack import KnapsackSolution, solve_group_knapsack
+from onnxprune.profiling.latency_table import keep_order, top_width_kept
+from onnxprune.scoring.lamp import cumulative_keep_values, sp_lamp_scores
+
+KNAPSACK_VALUES = ("lamp", "members")
+
+
+@dataclass
+class GroupChoices:
+    """Knapsack class of one group: item i keeps widths[i] channels."""
+    group: ChannelGroup
+    order: np.ndarray
+    widths: np.ndarray
+    values: np.ndarray
+    costs: np.ndarray = None
+
+
+def allowed_widths(group: ChannelGroup, round_to: int | None) -> np.ndarray:
+    """Widths from the frozen channels (at least one) up to full; with `round_to`, multiples of it
+    and the full width (the narrowest allowed one if no multiple fits)."""
+    lo = max(1, int(group.frozen.sum()))
+    widths = np.arange(lo, group.size + 1)
+    if round_to and round_to > 1:
+        keep = (widths % round_to == 0) | (widths == group.size)
+        if not keep.any() or widths[keep].min() > lo:
+            keep |= widths == widths[keep].min() if keep.any() else widths == lo
+        widths = widths[keep]
+    return widths
+
+
+def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], round_to: int | None = None,
+                  value: str = "lamp") -> list[GroupChoices]:
+    """Items per group with LAMP-normalized values (comparable across groups: every group's top
+    channel is worth 1). Frozen channels are always kept; `round_to` restricts widths to multiples.
+
+    ``value="members"``: each group's values times its number of weight members. A channel of a
+    residual stream is read and written by many layers; LAMP alone prices it like a channel inside
+    one block, so the knapsack, which looks for the cheapest score per saved cost, empties the
+    stream first. Without fine-tuning that costs accuracy (benchmarks/retention.py, knapsack modes)."""
+    if value not in KNAPSACK_VALUES:
+        raise OnnxPruneError(f"knapsack value must be one of {', '.join(KNAPSACK_VALUES)}, got {value!r}")
+    out = []
+    for g in groups:
+        s = np.asarray(scores.get(g.id, np.ones(g.size)), dtype=np.float64)
+        s = np.where(np.isfinite(s), np.maximum(s, 0), 0)
+        lamp = sp_lamp_scores(s)
+        lamp[g.frozen] = lamp.max() + 1.0  # frozen first in order; their value is a constant offset
+        order = keep_order(g, lamp)
+        vals = cumulative_keep_values(lamp)
+        widths = allowed_widths(g, round_to)
+        weight = max(1, len(g.weights)) if value == "members" else 1
+        out.append(GroupChoices(g, order, widths, vals[widths - 1] * weight))
+    return out
+
+
+def kept_for(choices: list[GroupChoices], pick: list[int]) -> dict[int, np.ndarray]:
+    kept = {}
+    for c, i in zip(choices, pick):
+        w = int(c.widths[i])
+        if w < c.group.size:
+            kept[c.group.id] = top_width_kept(c.group, c.order, w)
+    return kept
+
+
+def kept_fractions(choices: list[GroupChoices], kept: dict[int, np.ndarray]) -> dict[int, float]:
+    """Kept share of every group's channels (1.0 for a group `kept` leaves whole)."""
+    return {c.group.id: (len(kept[c.group.id]) if c.group.id in kept else c.group.size) / c.group.size
+            for c in choices}
+
+
+def snap_to_steps(choices: list[GroupChoices], quantum: float) -> None:
+    """`--round-to auto`: latency falls in steps as channels go (SP-LAMP Fig. 2; kernels work on
+    blocks of channels). Costs within one quantum are one step: round them to the quantum, and the
+    knapsack's dominance rule then keeps the widest width of every step (more score, same cost)."""
+    if quantum > 0:
+        for c in choices:
+            c.costs = np.round(c.costs / quantum) * quantum
+
+
+def solve_budget(choices: list[GroupChoices], baseline: float, target: float) -> KnapsackSolution:
+    """One knapsack: sum of per-group deltas <= target - baseline."""
+    return solve_group_knapsack([c.values for c in choices], [c.costs for c in choices], target - baseline)
+
+
+def format_metric(metric: str, v: float) -> str:
+    if metric == "latency":
+        return f"{v:.3f} ms"
+    if metric == "peak_memory":
+        return f"{v / 1e6:.3f} MB"
+    return f"{v / 1e6:.3f}M"
