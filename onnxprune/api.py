@@ -16,8 +16,11 @@ from onnxprune.analysis.groups import Analysis, analyze
 from onnxprune.profiling.cost import total_macs, total_params, uncounted_mac_nodes
 from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, first_line
 from onnxprune.analysis.graph import build_view, random_feeds
-from onnxprune.model.store import (check_model_light, custom_ops, initializers_as_inputs, load_model, normalize, parse_input_shapes,
-                 requantize_weights, sanitized, save_model, validate_model, with_batch)
+from onnxprune.model.load import custom_ops, load_model, sanitized, validate_model
+from onnxprune.model.normalize import normalize, normalize_model
+from onnxprune.model.save import initializers_as_inputs, save_model
+from onnxprune.model.shapes import check_model_light, parse_input_shapes, with_batch
+from onnxprune.transform.requantize import requantize_weights
 from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
 from onnxprune.report.summary import GroupReport, ModelStats, Progress, Report
 from onnxprune.transform.rewrite import rewrite
@@ -223,7 +226,8 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     # shapes first, so an inconsistent input is named as such (the rewrite checks it otherwise)
     checker_note = validate_model(m, src, full=calib is not None or budget is not None)
     progress.start("normalize")
-    norm = normalize(m)
+    normalized = normalize_model(m)
+    norm = normalized.model
     progress.start("analyze")
     shapes = with_batch(norm, _shapes(input_shapes), batch)
     view = build_view(norm, shapes)
@@ -358,6 +362,7 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
     else:
         report.verification = dict(skipped="--no-verify")
 
+    replaced = {}  # compensated initializer -> the one it replaces
     if compensate != "none" and kept:
         progress.start("compensate", compensate)
         from onnxprune.transform.compensate import apply_compensation
@@ -365,11 +370,12 @@ def prune(model, *, ratio: float | None = None, ratio_dw: float | None = None, g
         pruned, comp, comp_check = apply_compensation(analysis, kept, pruned, score_ctx, compensate, check=verify,
                                                       positions=per_position)
         report.notes.extend(comp.notes)
+        replaced = comp.replaced
         if comp_check is not None:
             report.verification[f"{compensate}_compensation"] = comp_check
         report.pruned = model_stats(pruned, view.input_shapes)
 
-    pruned, notes = requantize_weights(pruned, analysis, kept)  # int8 weights behind DQ stay int8
+    pruned, notes = requantize_weights(pruned, analysis, kept, normalized.dequantized, replaced)  # int8 stays int8
     report.notes.extend(notes)
     report.pruned.file_bytes = pruned.ByteSize()
     pruned = initializers_as_inputs(m, pruned)  # the written model keeps the original's inputs

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prune(args) -> int:
     from onnxprune.api import prune, save
-    from onnxprune.model.store import _same_path, check_not_input_file
+    from onnxprune.model.load import check_not_input_file, same_path
     from pathlib import Path
 
     budgets = [b for b in (args.budget, args.macs, args.params, args.peak_memory) if b is not None]
@@ -183,7 +183,7 @@ def _prune(args) -> int:
     if args.report:
         _check_side_output(args.report, args.input, "--report")
         for f in (Path(args.output), Path(str(args.output) + ".data")):
-            if _same_path(Path(args.report), f):
+            if same_path(Path(args.report), f):
                 raise OnnxPruneError("--report is the output model path: give the report its own file")
     if args.plot:
         from onnxprune.report.plot import check_plot_path
@@ -191,7 +191,7 @@ def _prune(args) -> int:
         check_plot_path(args.plot)
         _check_side_output(args.plot, args.input, "--plot")
         for f in [Path(args.output), Path(str(args.output) + ".data")] + ([Path(args.report)] if args.report else []):
-            if _same_path(Path(args.plot), f):
+            if same_path(Path(args.plot), f):
                 raise OnnxPruneError("--plot names another output's file: give the plot its own file")
     progress = args.progress
     res = prune(args.input, ratio=args.ratio, ratio_dw=args.ratio_dw, global_rank=args.global_rank,
@@ -225,7 +225,7 @@ def _analyze(args) -> int:
 
     from onnxprune.api import analyze_model, group_reports, measure, model_stats
     from onnxprune.profiling.cost import uncounted_mac_nodes
-    from onnxprune.model.store import custom_ops
+    from onnxprune.model.load import custom_ops
     from onnxprune.report.summary import _si
 
     progress = args.progress
@@ -308,7 +308,7 @@ def _profile(args) -> int:
 
 
 def _check_side_output(path, input_path, what: str) -> None:
-    from onnxprune.model.store import check_not_input_file, check_writable_file
+    from onnxprune.model.load import check_not_input_file, check_writable_file
 
     check_not_input_file(path, input_path, what)
     check_writable_file(path, what)

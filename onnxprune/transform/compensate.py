@@ -38,8 +38,6 @@ consumers' biases (and, for lstsq, their kept weight columns).
 """
 from __future__ import annotations
 
-import re
-
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +48,7 @@ from onnxprune.analysis.groups import Analysis
 from onnxprune.scoring.calibration import SpaceStats, activation_spaces
 from onnxprune.errors import InternalError, OnnxPruneError, first_line
 from onnxprune.analysis.graph import attr
-from onnxprune.model.store import check_model_light
+from onnxprune.model.shapes import check_model_light
 from onnxprune.transform.rewrite import kept_positions
 
 
@@ -65,6 +63,7 @@ class CompensationResult:
     mean_fallback: list[str] = field(default_factory=list)  # lstsq: consumers compensated by the mean only
     position_maps: int = 0  # per-position: consumers followed by an Add of a constant map
     position_fallback: list[str] = field(default_factory=list)  # per-position: consumers given per-channel constants
+    replaced: dict[str, str] = field(default_factory=dict)  # new initializer -> the original one it replaces
 
 
 def affine_fit(st: SpaceStats, keep: np.ndarray, removed: np.ndarray, ridge: float = 1e-3,
@@ -312,7 +311,10 @@ def compensate(analysis: Analysis, kept: dict[int, np.ndarray], pruned: onnx.Mod
 
     def fresh(base):
         uid[0] += 1
-        return f"{base}{COMP_SUFFIX}{uid[0]}"
+        name = f"{base}{COMP_SUFFIX}{uid[0]}"
+        if base in inits:  # a new version of an initializer (requantize_weights follows weights by it)
+            res.replaced[name] = res.replaced.get(base, base)
+        return name
 
     res = CompensationResult(m, mean_fallback=fallback)
     if left_out:
@@ -411,12 +413,6 @@ def _used_names(graph) -> set[str]:
 
 
 COMP_SUFFIX = "__meancomp"
-_COMP_RE = re.compile(rf"(?:{COMP_SUFFIX}\d+)+$")
-
-
-def compensated_base(name: str) -> str:
-    """The tensor a compensated initializer replaced (its name without the fresh-name suffixes)."""
-    return _COMP_RE.sub("", name)
 
 
 def _drop_unused_initializers(graph) -> None:
