@@ -102,6 +102,13 @@ class GraphView:
     def const(self, t: str) -> np.ndarray | None:
         return self.consts.get(t)
 
+    def np_dtype(self, t: str) -> np.dtype:
+        """The numpy dtype of tensor `t` (float32 where its type is unknown or has no numpy dtype)."""
+        try:
+            return np.dtype(helper.tensor_dtype_to_np_dtype(self.dtypes.get(t, onnx.TensorProto.FLOAT)))
+        except Exception:  # UNDEFINED and types numpy lacks
+            return np.dtype(np.float32)
+
     def node_label(self, k: int) -> str:
         n = self.nodes[k]
         return f"{n.op_type} '{n.name}'" if n.name else f"{n.op_type} #{k}"
