@@ -103,8 +103,17 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
     rank-4 image input -> 224; any other symbolic dim (e.g. sequence length, also at dim 0 when it
     is named so, as in sequence-first [seq, batch, C] inputs) -> 16.
     """
-    overrides = dict(overrides or {})
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    overrides = _overrides_by_input(overrides, inputs)
+    named = _shared_dim_values(inputs, overrides)
+    return {i.name: (_checked_override(i, overrides[i.name]) if i.name in overrides
+                     else _default_shape(i.type.tensor_type.shape.dim, named))
+            for i in inputs}
+
+
+def _overrides_by_input(overrides: dict[str, list[int]] | None, inputs: list) -> dict[str, list[int]]:
+    """The overrides keyed by input name (a nameless one names the single input); unknown names raise."""
+    overrides = dict(overrides or {})
     if "" in overrides:
         if len(inputs) != 1:
             raise OnnxPruneError("--input-shape without a name needs a single-input model")
@@ -112,8 +121,12 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
     unknown = set(overrides) - {i.name for i in inputs}
     if unknown:
         raise OnnxPruneError(f"--input-shape names unknown input(s): {', '.join(sorted(unknown))}; inputs are: {', '.join(i.name for i in inputs)}")
-    # a symbolic dim shared by several inputs (batch, seq of input_ids and attention_mask) takes the
-    # value given for any of them, so the inputs stay consistent
+    return overrides
+
+
+def _shared_dim_values(inputs: list, overrides: dict[str, list[int]]) -> dict[str, int]:
+    """Symbolic dim name -> the value an override gives it: a symbolic dim shared by several inputs
+    (batch, seq of input_ids and attention_mask) takes it in all of them, so the inputs stay consistent."""
     named: dict[str, int] = {}
     for i in inputs:
         for d, o in zip(i.type.tensor_type.shape.dim, overrides.get(i.name, [])):
@@ -121,34 +134,37 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] |
                 if named.setdefault(d.dim_param, o) != o:
                     raise OnnxPruneError(f"--input-shape: symbolic dim '{d.dim_param}' is given as both "
                                          f"{named[d.dim_param]} and {o}")
-    shapes = {}
-    for i in inputs:
-        dims = i.type.tensor_type.shape.dim
-        if i.name in overrides:
-            if len(overrides[i.name]) != len(dims):
-                raise OnnxPruneError(f"--input-shape {i.name}: rank {len(overrides[i.name])} but the model input has rank {len(dims)}")
-            for k, (d, o) in enumerate(zip(dims, overrides[i.name])):
-                if d.HasField("dim_value") and d.dim_value != o:
-                    raise OnnxPruneError(f"--input-shape {i.name}: dim {k} is fixed to {d.dim_value} in the model, got {o}")
-            shapes[i.name] = list(overrides[i.name])
-            continue
-        shape = []
-        static = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
-        # image spatial axes: 2,3 (NCHW), or 1,2 for channels-last inputs (tf2onnx: N x H x W x 3)
-        spatial = (1, 2) if len(dims) == 4 and static[1] is None and static[3] in (1, 3, 4) else (2, 3)
-        for k, d in enumerate(dims):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(d.dim_value)
-            elif d.HasField("dim_param") and d.dim_param in named:
-                shape.append(named[d.dim_param])
-            elif _dim_kind(d) == "batch" or (k == 0 and _dim_kind(d) != "seq"):
-                shape.append(1)
-            elif len(dims) == 4 and k in spatial:
-                shape.append(224)
-            else:
-                shape.append(16)
-        shapes[i.name] = shape
-    return shapes
+    return named
+
+
+def _checked_override(i: onnx.ValueInfoProto, shape: list[int]) -> list[int]:
+    dims = i.type.tensor_type.shape.dim
+    if len(shape) != len(dims):
+        raise OnnxPruneError(f"--input-shape {i.name}: rank {len(shape)} but the model input has rank {len(dims)}")
+    for k, (d, o) in enumerate(zip(dims, shape)):
+        if d.HasField("dim_value") and d.dim_value != o:
+            raise OnnxPruneError(f"--input-shape {i.name}: dim {k} is fixed to {d.dim_value} in the model, got {o}")
+    return list(shape)
+
+
+def _default_shape(dims, named: dict[str, int]) -> list[int]:
+    """Static dims as they are; symbolic ones from `named`, else the defaults (see graph_input_shapes)."""
+    static = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    # image spatial axes: 2,3 (NCHW), or 1,2 for channels-last inputs (tf2onnx: N x H x W x 3)
+    spatial = (1, 2) if len(dims) == 4 and static[1] is None and static[3] in (1, 3, 4) else (2, 3)
+    shape = []
+    for k, d in enumerate(dims):
+        if static[k] is not None:
+            shape.append(static[k])
+        elif d.HasField("dim_param") and d.dim_param in named:
+            shape.append(named[d.dim_param])
+        elif _dim_kind(d) == "batch" or (k == 0 and _dim_kind(d) != "seq"):
+            shape.append(1)
+        elif len(dims) == 4 and k in spatial:
+            shape.append(224)
+        else:
+            shape.append(16)
+    return shape
 
 
 _BATCH_NAMES = {"batch", "batch_size", "batchsize", "bs", "n", "b", "num_batch", "nbatch"}
