@@ -140,6 +140,21 @@ def test_int8_weights_stay_int8(weights, act):
     assert not any("dequantized" in n for n in res.report.notes)
 
 
+@pytest.mark.parametrize("weights", ["int8-channel", "int8-tensor"])
+def test_normalize_returns_the_dequantized_weights_it_folded(weights):
+    """The fold records travel as a typed result, not in the model's metadata."""
+    from onnxprune.model.normalize import normalize_model
+
+    n = normalize_model(qdq_net(act=None, weights=weights))
+    assert not any(p.key.startswith("onnxprune") for p in n.model.metadata_props)
+    recs = {r.name: r for r in n.dequantized}
+    assert set(recs) == {"w1", "w2", "w3"} and set(recs) <= {t.name for t in n.model.graph.initializer}
+    r = recs["w2"]
+    assert (r.quantized_name, r.scale_name, r.zero_point_name, r.node_name) == ("w2_q", "w2_s", "w2_z", "dq_w2")
+    assert r.dtype == np.int8 and r.zero_point_dtype == np.int8
+    assert (r.axis, r.scale.shape) == ((0, (12,)) if weights == "int8-channel" else (None, (1,)))
+
+
 @pytest.mark.parametrize("change", ["nudge", "grow"])
 def test_weights_moved_by_compensation_are_requantized_or_kept_float(change):
     """A weight moved off its grid (as compensation does) goes back onto it with its own scales; one
