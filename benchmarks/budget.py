@@ -291,7 +291,7 @@ def main():
 
     from onnxprune.api import model_stats
     from onnxprune.analysis.graph import build_view, random_feeds
-    from onnxprune.model.store import normalize
+    from onnxprune.model.normalize import normalize
 
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.exists() else {}

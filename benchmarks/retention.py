@@ -74,7 +74,8 @@ class OnnxBench:
         from onnxprune.scoring.calibration import CalibSet
         from onnxprune.profiling.cost import total_macs
         from onnxprune.analysis.graph import build_view
-        from onnxprune.model.store import load_model, normalize
+        from onnxprune.model.load import load_model
+        from onnxprune.model.normalize import normalize
 
         self.model = load_model(path)
         norm = normalize(self.model)
@@ -223,7 +224,7 @@ def run_torch_pruning(name, data, targets, base_acc_onnx, log):
 
     from onnxprune.profiling.cost import total_macs
     from onnxprune.analysis.graph import build_view
-    from onnxprune.model.store import normalize
+    from onnxprune.model.normalize import normalize
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     cx, tx, ty = data
@@ -485,7 +486,8 @@ def rss_child(args):
     from onnxprune.analysis.groups import analyze
     from onnxprune.scoring.calibration import GeneratedSet, activation_spaces, activation_stats
     from onnxprune.analysis.graph import build_view
-    from onnxprune.model.store import load_model, normalize
+    from onnxprune.model.load import load_model
+    from onnxprune.model.normalize import normalize
 
     t0 = time.perf_counter()
     view = build_view(normalize(load_model(args.rss_model)), None)

@@ -20,8 +20,11 @@ from onnxprune.analysis.graph import build_view, random_feeds
 from onnxprune.analysis.groups import Analysis, analyze, excluded_by
 from onnxprune.config import PruneConfig, config_from_keywords, input_shapes_from, split_patterns
 from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, first_line
-from onnxprune.model.store import (check_model_light, custom_ops, initializers_as_inputs, load_model, normalize,
-                                   requantize_weights, sanitized, save_model, validate_model, with_batch)
+from onnxprune.model.dequantize import DequantizedWeight
+from onnxprune.model.load import custom_ops, load_model, sanitized, validate_model
+from onnxprune.model.normalize import normalize, normalize_model
+from onnxprune.model.save import initializers_as_inputs, save_model
+from onnxprune.model.shapes import check_model_light, with_batch
 from onnxprune.planning.budget import BudgetResult, BudgetSpec, plan_for_budget, plan_in_stages
 from onnxprune.planning.ratio import keep_every_member, select_by_ratio
 from onnxprune.profiling.cost import uncounted_mac_nodes
@@ -32,6 +35,7 @@ from onnxprune.report.summary import Progress, Report
 from onnxprune.scoring.calibration import load_calib, resolve_compensate
 from onnxprune.scoring.registry import ScoreContext, score_groups
 from onnxprune.transform.compensate import apply_compensation, check_static_positions
+from onnxprune.transform.requantize import requantize_weights
 from onnxprune.transform.rewrite import rewrite
 from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
 
@@ -56,6 +60,7 @@ class LoadedModel:
     analysis: Analysis
     checker_note: str | None
     custom_ops: list[str]
+    dequantized: tuple[DequantizedWeight, ...] = ()  # int8 weights folded by normalize, requantized at the end
 
     @property
     def input_shapes(self) -> dict:
@@ -93,6 +98,7 @@ class Compensated:
     applied: bool = False
     notes: list[str] = field(default_factory=list)
     check: dict | None = None
+    replaced: dict[str, str] = field(default_factory=dict)  # compensated initializer -> the one it replaces
 
 
 def _as_model(model) -> tuple[onnx.ModelProto, str]:
@@ -142,11 +148,12 @@ def load_and_analyze(model, config: PruneConfig, progress: Progress) -> LoadedMo
     runs_input = config.scoring.calib is not None or (spec is not None and spec.metric == "latency")
     checker_note = validate_model(m, src, full=runs_input)
     progress.start("normalize")
-    norm = normalize(m)
+    normalized = normalize_model(m)
+    norm = normalized.model
     progress.start("analyze")
     view = build_view(norm, with_batch(norm, ac.input_shapes, ac.batch))
     analysis = analyze(view, exclude=ac.exclude, heads=ac.heads, embed_dim=ac.embed_dim)
-    return LoadedModel(m, src, norm, analysis, checker_note, custom_ops(norm))
+    return LoadedModel(m, src, norm, analysis, checker_note, custom_ops(norm), normalized.dequantized)
 
 
 def calibrate_and_score(loaded: LoadedModel, config: PruneConfig, progress: Progress) -> Scored:
@@ -277,13 +284,13 @@ def compensate(loaded: LoadedModel, scored: Scored, plan_: Plan, pruned: onnx.Mo
     progress.start("compensate", scored.compensate)
     model, comp, check = apply_compensation(loaded.analysis, plan_.kept, pruned, scored.context, scored.compensate,
                                             check=config.runtime.verify, positions=config.compensation.per_position)
-    return Compensated(model, True, list(comp.notes), check)
+    return Compensated(model, True, list(comp.notes), check, dict(comp.replaced))
 
 
-def finalize(loaded: LoadedModel, plan_: Plan, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], int]:
+def finalize(loaded: LoadedModel, plan_: Plan, comp: Compensated) -> tuple[onnx.ModelProto, list[str], int]:
     """The model as written: int8 weights behind DequantizeLinear stay int8, and the original's
     graph inputs are kept. Returns (model, notes, its serialized size before the inputs are restored)."""
-    model, notes = requantize_weights(model, loaded.analysis, plan_.kept)
+    model, notes = requantize_weights(comp.model, loaded.analysis, plan_.kept, loaded.dequantized, comp.replaced)
     size = model.ByteSize()
     return initializers_as_inputs(loaded.original, model), notes, size
 
@@ -399,7 +406,7 @@ def prune(model, config: PruneConfig | None = None, *, progress: Progress | None
         if comp.check is not None:
             report.verification.compensation[scored.compensate] = comp.check
         report.pruned = model_stats(comp.model, loaded.input_shapes)
-    written, notes, report.pruned.file_bytes = finalize(loaded, plan_, comp.model)
+    written, notes, report.pruned.file_bytes = finalize(loaded, plan_, comp)
     report.notes += notes
     if config.runtime.latency:
         report.baseline.latency_ms, report.pruned.latency_ms, report.baseline.latency_note = \

@@ -19,7 +19,7 @@ from onnxprune import __version__
 from onnxprune.api import analyze_model, prune, save
 from onnxprune.config import config_from_keywords
 from onnxprune.errors import InternalError, OnnxPruneError
-from onnxprune.model.store import check_not_input_file, check_writable_file, custom_ops
+from onnxprune.model.load import check_not_input_file, check_writable_file, custom_ops, same_path
 from onnxprune.profiling.cost import uncounted_mac_nodes
 from onnxprune.profiling.latency_table import build_latency_table, default_cache_dir
 from onnxprune.report.plot import check_plot_path, plot_report
@@ -193,20 +193,13 @@ def _check_outputs(args) -> None:
     model_files = [Path(args.output), Path(str(args.output) + ".data")]
     if args.report:
         _check_side_output(args.report, args.input, "--report")
-        if any(_same_file(Path(args.report), f) for f in model_files):
+        if any(same_path(Path(args.report), f) for f in model_files):
             raise OnnxPruneError("--report is the output model path: give the report its own file")
     if args.plot:
         check_plot_path(args.plot)
         _check_side_output(args.plot, args.input, "--plot")
-        if any(_same_file(Path(args.plot), f) for f in model_files + ([Path(args.report)] if args.report else [])):
+        if any(same_path(Path(args.plot), f) for f in model_files + ([Path(args.report)] if args.report else [])):
             raise OnnxPruneError("--plot names another output's file: give the plot its own file")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
 
 
 def _prune(args) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.model.store import parse_input_shapes
+from onnxprune.model.shapes import parse_input_shapes
 from onnxprune.planning.budget import BudgetSpec, parse_budget_spec
 from onnxprune.planning.choices import KNAPSACK_VALUES
 

@@ -107,7 +107,7 @@ def test_latency_budget_on_custom_op_model_says_what_to_do():
 def test_default_shapes_find_the_spatial_axes(dims, want):
     from onnx import TensorProto, helper
 
-    from onnxprune.model.store import graph_input_shapes
+    from onnxprune.model.shapes import graph_input_shapes
 
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],

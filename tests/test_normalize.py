@@ -10,7 +10,7 @@ import pytest
 from helpers import GraphBuilder, assert_prunes, group_at
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.model.store import normalize
+from onnxprune.model.normalize import normalize
 
 IMG = {"x": [2, 3, 8, 8]}
 WEIGHT_OPS = {"Constant", "Identity", "Cast", "DequantizeLinear"}
@@ -219,10 +219,10 @@ def test_constant_value_float_between_convs_prunes():
 
 
 def test_folding_keeps_the_original_dtypes():
-    from onnxprune.model.store import _restore_dtypes
+    from onnxprune.model.normalize import restore_dtypes
 
     m = helper.make_model(helper.make_graph([], "g", [], [], [numpy_helper.from_array(np.array([0.5]), "s")]))
-    _restore_dtypes(m, {"s": TensorProto.FLOAT})
+    restore_dtypes(m, {"s": TensorProto.FLOAT})
     t = m.graph.initializer[0]
     assert t.data_type == TensorProto.FLOAT and numpy_helper.to_array(t).tolist() == [0.5]
 
@@ -264,7 +264,7 @@ def test_squeeze_without_axes_on_symbolic_shape_freezes_channels(opset):
 
 
 def test_local_functions_are_inlined_not_custom_ops():
-    from onnxprune.model.store import custom_ops
+    from onnxprune.model.load import custom_ops
 
     dom = "pkg.local"
     fn = helper.make_function(dom, "HSwishFn", ["X"], ["Y"],
@@ -282,7 +282,7 @@ def test_local_functions_are_inlined_not_custom_ops():
 
 
 def test_duplicate_node_names_are_made_unique():
-    from onnxprune.model.store import sanitized
+    from onnxprune.model.load import sanitized
 
     m = _small_net([helper.make_node("Identity", ["r1"], ["a1"], name="relu1")])  # "relu1" twice
     names = [n.name for n in normalize(m).graph.node]
@@ -301,7 +301,7 @@ def test_trailing_empty_outputs_are_dropped():
                                      name="bn")], opset=9, ir_version=4)
     m.graph.initializer.extend(bn_w)
     onnx.checker.check_model(m)
-    from onnxprune.model.store import sanitized
+    from onnxprune.model.load import sanitized
 
     for mm in (normalize(m), sanitized(m)):
         assert [list(n.output) for n in mm.graph.node if n.op_type == "BatchNormalization"] == [["a1"]]
@@ -326,7 +326,7 @@ def test_light_shape_inference_matches_full():
     """Shape inference without the large weights' data gives the same shapes and types."""
     from pathlib import Path
 
-    from onnxprune.model.store import infer_shapes_light, light_model
+    from onnxprune.model.shapes import infer_shapes_light, light_model
 
     m = onnx.load(Path(__file__).resolve().parents[1] / "models" / "onnx" / "vit.ts.onnx")
     light, big = light_model(m)
@@ -368,7 +368,7 @@ def test_shape_values_from_data_dependent_ops_on_large_weights_are_not_guessed()
     (["d0", "d1", 8], [1, 16, 8]),              # unnamed: dim 0 is the batch
 ])
 def test_default_shapes_follow_dim_names(dims, want):
-    from onnxprune.model.store import graph_input_shapes
+    from onnxprune.model.shapes import graph_input_shapes
 
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],

@@ -140,21 +140,39 @@ def test_int8_weights_stay_int8(weights, act):
     assert not any("dequantized" in n for n in res.report.notes)
 
 
+@pytest.mark.parametrize("weights", ["int8-channel", "int8-tensor"])
+def test_normalize_returns_the_dequantized_weights_it_folded(weights):
+    """The fold records travel as a typed result, not in the model's metadata."""
+    from onnxprune.model.normalize import normalize_model
+
+    n = normalize_model(qdq_net(act=None, weights=weights))
+    assert not any(p.key.startswith("onnxprune") for p in n.model.metadata_props)
+    recs = {r.name: r for r in n.dequantized}
+    assert set(recs) == {"w1", "w2", "w3"} and set(recs) <= {t.name for t in n.model.graph.initializer}
+    r = recs["w2"]
+    assert (r.quantized_name, r.scale_name, r.zero_point_name, r.node_name) == ("w2_q", "w2_s", "w2_z", "dq_w2")
+    assert r.dtype == np.int8 and r.zero_point_dtype == np.int8
+    assert (r.axis, r.scale.shape) == ((0, (12,)) if weights == "int8-channel" else (None, (1,)))
+
+
 @pytest.mark.parametrize("change", ["nudge", "grow"])
 def test_weights_moved_by_compensation_are_requantized_or_kept_float(change):
     """A weight moved off its grid (as compensation does) goes back onto it with its own scales; one
     that left the integer range of its scale is kept float. Both with a note."""
-    from onnxprune.model.store import requantize_weights
+    from onnxprune.model.normalize import normalize_model
+    from onnxprune.transform.requantize import requantize_weights
     from onnxprune.transform.rewrite import rewrite
 
-    res = _prune(qdq_net(act=None, weights="int8-channel"))
+    m = qdq_net(act=None, weights="int8-channel")
+    res = _prune(m)
     pruned = rewrite(res.analysis, res.kept)
     t = next(t for t in pruned.graph.initializer if t.name == "w2")
     w = numpy_helper.to_array(t)
     moved = w + np.float32(1e-3) if change == "nudge" else w * np.float32(3)
     t.CopyFrom(numpy_helper.from_array(moved, "w2__meancomp1"))  # compensation's fresh name
     next(n for n in pruned.graph.node if n.op_type == "Conv" and n.input[1] == "w2").input[1] = "w2__meancomp1"
-    out, notes = requantize_weights(pruned, res.analysis, res.kept)
+    dequantized = normalize_model(m).dequantized
+    out, notes = requantize_weights(pruned, res.analysis, res.kept, dequantized, {"w2__meancomp1": "w2"})
     onnx.checker.check_model(out, full_check=True)
     inits = {t.name: t for t in out.graph.initializer}
     assert "w1" not in inits and "w3" not in inits  # untouched ones: integers + DequantizeLinear

@@ -15,7 +15,7 @@ from helpers import GraphBuilder, assert_prunes, group_at
 
 from onnxprune import analyze, analyze_model, prune
 from onnxprune.analysis.graph import build_view
-from onnxprune.model.store import normalize
+from onnxprune.model.normalize import normalize
 
 IMG = {"x": [2, 3, 8, 8]}
 

@@ -13,12 +13,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.model.store import graph_input_shapes, infer_shapes_light, opset_version, with_fixed_input_shapes
-
-ONNX_TO_NP = {k: helper.tensor_dtype_to_np_dtype(k) for k in (
-    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT64,
-    onnx.TensorProto.INT32, onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.BOOL,
-    onnx.TensorProto.INT16)}
+from onnxprune.model.feeds import random_inputs
+from onnxprune.model.load import opset_version
+from onnxprune.model.shapes import graph_input_shapes, infer_shapes_light, run_light, with_fixed_input_shapes
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -91,8 +88,6 @@ class GraphView:
             self._measure_shapes(fixed, missing)
 
     def _measure_shapes(self, fixed: onnx.ModelProto, missing: list[str]):
-        from onnxprune.model.store import run_light
-
         try:
             outs = run_light(fixed, missing, [random_feeds(self, seed=0)])[0]
         except Exception:
@@ -106,6 +101,13 @@ class GraphView:
 
     def const(self, t: str) -> np.ndarray | None:
         return self.consts.get(t)
+
+    def np_dtype(self, t: str) -> np.dtype:
+        """The numpy dtype of tensor `t` (float32 where its type is unknown or has no numpy dtype)."""
+        try:
+            return np.dtype(helper.tensor_dtype_to_np_dtype(self.dtypes.get(t, onnx.TensorProto.FLOAT)))
+        except Exception:  # UNDEFINED and types numpy lacks
+            return np.dtype(np.float32)
 
     def node_label(self, k: int) -> str:
         n = self.nodes[k]
@@ -149,41 +151,14 @@ def _free_names(g: onnx.GraphProto, outer_consts) -> set[str]:
 
 
 def random_feeds(view_or_model, seed: int = 0, input_shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
-    """Random inputs for a model: floats ~ N(0,1); integer inputs that index an embedding table get
-    valid indices, other integer inputs (masks, flags) get ones."""
-    view = view_or_model if isinstance(view_or_model, GraphView) else None
-    model = view.model if view else view_or_model
-    shapes = view.input_shapes if view else graph_input_shapes(model, input_shapes)
-    # constant shapes only (embedding rows): never convert a large model's weights for this
-    consts = ({k: tuple(v.shape) for k, v in view.consts.items()} if view
-              else {t.name: tuple(t.dims) for t in model.graph.initializer})
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for i in model.graph.input:
-        if i.name in consts:
-            continue
-        et = i.type.tensor_type.elem_type
-        dtype = helper.tensor_dtype_to_np_dtype(et)
-        shape = shapes[i.name]
-        if np.issubdtype(dtype, np.floating):
-            feeds[i.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[i.name] = np.ones(shape, dtype=bool)
-        else:
-            high = _embedding_rows(model, i.name, consts)
-            feeds[i.name] = (rng.integers(0, high, size=shape) if high else np.ones(shape)).astype(dtype)
-    return feeds
-
-
-def _embedding_rows(model, name, consts) -> int | None:
-    for n in model.graph.node:
-        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == name and n.input[0] in consts:
-            return consts[n.input[0]][attr(n, "axis", 0)]
-        if n.op_type == "EmbedLayerNormalization" and name in n.input[:2]:  # ORT's fused BERT embeddings
-            table = n.input[2] if n.input[0] == name else (n.input[4] if len(n.input) > 4 else "")
-            if table in consts:
-                return consts[table][0]
-    return None
+    """Random inputs for a view's model at its input shapes, or for a model at ``input_shapes``
+    (overrides; defaults elsewhere): see model/feeds.py."""
+    if isinstance(view_or_model, GraphView):
+        view = view_or_model
+        # constant shapes only (embedding rows): never convert a large model's weights for this
+        return random_inputs(view.model, view.input_shapes, seed,
+                             const_shapes={k: tuple(v.shape) for k, v in view.consts.items()})
+    return random_inputs(view_or_model, graph_input_shapes(view_or_model, input_shapes), seed)
 
 
 def build_view(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> GraphView:

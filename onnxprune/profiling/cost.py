@@ -78,19 +78,10 @@ def activation_terms(analysis) -> dict[str, tuple[int, list[int]]]:
         s = view.shape(t)
         if s is None:
             continue
-        itemsize = np.dtype(_np_dtype(view.dtypes.get(t, 1))).itemsize
+        itemsize = view.np_dtype(t).itemsize
         out[t] = (int(np.prod(s, dtype=np.int64)) * itemsize,
                   _space_groups(analysis, t) if hasattr(analysis, "space_group") else [])
     return out
-
-
-def _np_dtype(et):
-    from onnx import helper
-
-    try:
-        return helper.tensor_dtype_to_np_dtype(et)
-    except Exception:
-        return np.float32
 
 
 def scaled_total(terms, fractions: dict[int, float]) -> float:

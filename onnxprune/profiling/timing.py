@@ -30,6 +30,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.errors import OnnxPruneError, first_line
+from onnxprune.model.runtime import SessionPurpose, ort_session
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -85,22 +86,9 @@ def resolve_providers(provider: str) -> list[str]:
     return [p for p in wanted if p in available]
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Options for timing: no spinning, fixed threads, sequential, full graph optimization."""
-    so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return so
-
-
 def make_session(model: bytes | str | os.PathLike | onnx.ModelProto, provider: str = "cpu",
                  threads: int | None = None) -> ort.InferenceSession:
-    """An InferenceSession set up for fair timing (see :func:`session_options`).
+    """An InferenceSession set up for fair timing (``SessionPurpose(timing=True)``, model/runtime.py).
 
     ``model`` is serialized bytes, a path, or a ModelProto. Raises :class:`LatencyError` if the
     provider is not available, or if ORT quietly put the session on another provider (it does so
@@ -109,12 +97,8 @@ def make_session(model: bytes | str | os.PathLike | onnx.ModelProto, provider: s
     if threads is not None and int(threads) < 1:
         raise LatencyError(f"threads must be >= 1, got {threads}")
     providers = resolve_providers(provider)
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    elif isinstance(model, os.PathLike):
-        model = os.fspath(model)
     try:
-        sess = ort.InferenceSession(model, session_options(threads), providers=providers)
+        sess = ort_session(model, SessionPurpose(timing=True, threads=threads), providers=providers)
     except Exception as e:  # ORT's own exception types: a model it cannot load is bad input here
         raise LatencyError(f"ONNX Runtime cannot load the model: {first_line(e)}") from None
     got = sess.get_providers()

@@ -38,7 +38,6 @@ consumers' biases (and, for lstsq, their kept weight columns).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +49,7 @@ from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.rules import CompensationTarget, Space, rule_for
 from onnxprune.errors import InternalError, OnnxPruneError, first_line
 from onnxprune.model.runtime import ort_session
-from onnxprune.model.store import check_model_light
+from onnxprune.model.shapes import check_model_light
 from onnxprune.scoring.calibration import SpaceStats, activation_spaces, cached_stats
 from onnxprune.transform.rewrite import kept_positions
 from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, run_model, verify_tolerance
@@ -242,7 +241,7 @@ def _position_delta(view, node, t, fill) -> ConsumerDelta | None:
     others = [i for i in node.input if i and i != t]
     if any(i not in view.consts for i in others) or list(node.input).count(t) != 1:
         return None
-    if _np_dtype(view, t).kind != "f":
+    if view.np_dtype(t).kind != "f":
         return None
     one = onnx.NodeProto()
     one.CopyFrom(node)
@@ -261,10 +260,6 @@ def _position_delta(view, node, t, fill) -> ConsumerDelta | None:
     x = np.concatenate([fill, np.zeros_like(fill)]).astype(np.float32)
     y = ort_session(m).run(None, {"x": x})[0].astype(np.float64)
     return ConsumerDelta(node.output[0], None, y[:1] - y[1:], False, None)
-
-
-def _np_dtype(view, t):
-    return helper.tensor_dtype_to_np_dtype(view.dtypes.get(t, onnx.TensorProto.FLOAT))
 
 
 def channel_normalized_groups(analysis: Analysis) -> set[int]:
@@ -490,15 +485,6 @@ def _used_names(graph) -> set[str]:
 
 
 COMP_SUFFIX = "__meancomp"
-_COMP_RE = re.compile(rf"(?:{COMP_SUFFIX}\d+)+$")
-
-
-def compensated_base(name: str) -> str:
-    """The tensor a compensated initializer replaced (its name without the fresh-name suffixes).
-    CompensationResult.replaced says the same without parsing names."""
-    return _COMP_RE.sub("", name)
-
-
 def _drop_unused_initializers(graph) -> None:
     """Compensation writes fresh initializers (old ones may be shared); drop those nothing reads now,
     so params and file size count only what the model uses."""

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.groups import Analysis
-from onnxprune.model.store import _copy_model_fields
+from onnxprune.model.save import copy_model_fields
 from onnxprune.analysis.rules import RewriteContext, Space, rule_for
 
 
@@ -94,7 +94,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = gs.export_onnx(graph, do_type_check=False)
-    _copy_model_fields(view.model, out)
+    copy_model_fields(view.model, out)
     return out
 
 

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.rules import rule_for
 from onnxprune.errors import InternalError, OnnxPruneError, first_line
+from onnxprune.model.runtime import SessionPurpose, ort_session
 from onnxprune.transform.rewrite import kept_positions
 
 
@@ -42,11 +43,11 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | N
         mk = np.zeros(view.shape(t)[a], dtype=bool)
         mk[pos[(t, a)]] = True
         mn, zn, out = name("mask"), name("zero"), name(t)
-        zero = np.zeros((), dtype=_np_dtype(view, t))
+        zero = np.zeros((), dtype=view.np_dtype(t))
         if fill is not None and (t, a) in fill:
             zero = np.asarray(fill[(t, a)])
             # a per-channel vector, or a full [1, ...] map of per-position values (used as it is)
-            zero = (zero if zero.ndim == r else zero.reshape(mshape)).astype(_np_dtype(view, t))
+            zero = (zero if zero.ndim == r else zero.reshape(mshape)).astype(view.np_dtype(t))
         if view.opset >= 9:  # Where: a removed channel holding inf/nan is zeroed too
             inits.append(numpy_helper.from_array(mk.reshape(mshape), mn))
             if neutral:
@@ -55,7 +56,7 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | N
                 inits.append(numpy_helper.from_array(zero, zn))
             new_nodes.append(helper.make_node("Where", [mn, t, zn], [out], name=name("Where")))
         else:  # no Where before opset 9: multiply by a 0/1 mask
-            inits.append(numpy_helper.from_array(mk.reshape(mshape).astype(_np_dtype(view, t)), mn))
+            inits.append(numpy_helper.from_array(mk.reshape(mshape).astype(view.np_dtype(t)), mn))
             if zero.ndim:  # fill values: x * mask + fill * (1 - mask)
                 inits.append(numpy_helper.from_array((zero * ~mk.reshape(mshape)).astype(zero.dtype), zn))
                 mul = name("mul")
@@ -86,11 +87,6 @@ def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | N
     g.initializer.extend(inits)
     g.ClearField("value_info")
     return m
-
-
-def _np_dtype(view, t):
-    et = view.dtypes.get(t, onnx.TensorProto.FLOAT)
-    return helper.tensor_dtype_to_np_dtype(et)
 
 
 def _over_kept(view, node, norms, pos, inits, name):
@@ -173,13 +169,14 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
     `optimize=False` runs both as written, op by op (see needs_plain_execution)."""
     names = [o.name for o in reference.graph.output]
     # one session at a time: a large model's weights are held once more by each
-    ref_s = _session(reference, "masked original", optimize)
+    purpose = SessionPurpose(optimize=optimize)
+    ref_s = ort_session(reference, purpose, what="masked original")
     try:
         refs = [ref_s.run(names, feeds) for feeds in feeds_list]
     except Exception as e:  # the original itself (masks only zero channels) does not run
         raise OnnxPruneError(f"ONNX Runtime cannot run the model on random inputs: {first_line(e)}") from None
     del ref_s
-    cand_s = _session(candidate, "pruned model", optimize)
+    cand_s = ort_session(candidate, purpose, what="pruned model")
     try:
         cands = [cand_s.run(names, feeds) for feeds in feeds_list]
     except Exception as e:
@@ -248,19 +245,6 @@ def needs_plain_execution(model: onnx.ModelProto) -> bool:
                for n in model.graph.node)
 
 
-def _session(model: onnx.ModelProto, what: str, optimize: bool = True):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise OnnxPruneError(f"ONNX Runtime cannot run the {what}: {first_line(e)}") from None
-
-
 def run_model(model: onnx.ModelProto, feeds: dict, what: str = "compensated model") -> list[np.ndarray]:
     """All outputs of `model` on one feed dict (ONNX Runtime CPU)."""
-    return _session(model, what).run(None, feeds)
+    return ort_session(model, what=what).run(None, feeds)
