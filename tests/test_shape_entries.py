@@ -7,7 +7,7 @@ import numpy as np
 from helpers import GraphBuilder, assert_prunes
 
 from onnxprune.analysis.graph import build_view
-from onnxprune.analysis.rules.shape_entries import ConstEntry, DimEntry, shape_entry
+from onnxprune.analysis.rules.shape_entries import SHAPE_RESOLVERS, ConstEntry, DimEntry, clamp_index, shape_entry
 
 I64_MIN = np.iinfo(np.int64).min
 
@@ -67,3 +67,13 @@ def test_heads_merged_with_the_batch_stay_right_at_any_batch():
         full = s.run(None, {"input": x})[0]
         one = np.concatenate([s.run(None, {"input": x[i:i + 1]})[0] for i in range(3)])
         np.testing.assert_allclose(full, one, rtol=1e-5, atol=1e-6)
+
+
+def test_clamp_index_follows_onnx():
+    assert [clamp_index(i, 4) for i in (0, 2, 4, 9, -1, -4, -9, I64_MIN)] == [0, 2, 4, 4, 3, 0, 0, 0]
+    assert clamp_index(-1, 0) == 0
+
+
+def test_every_exporter_idiom_has_a_resolver():
+    assert {"Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Shape", "Gather", "Slice",
+            "ReduceProd", "Max", "Min", "Mul", "Where"} <= set(SHAPE_RESOLVERS)

@@ -1,5 +1,7 @@
 """Layout ops: Transpose, Reshape/Flatten/Squeeze/Unsqueeze, Concat, Split, Slice, Gather, Expand,
-Tile, Shape. They move channels between axes (index maps) without mixing them."""
+Tile, Shape. They move channels between axes (index maps) without mixing them. Target shapes
+computed at run time are traced by ``shape_entries`` / ``shape_resolvers`` and related by
+``shape_targets``."""
 from __future__ import annotations
 
 import numpy as np
