@@ -15,8 +15,8 @@ from onnx import helper
 from onnxprune import analyze_model
 from onnxprune.analysis.graph import random_feeds
 from onnxprune.scoring.calibration import CalibSet, FeedList, activation_spaces, activation_stats
-from onnxprune.scoring.registry import SCORERS, ScoreContext, magnitude_scores, score_groups
-from onnxprune.scoring.scorers import consumer_weight_spaces, sp_lamp_saliency
+from onnxprune.scoring.registry import SCORERS, ScoreContext, score_groups
+from onnxprune.scoring.scorers import consumer_weight_spaces, magnitude_scores, sp_lamp_saliency
 from onnxprune.scoring.lamp import sp_lamp_scores
 
 ROOT = Path(__file__).resolve().parents[1]

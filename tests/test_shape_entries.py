@@ -7,7 +7,7 @@ import numpy as np
 from helpers import GraphBuilder, assert_prunes
 
 from onnxprune.analysis.graph import build_view
-from onnxprune.analysis.rules.shape import _shape_entry
+from onnxprune.analysis.rules.shape_entries import SHAPE_RESOLVERS, ConstEntry, DimEntry, clamp_index, shape_entry
 
 I64_MIN = np.iinfo(np.int64).min
 
@@ -29,17 +29,17 @@ def test_slice_from_int64_min_clamps_to_the_first_dim():
     m, y = split_heads_model(I64_MIN, -1)
     view = build_view(m, {"x": [2, 5, 8]})
     split = next(n for n in view.nodes if n.name == "split")
-    entries = [_shape_entry(view, split.input[1], i) for i in range(4)]
-    assert entries[0] == ("dynamic", y, 0) and entries[1] == ("dynamic", y, 1)
-    assert [e[0] for e in entries[2:]] == ["const", "const"]
+    entries = [shape_entry(view, split.input[1], i) for i in range(4)]
+    assert entries[0] == DimEntry(y, 0) and entries[1] == DimEntry(y, 1)
+    assert [type(e) for e in entries[2:]] == [ConstEntry, ConstEntry]
 
 
 def test_entries_past_the_slice_end_are_not_dims():
     m, y = split_heads_model(0, 2)
     view = build_view(m, {"x": [2, 5, 8]})
     shape_vec = next(n for n in view.nodes if n.op_type == "Slice").output[0]
-    assert _shape_entry(view, shape_vec, 1) == ("dynamic", y, 1)
-    assert _shape_entry(view, shape_vec, 2) is None  # Slice(Shape(y), 0, 2) has two entries
+    assert shape_entry(view, shape_vec, 1) == DimEntry(y, 1)
+    assert shape_entry(view, shape_vec, 2) is None  # Slice(Shape(y), 0, 2) has two entries
 
 
 def test_clamped_slice_model_prunes_against_the_oracle():
@@ -67,3 +67,13 @@ def test_heads_merged_with_the_batch_stay_right_at_any_batch():
         full = s.run(None, {"input": x})[0]
         one = np.concatenate([s.run(None, {"input": x[i:i + 1]})[0] for i in range(3)])
         np.testing.assert_allclose(full, one, rtol=1e-5, atol=1e-6)
+
+
+def test_clamp_index_follows_onnx():
+    assert [clamp_index(i, 4) for i in (0, 2, 4, 9, -1, -4, -9, I64_MIN)] == [0, 2, 4, 4, 3, 0, 0, 0]
+    assert clamp_index(-1, 0) == 0
+
+
+def test_every_exporter_idiom_has_a_resolver():
+    assert {"Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape", "Shape", "Gather", "Slice",
+            "ReduceProd", "Max", "Min", "Mul", "Where"} <= set(SHAPE_RESOLVERS)

@@ -25,6 +25,7 @@ import onnx
 from onnx import helper
 
 from onnxprune.errors import OnnxPruneError, first_line
+from onnxprune.model.runtime import SessionPurpose, ort_session
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm"}
 DEFAULT_BATCH = 32
@@ -563,8 +564,6 @@ def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[
     """One streaming pass: run the (normalized) model with `spaces`' tensors as extra outputs and merge
     per-position statistics batch by batch. Never keeps more than one batch of activations.
     ``positions``: also per-position means over the batch axis (see batch_stats)."""
-    import onnxruntime as ort
-
     spaces = sorted(set(spaces))
     tensors = sorted({t for t, _ in spaces})
     if not tensors:
@@ -575,14 +574,9 @@ def activation_stats(view, calib: Iterable[dict[str, np.ndarray]], spaces: list[
     for t in tensors:
         if t not in have:
             m.graph.output.append(helper.make_empty_tensor_value_info(t))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.enable_cpu_mem_arena = False  # the arena keeps its high-water mark; without it memory is returned per run
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
-    try:
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=providers)
-    except Exception as e:
-        raise OnnxPruneError(f"ONNX Runtime cannot run the model for calibration: {first_line(e)}") from None
+    # no memory arena: it keeps its high-water mark; without it memory is returned per run
+    sess = ort_session(m, SessionPurpose(arena=False), providers=providers, what="model for calibration")
     # bytes of exposed activations per sample (shapes measured at the analysis batch size)
     batch0 = max(1, next((s[0] for s in view.input_shapes.values() if s), 1))
     per_sample = sum(int(np.prod(view.shape(t) or (1,))) * 4 for t in tensors) / batch0

@@ -1,7 +1,10 @@
-"""More scorers for the registry in score.py (imported there, so ``--scorer`` lists them):
+"""The scorers (``--scorer``); each registers itself in ``registry.SCORERS``, and importing the
+``onnxprune.scoring`` package imports this module.
 
+- ``l1``/``l2`` weight magnitudes: every weight slice a group owns (producer filters, BN/affine
+  vectors, consumer input slices, bias entries) adds to the channel it maps to.
 - ``sp-lamp``  SP-LAMP (Eq. 2-3): s_u = (producer mass) x (consumer mass), squared Frobenius norms of
-  the channel's weight slices; then ``spscore.sp_lamp_scores`` per group. Producer slices are weight
+  the channel's weight slices; then ``lamp.sp_lamp_scores`` per group. Producer slices are weight
   members on an output-channel axis (Conv W axis 0, Gemm/MatMul weight output axis, BN/bias/affine
   vectors); consumer slices are weight members on an axis some node contracts (Conv W axis 1,
   Gemm/MatMul weight input axis: the weight spaces in the same group as a node's ``mixes``).
@@ -14,26 +17,56 @@
   it falls back to l2 and says so in ``ctx.notes``.
 - ``vbp``      variance-based pruning: per-channel activation variance at the group's mixing points
   (activations entering Conv/Gemm/MatMul), one streaming pass over the calibration data
-  (``calib.activation_stats``); the statistics stay in ``ctx.cache`` for mean compensation.
+  (``calibration.activation_stats``); the statistics stay in ``ctx.cache`` for mean compensation.
 - ``random``   seeded uniform scores (a baseline).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.analysis.groups import Analysis, ChannelGroup
+from onnxprune.analysis.groups import Analysis, ChannelGroup, Member
 from onnxprune.analysis.rules import rule_for
 from onnxprune.scoring.calibration import activation_spaces, cached_stats
-from onnxprune.scoring.registry import ScoreContext, magnitude_scores, member_norms, register_scorer
+from onnxprune.scoring.lamp import sp_lamp_scores
+from onnxprune.scoring.registry import ScoreContext, register_scorer
+
+
+def slice_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
+    """Per-position sum of |w|^p over all other axes (p = 1: L1 mass, p = 2: squared L2)."""
+    a = np.moveaxis(np.asarray(arr, dtype=np.float64), axis, 0).reshape(arr.shape[axis], -1)
+    return np.abs(a).sum(1) if p == 1 else np.square(a).sum(1)
+
+
+def member_norms(analysis: Analysis, m: Member, p: int) -> np.ndarray:
+    """Per-canonical-channel mass of one weight member (positions of a block map add up)."""
+    g = analysis.group_of(m.tensor, m.axis)
+    out = np.zeros(g.size)
+    np.add.at(out, m.index_map, slice_norms(analysis.view.consts[m.tensor], m.axis, p))
+    return out
+
+
+def magnitude_scores(analysis: Analysis, group: ChannelGroup, p: int) -> np.ndarray:
+    """L1 (p=1): total |w| of the channel's slices. L2 (p=2): sqrt of the total sum of squares."""
+    s = np.zeros(group.size)
+    for m in group.weights:
+        s += member_norms(analysis, m, p)
+    return s if p == 1 else np.sqrt(s)
+
+
+@register_scorer("l1")
+def l1_scores(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    return {g.id: magnitude_scores(ctx.analysis, g, 1) for g in ctx.groups}
+
+
+@register_scorer("l2")
+def l2_scores(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    return {g.id: magnitude_scores(ctx.analysis, g, 2) for g in ctx.groups}
 
 
 def consumer_weight_spaces(analysis: Analysis) -> set[tuple[str, int]]:
     """Weight spaces on an axis that their node contracts (sums over): those in the same group as
     one of the node's mixing spaces. Conv W axis 1 (mixes names only the activation X axis 1, W axis 1
     joins its group), Gemm B's K axis, MatMul B's K axis, ConvTranspose W axis 0."""
-    cached = getattr(analysis, "_consumer_spaces", None)
-    if cached is not None:
-        return cached
     view = analysis.view
     out = set()
     for k, res in analysis.node_results.items():
@@ -47,13 +80,14 @@ def consumer_weight_spaces(analysis: Analysis) -> set[tuple[str, int]]:
             for a in range(view.consts[t].ndim):
                 if analysis.space_group.get((t, a)) in mixed_groups:
                     out.add((t, a))
-    analysis._consumer_spaces = out
     return out
 
 
-def producer_consumer_mass(analysis: Analysis, group: ChannelGroup) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Sum of squared slice norms per canonical channel over producer and over consumer members."""
-    cons = consumer_weight_spaces(analysis)
+def producer_consumer_mass(analysis: Analysis, group: ChannelGroup, consumer_spaces: set | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Sum of squared slice norms per canonical channel over producer and over consumer members
+    (``consumer_spaces``: consumer_weight_spaces(analysis), computed here when not given)."""
+    cons = consumer_weight_spaces(analysis) if consumer_spaces is None else consumer_spaces
     prod_s, cons_s = np.zeros(group.size), np.zeros(group.size)
     n_prod = n_cons = 0
     for m in group.weights:
@@ -66,8 +100,8 @@ def producer_consumer_mass(analysis: Analysis, group: ChannelGroup) -> tuple[np.
     return prod_s, cons_s, n_prod, n_cons
 
 
-def sp_lamp_saliency(analysis: Analysis, group: ChannelGroup) -> np.ndarray:
-    prod_s, cons_s, n_prod, n_cons = producer_consumer_mass(analysis, group)
+def sp_lamp_saliency(analysis: Analysis, group: ChannelGroup, consumer_spaces: set | None = None) -> np.ndarray:
+    prod_s, cons_s, n_prod, n_cons = producer_consumer_mass(analysis, group, consumer_spaces)
     if n_prod and n_cons:
         return prod_s * cons_s
     return prod_s if n_prod else cons_s
@@ -75,9 +109,8 @@ def sp_lamp_saliency(analysis: Analysis, group: ChannelGroup) -> np.ndarray:
 
 @register_scorer("sp-lamp")
 def sp_lamp(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    from onnxprune.scoring.lamp import sp_lamp_scores
-
-    return {g.id: sp_lamp_scores(sp_lamp_saliency(ctx.analysis, g)) for g in ctx.groups}
+    cons = ctx.cached("consumer_weight_spaces", lambda: consumer_weight_spaces(ctx.analysis))
+    return {g.id: sp_lamp_scores(sp_lamp_saliency(ctx.analysis, g, cons)) for g in ctx.groups}
 
 
 def saliency_scores(analysis: Analysis, group: ChannelGroup) -> np.ndarray:

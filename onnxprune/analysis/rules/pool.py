@@ -5,7 +5,8 @@ import numpy as np
 
 from onnxprune.analysis.graph import attr
 from .base import Opaque, OpRule, RuleResult, read_ints, register
-from .shape import _relate_shape_entries, _rewrite_shape_entries
+from .gs_nodes import node_proto
+from .shape_targets import relate_shape_entries, rewrite_shape_entries
 
 
 def _channel_passthrough(node, ctx, x, y, allowed=(0, 1)):
@@ -66,13 +67,13 @@ class Resize(OpRule):
                 # follow the pruned width by themselves, constant pieces are rewritten
                 if attr(node, "axes", None) is not None:
                     raise Opaque("Resize sizes computed at run time")
-                _relate_shape_entries(res, ctx, node.input[3], None, y)
+                relate_shape_entries(res, ctx, node.input[3], None, y)
         return res
 
     def rewrite(self, node, rctx):
         if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
             if rctx.view.const(node.inputs[3].name) is None:
-                _rewrite_shape_entries(node, rctx, 3)
+                rewrite_shape_entries(node, rctx, 3)
                 return
             x = node.inputs[0].name
             sizes = np.array(rctx.view.const(node.inputs[3].name)).copy()
@@ -86,19 +87,6 @@ class Resize(OpRule):
                     changed = True
             if changed:
                 rctx.set_input_const(3, sizes)
-
-
-def node_proto(gs_node):
-    """A tiny shim so attribute readers work on graphsurgeon nodes."""
-    import onnx
-
-    n = onnx.helper.make_node(gs_node.op, [], [], name=gs_node.name)
-    for k, v in gs_node.attrs.items():
-        try:
-            n.attribute.append(onnx.helper.make_attribute(k, v))
-        except Exception:
-            pass
-    return n
 
 
 @register
