@@ -549,18 +549,7 @@ def solve_coupled_knapsack(instance: CoupledInstance, budget: float, *, restarts
     eps = _REL_EPS * max(1.0, float(np.abs(st.V).max()))
 
     # 1. cheapest (feasibility) from the narrowest and the widest start
-    cheapest, cheap_T, cheap_v = None, math.inf, -math.inf
-    for start in ([0] * st.n, [m - 1 for m in instance.sizes]):
-        st.set_all(start)
-        _descend_cost(st)
-        T, v = st.total(), st.value()
-        if T < cheap_T or (T == cheap_T and v > cheap_v):
-            cheapest, cheap_T, cheap_v = list(st.cur), T, v
-    if not cheap_T <= budget:  # a local minimum of T: try joint moves of coupled pairs first
-        st.set_all(cheapest)
-        _descend_cost_pairs(st, _Work(pair_work))
-        if st.total() < cheap_T:
-            cheapest, cheap_T, cheap_v = list(st.cur), st.total(), st.value()
+    cheapest, cheap_T, cheap_v = _cheapest_choice(st, budget, pair_work)
     if not cheap_T <= budget:
         return CoupledSolution(cheapest, cheap_v, cheap_T, feasible=False, method="min-cost",
                                notes=["even the cheapest choice found exceeds the budget"])
@@ -578,6 +567,63 @@ def solve_coupled_knapsack(instance: CoupledInstance, budget: float, *, restarts
 
     # 2. Lagrangian: bracket lam (factor 4), then bisect geometrically, warm-starting each ascent
     lam0 = max(rich_v - cheap_v, eps) / max(rich_T - cheap_T, 1e-300)
+    lo_choice, hi_choice, hi, evals = _lagrangian_search(st, best, budget, lam0, richest, bisection_steps, max_sweeps)
+
+    # 3. repair / fill the bracketing choices and the best so far
+    starts = [lo_choice] + ([hi_choice] if hi_choice is not None else []) + [best.choice]
+    for s in dict.fromkeys(tuple(s) for s in starts):
+        _polish(st, best, list(s), "lagrangian+fill", eps)
+
+    # 4. exact block knapsacks over independent groups
+    _block_mckp(st, best, _colour_classes(st), mckp_rounds, mckp_resolution, eps)
+
+    # 5. random restarts of the ascent at the final multiplier
+    rng = np.random.default_rng(seed)
+    lam_r = hi if hi is not None else lam0
+    for _ in range(restarts):
+        st.set_all([int(rng.integers(m)) for m in instance.sizes])
+        _ascend(st, lam_r, max_sweeps)
+        _polish(st, best, list(st.cur), "restart", eps)
+
+    # 6. two-group exchanges from the best few distinct choices, best first
+    work = _Work(pair_work)
+    ranked = sorted(best.pool.items(), key=lambda kv: -kv[1][0])[:pair_candidates]
+    for choice, (_, method) in ranked:
+        st.set_all(choice)
+        _pair_polish(st, budget, work, eps)
+        best.offer(st, method + "+pairs")
+    return _result(best, evals, hi if hi is not None else 0.0)
+
+
+def _result(best: _Best, evals: int, lam: float) -> CoupledSolution:
+    return CoupledSolution(list(best.choice), best.value, best.cost, feasible=True, iterations=evals,
+                           method=best.method, lam=lam)
+
+
+def _cheapest_choice(st: "_State", budget: float, pair_work: float) -> tuple[list[int], float, float]:
+    """(choice, cost, value) of the cheapest choice found by cost descent from the narrowest and the
+    widest start; when that is over budget, joint moves of coupled pairs get a try (a local minimum
+    of T along single groups can hide a cheaper pair move)."""
+    cheapest, cheap_T, cheap_v = None, math.inf, -math.inf
+    for start in ([0] * st.n, [m - 1 for m in st.inst.sizes]):
+        st.set_all(start)
+        _descend_cost(st)
+        T, v = st.total(), st.value()
+        if T < cheap_T or (T == cheap_T and v > cheap_v):
+            cheapest, cheap_T, cheap_v = list(st.cur), T, v
+    if not cheap_T <= budget:
+        st.set_all(cheapest)
+        _descend_cost_pairs(st, _Work(pair_work))
+        if st.total() < cheap_T:
+            cheapest, cheap_T, cheap_v = list(st.cur), st.total(), st.value()
+    return cheapest, cheap_T, cheap_v
+
+
+def _lagrangian_search(st: "_State", best: "_Best", budget: float, lam0: float, richest: list[int],
+                       bisection_steps: int, max_sweeps: int):
+    """Bracket the multiplier by factors of 4 from ``lam0``, then bisect it geometrically; every
+    ascent is offered to ``best``. Returns (choice just over budget, choice within budget or None,
+    its multiplier or None, number of ascents)."""
     evals = 0
     lo, hi = 0.0, None
     lo_choice, hi_choice = richest, None
@@ -613,33 +659,4 @@ def solve_coupled_knapsack(instance: CoupledInstance, budget: float, *, restarts
                 hi, hi_choice = mid, list(st.cur)
             else:
                 lo, lo_choice = mid, list(st.cur)
-
-    # 3. repair / fill the bracketing choices and the best so far
-    starts = [lo_choice] + ([hi_choice] if hi_choice is not None else []) + [best.choice]
-    for s in dict.fromkeys(tuple(s) for s in starts):
-        _polish(st, best, list(s), "lagrangian+fill", eps)
-
-    # 4. exact block knapsacks over independent groups
-    _block_mckp(st, best, _colour_classes(st), mckp_rounds, mckp_resolution, eps)
-
-    # 5. random restarts of the ascent at the final multiplier
-    rng = np.random.default_rng(seed)
-    lam_r = hi if hi is not None else lam0
-    for _ in range(restarts):
-        st.set_all([int(rng.integers(m)) for m in instance.sizes])
-        _ascend(st, lam_r, max_sweeps)
-        _polish(st, best, list(st.cur), "restart", eps)
-
-    # 6. two-group exchanges from the best few distinct choices, best first
-    work = _Work(pair_work)
-    ranked = sorted(best.pool.items(), key=lambda kv: -kv[1][0])[:pair_candidates]
-    for choice, (_, method) in ranked:
-        st.set_all(choice)
-        _pair_polish(st, budget, work, eps)
-        best.offer(st, method + "+pairs")
-    return _result(best, evals, hi if hi is not None else 0.0)
-
-
-def _result(best: _Best, evals: int, lam: float) -> CoupledSolution:
-    return CoupledSolution(list(best.choice), best.value, best.cost, feasible=True, iterations=evals,
-                           method=best.method, lam=lam)
+    return lo_choice, hi_choice, hi, evals
