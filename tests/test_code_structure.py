@@ -120,3 +120,13 @@ def test_the_checks_can_fail(tmp_path):
     assert any(isinstance(n, ast.ImportFrom) and n.module.startswith("onnxprune") for n in ast.walk(fn))
     g = _import_graph()
     assert g.number_of_edges() > 20  # the graph is really built from the package's imports
+
+
+def test_no_private_names_imported_across_modules():
+    bad = []
+    for mod, f in _modules().items():
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.ImportFrom) and _resolve(mod, f, n).split(".")[0] == "onnxprune":
+                bad += [f"{mod}:{n.lineno} imports {a.name}" for a in n.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
