@@ -284,6 +284,8 @@ def _profile(args) -> int:
     for g in groups:
         pts = ", ".join(f"{int(w)}:{d:+.3f}" for w, d in sorted(table.samples.get(g.id, [])))
         print(f"  {g.id:>3}  {g.name[:40]:<40} {g.size:>5}  {pts}")
+    for d in table.skipped:
+        print(f"  skipped: group {d['group']} at width {d['width']}: {d['reason']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(asdict(table), wall_s=wall, groups={g.id: g.name for g in groups}), f, indent=1)
