@@ -23,6 +23,7 @@ from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, f
 from onnxprune.model.dequantize import DequantizedWeight
 from onnxprune.model.load import custom_ops, load_model, sanitized, validate_model
 from onnxprune.model.normalize import normalize, normalize_model
+from onnxprune.model.probe import check_runs_natively
 from onnxprune.model.save import initializers_as_inputs, save_model
 from onnxprune.model.shapes import check_model_light, with_batch
 from onnxprune.planning.budget import BudgetResult, BudgetSpec, plan_for_budget, plan_in_stages
@@ -129,6 +130,7 @@ def analyze_model(model, *, input_shapes=None, exclude=None, heads: bool = False
     progress.start("load")
     m, src = _as_model(model)
     validate_model(m, src)
+    check_runs_natively(m, input_shapes_from(input_shapes), src)
     progress.start("normalize")
     norm = normalize(m)
     progress.start("analyze")
@@ -147,6 +149,7 @@ def load_and_analyze(model, config: PruneConfig, progress: Progress) -> LoadedMo
     spec = config.target.budget
     runs_input = config.scoring.calib is not None or (spec is not None and spec.metric == "latency")
     checker_note = validate_model(m, src, full=runs_input)
+    check_runs_natively(m, ac.input_shapes, src, batch=ac.batch)
     progress.start("normalize")
     normalized = normalize_model(m)
     norm = normalized.model

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from onnxprune import __version__
+from onnxprune.analysis.groups import check_something_to_prune
 from onnxprune.api import analyze_model, prune, save
 from onnxprune.config import config_from_keywords
 from onnxprune.errors import InternalError, OnnxPruneError
@@ -206,6 +207,7 @@ def _prune(args) -> int:
     config = config_from_args(args)
     _check_outputs(args)
     res = prune(args.input, config, progress=args.progress)
+    check_something_to_prune(res.analysis)  # the API returns the model unchanged, with a note
     save(res.model, args.output, input_path=args.input)
     res.report.output = str(args.output)
     res.report.pruned.file_bytes = os.path.getsize(args.output)
@@ -284,6 +286,8 @@ def _profile(args) -> int:
     for g in groups:
         pts = ", ".join(f"{int(w)}:{d:+.3f}" for w, d in sorted(table.samples.get(g.id, [])))
         print(f"  {g.id:>3}  {g.name[:40]:<40} {g.size:>5}  {pts}")
+    for d in table.skipped:
+        print(f"  skipped: group {d['group']} at width {d['width']}: {d['reason']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(asdict(table), wall_s=wall, groups={g.id: g.name for g in groups}), f, indent=1)

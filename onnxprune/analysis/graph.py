@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.model.feeds import random_inputs
-from onnxprune.model.load import opset_version
+from onnxprune.model.load import opset_version, subgraphs
 from onnxprune.model.shapes import graph_input_shapes, infer_shapes_light, run_light, with_fixed_input_shapes
 
 
@@ -83,6 +83,7 @@ class GraphView:
                 self.dtypes[vi.name] = tt.elem_type
         for name, arr in self.consts.items():
             self.shapes[name] = tuple(arr.shape)
+        _add_subgraph_shapes(g, self.shapes)
         missing = [t for n in self.nodes for t in n.output if t and t not in self.shapes]
         if missing:
             self._measure_shapes(fixed, missing)
@@ -121,6 +122,20 @@ class GraphView:
             for c, _ in self.consumers.get(t, []):
                 g.add_edge(k, c, tensor=t)
         return g
+
+
+def _add_subgraph_shapes(g: onnx.GraphProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Static shapes of the tensors inside `g`'s subgraphs (If branches, Loop/Scan bodies, any
+    depth), as shape inference left them in the inferred model: the cost of compute in branches is
+    counted from them (profiling/cost.py). Names of the enclosing graph keep their shapes."""
+    for sg in subgraphs(g):
+        for vi in list(sg.input) + list(sg.value_info) + list(sg.output):
+            tt = vi.type.tensor_type
+            if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+                shapes.setdefault(vi.name, tuple(d.dim_value for d in tt.shape.dim))
+        for t in sg.initializer:
+            shapes.setdefault(t.name, tuple(t.dims))
+        _add_subgraph_shapes(sg, shapes)
 
 
 def subgraph_outer_refs(node: onnx.NodeProto, outer_consts: set[str] = frozenset()) -> list[str]:

@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 
 from onnxprune.analysis.graph import GraphView
+from onnxprune.errors import OnnxPruneError
 from onnxprune.analysis.rules import (CHANNELWISE, LAYOUT_OPS, AttentionAxes, Opaque, RuleContext, RuleResult, Space,
                                       rule_for)
 
@@ -101,6 +102,20 @@ def analyze(view: GraphView, exclude: list[str] | None = None, max_passes: int =
     groups, space_group = _build_groups(view, spaces, results, freeze)
     _classify(view, groups, space_group, embed_dim=embed_dim)
     return Analysis(view, groups, results, opaque, space_group)
+
+
+def check_something_to_prune(analysis: Analysis) -> None:
+    """Refuse a run that cannot remove anything: no channel group, or every group frozen. Says the
+    first reasons (the ops that froze them) so the user can act (--exclude less, see analyze)."""
+    if analysis.prunable_groups:
+        return
+    if not analysis.groups:
+        raise OnnxPruneError("nothing to prune: no channel group was found (every node is excluded or not "
+                             "understood); `onnxprune analyze` lists the ops")
+    reasons = list(dict.fromkeys(r for g in analysis.groups for r in g.reasons))
+    shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+    raise OnnxPruneError(f"nothing to prune: every channel group is frozen ({shown}); `onnxprune analyze` "
+                         "lists them")
 
 
 def excluded_by(node, patterns) -> bool:

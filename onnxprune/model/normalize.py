@@ -56,6 +56,7 @@ def normalize_model(model: onnx.ModelProto) -> NormalizedModel:
     _unshare_uniform_constants(out)
     copy_model_fields(model, out)
     out.graph.ClearField("value_info")
+    keep_declared_output_types(model.graph, out.graph)
     # Neither shape inference nor ONNX Runtime can give shapes past a custom op: keep what the
     # model itself declares for custom-op outputs, so the graph after them can still be analyzed.
     custom_outs = {t for n in out.graph.node if n.domain not in STANDARD_DOMAINS for t in n.output}
@@ -64,6 +65,20 @@ def normalize_model(model: onnx.ModelProto) -> NormalizedModel:
     # only folded weights that are initializers now (not folded further, e.g. through a Transpose)
     inits = {t.name for t in out.graph.initializer}
     return NormalizedModel(out, tuple(w for w in dequantized if w.name in inits))
+
+
+def keep_declared_output_types(original: onnx.GraphProto, out: onnx.GraphProto) -> None:
+    """Graph outputs keep the type the model declares where normalization lost it: past a contrib
+    op (DynamicQuantizeLSTM, ...) shape inference knows nothing, and an output type without a
+    shape fails the checker ("Field 'shape' of 'type' is required") though the model is fine."""
+    declared = {o.name: o.type for o in original.output if o.type.HasField("tensor_type")}
+    for o in out.output:
+        d = declared.get(o.name)
+        if d is None or not d.tensor_type.HasField("shape"):
+            continue
+        tt = o.type.tensor_type
+        if not o.type.HasField("tensor_type") or not tt.HasField("shape") or not tt.elem_type:
+            o.type.CopyFrom(d)
 
 
 def _inline_functions(m: onnx.ModelProto) -> onnx.ModelProto:
@@ -103,7 +118,6 @@ def _fold_constants(m: onnx.ModelProto, dequantized: list[DequantizedWeight]) ->
     a round turns Constant nodes into constants and lets the next infer static dims through computed
     Reshape targets, so Shape->Gather/Slice of static dims fold (TorchScript's x.size(1) // 2 and
     friends). Symbolic dims stay symbolic. `dequantized` gets the weights folded from DequantizeLinear."""
-    fold = dict(error_ok=True, should_exclude_node=lambda n: (n.domain or "") not in STANDARD_DOMAINS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(FOLD_ROUNDS):
@@ -112,18 +126,53 @@ def _fold_constants(m: onnx.ModelProto, dequantized: list[DequantizedWeight]) ->
             except Exception:
                 pass
             _explicit_squeeze_axes(m)
-            graph = gs.import_onnx(m)
-            n_before = len(graph.nodes)
-            graph.fold_constants(**fold)
-            if fold_dequantize(graph, dequantized):  # graphsurgeon never folds Q/DQ; weights behind DQ are weights
-                graph.cleanup(remove_unused_graph_inputs=False)
-                graph.fold_constants(**fold)
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
-            m = fold_static_shape_values(gs.export_onnx(graph, do_type_check=False))
-            m.graph.ClearField("value_info")
+            n_before = len(m.graph.node)
+            m = _sound_fold_round(m, dequantized)
             if len(m.graph.node) == n_before:
                 break
     return m
+
+
+def _sound_fold_round(m: onnx.ModelProto, dequantized: list[DequantizedWeight]) -> onnx.ModelProto:
+    """One folding round whose result defines every tensor it reads. graphsurgeon flattens an If
+    with a constant condition into its parent graph, and where the chosen branch's output was
+    itself folded to a constant (an initial LSTM state of zeros, say) the If's output is left with
+    no producer. Such a round is redone without flattening; if even that leaves a read of an
+    undefined tensor, the round is dropped (the graph stays unfolded there)."""
+    for flatten in (True, False):
+        found: list[DequantizedWeight] = []
+        out = _fold_round(m, found, flatten)
+        if not undefined_reads(out.graph):
+            dequantized.extend(found)
+            return out
+    return m
+
+
+def _fold_round(m: onnx.ModelProto, dequantized: list[DequantizedWeight], flatten: bool) -> onnx.ModelProto:
+    fold = dict(error_ok=True, flatten_subgraphs=flatten,
+                should_exclude_node=lambda n: (n.domain or "") not in STANDARD_DOMAINS)
+    graph = gs.import_onnx(m)
+    graph.fold_constants(**fold)
+    if fold_dequantize(graph, dequantized):  # graphsurgeon never folds Q/DQ; weights behind DQ are weights
+        graph.cleanup(remove_unused_graph_inputs=False)
+        graph.fold_constants(**fold)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = fold_static_shape_values(gs.export_onnx(graph, do_type_check=False))
+    out.graph.ClearField("value_info")
+    return out
+
+
+def undefined_reads(g: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> list[str]:
+    """Tensors that nodes of `g` (or of its subgraphs, at any depth) read but that neither `g` nor an
+    enclosing scope defines (inputs, initializers, node outputs)."""
+    defined = set(outer) | {i.name for i in g.input} | {t.name for t in g.initializer}
+    defined |= {t.values.name for t in g.sparse_initializer} | {o for n in g.node for o in n.output if o}
+    bad = [i for n in g.node for i in n.input if i and i not in defined]
+    bad += [o.name for o in g.output if o.name not in defined]
+    inner = frozenset(defined)
+    for sg in subgraphs(g):
+        bad += undefined_reads(sg, inner)
+    return sorted(set(bad))
 
 
 def _constant_attrs_to_tensors(g: onnx.GraphProto) -> None:

@@ -157,6 +157,8 @@ class MeasuredLatencyCosts:
         if self.auto_steps:
             snap_to_steps(choices, quantum=AUTO_STEP_QUANTUM * table.baseline_ms)
         self.info = dict(table_key=table.key, table_cached=table.from_cache, table_build_s=round(table.build_s, 2))
+        if table.skipped:  # candidates ONNX Runtime crashed on: their widths are interpolated
+            self.info["table_skipped"] = [f"group {d['group']} width {d['width']}: {d['reason']}" for d in table.skipped]
         return table.baseline_ms
 
 

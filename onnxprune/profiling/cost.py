@@ -1,10 +1,21 @@
-"""Analytic costs from static shapes: MACs (each op's rule counts its own, see OpRule.macs), parameter count."""
+"""Analytic costs from static shapes: MACs (each op's rule counts its own, see OpRule.macs), parameter count.
+
+Compute inside control flow (If branches, Loop/Scan bodies) counts too: the control-flow rules
+count their subgraphs' MACs (analysis/rules/control.py), and parameters include subgraph
+initializers. The channel analysis does not look inside subgraphs, so this cost never shrinks when
+the model is pruned (the groups control flow touches are frozen, with the reason).
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import onnx
+from onnx import helper
 
 from onnxprune.analysis.graph import GraphView
 from onnxprune.analysis.rules import counts_macs, rule_for
+from onnxprune.model.load import subgraphs
 
 
 def node_macs(view: GraphView, k: int) -> int:
@@ -19,7 +30,49 @@ def node_macs(view: GraphView, k: int) -> int:
 
 
 def total_macs(view: GraphView) -> int:
+    """MACs of one run; a control-flow node counts the nodes of its subgraphs (rules/control.py)."""
     return int(sum(node_macs(view, k) for k in range(len(view.nodes))))
+
+
+@dataclass(frozen=True)
+class SubgraphCost:
+    """MACs and parameters held in the subgraphs of one control-flow node of the main graph."""
+    node: str  # its label, e.g. "If 'outer_if'"
+    macs: int
+    params: int
+
+
+def subgraph_costs(view: GraphView) -> list[SubgraphCost]:
+    """Cost of every main-graph node with subgraphs (none for a model without control flow)."""
+    out = []
+    for k, n in enumerate(view.nodes):
+        if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            continue
+        seen = set(view.consts)  # graphsurgeon copies outer initializers into subgraphs: count them once
+        out.append(SubgraphCost(view.node_label(k), node_macs(view, k), _subgraph_params(n, seen)))
+    return out
+
+
+def _subgraph_params(node: onnx.NodeProto, seen: set[str]) -> int:
+    total = 0
+    for g in _graphs_of(node):
+        for t in g.initializer:
+            if t.name not in seen and _is_float(t.data_type):
+                seen.add(t.name)
+                total += int(np.prod(t.dims, dtype=np.int64))
+        total += sum(_subgraph_params(n, seen) for n in g.node)
+    return total
+
+
+def _graphs_of(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return list(subgraphs(onnx.GraphProto(node=[node])))
+
+
+def _is_float(data_type: int) -> bool:
+    try:
+        return np.issubdtype(helper.tensor_dtype_to_np_dtype(data_type), np.floating)
+    except Exception:  # bfloat16 / float8 have no numpy dtype here
+        return data_type in (onnx.TensorProto.BFLOAT16,)
 
 
 def uncounted_mac_nodes(view: GraphView) -> list[str]:
@@ -30,8 +83,10 @@ def uncounted_mac_nodes(view: GraphView) -> list[str]:
 
 
 def total_params(view: GraphView) -> int:
-    """Elements of floating-point initializers (shape constants and indices are not parameters)."""
-    return int(sum(a.size for a in view.consts.values() if np.issubdtype(a.dtype, np.floating)))
+    """Elements of floating-point initializers (shape constants and indices are not parameters),
+    those inside subgraphs included."""
+    main = int(sum(a.size for a in view.consts.values() if np.issubdtype(a.dtype, np.floating)))
+    return main + sum(c.params for c in subgraph_costs(view))
 
 
 # --- how costs scale when channel groups shrink ---------------------------------------------------
@@ -66,7 +121,7 @@ def macs_terms(analysis) -> list[tuple[int, list[int]]]:
 def params_terms(analysis) -> list[tuple[int, list[int]]]:
     view = analysis.view
     return [(int(a.size), _space_groups(analysis, t)) for t, a in view.consts.items()
-            if np.issubdtype(a.dtype, np.floating)]
+            if np.issubdtype(a.dtype, np.floating)] + [(c.params, []) for c in subgraph_costs(view) if c.params]
 
 
 def activation_terms(analysis) -> dict[str, tuple[int, list[int]]]:

@@ -20,11 +20,13 @@ import numpy as np
 from onnxprune.analysis.groups import Analysis, ChannelGroup
 from onnxprune.errors import OnnxPruneError
 from onnxprune.analysis.graph import random_feeds
+from onnxprune.model.runtime import NativeCrash, run_isolated
+from onnxprune.planning.ratio import keep_every_member
 from onnxprune.profiling.latency_cmd import measure_with_command
 from onnxprune.profiling.timing import measure_latencies
 from onnxprune.transform.rewrite import rewrite
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3  # 3: candidates keep a channel in every member (as a final prune does)
 SAMPLE_FRACTIONS = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 
 
@@ -43,6 +45,8 @@ class LatencyTable:
     samples: dict[int, list[list[float]]] = field(default_factory=dict)
     group_sizes: dict[int, int] = field(default_factory=dict)
     build_s: float = 0.0
+    # candidates that could not be timed: {"group", "width", "reason"} (ONNX Runtime crashed on them)
+    skipped: list[dict] = field(default_factory=list)
     from_cache: bool = False
 
     def contribution(self, gid: int) -> np.ndarray:
@@ -99,6 +103,27 @@ def keep_order(group: ChannelGroup, scores: np.ndarray | None) -> np.ndarray:
     return np.lexsort((idx, -s, ~group.frozen))
 
 
+def candidate_kept(group: ChannelGroup, order: np.ndarray, width: int) -> np.ndarray:
+    """Kept channels of the latency candidate at `width`: the top `width` in `order`, plus what a
+    final prune adds (planning.ratio.keep_every_member: one channel in every member, e.g. every
+    Concat segment), so no candidate has a 0-channel tensor or a group=0 depthwise conv."""
+    rank = np.empty(group.size)
+    rank[order] = np.arange(group.size, 0, -1)  # earlier in `order` = better
+    kept = {group.id: top_width_kept(group, order, width)}
+    return keep_every_member([group], kept, {group.id: rank})[group.id]
+
+
+def group_candidates(group: ChannelGroup) -> list[np.ndarray]:
+    """Kept channels of every candidate of a group, narrower than the full group, distinct widths."""
+    order = keep_order(group, None)
+    out: dict[int, np.ndarray] = {}
+    for w in sample_widths(group.size, int(group.frozen.sum())):
+        k = candidate_kept(group, order, w)
+        if len(k) < group.size:
+            out.setdefault(len(k), k)
+    return [out[w] for w in sorted(out)]
+
+
 def build_latency_table(analysis: Analysis, groups: list[ChannelGroup], *, provider: str = "cpu",
                         threads: int | None = None, cache_dir: Path | None = None, use_cache: bool = True,
                         time_per_group_s: float = 6.0, progress=None, latency_cmd: str | None = None) -> LatencyTable:
@@ -116,6 +141,8 @@ def build_latency_table(analysis: Analysis, groups: list[ChannelGroup], *, provi
         except Exception:
             pass  # a corrupt or incomplete cache entry is rebuilt
     t0 = time.perf_counter()
+    timing = dict(provider=provider, threads=threads, time_budget_s=time_per_group_s, latency_cmd=latency_cmd,
+                  min_time_s=min(1.0, time_per_group_s))
     base_model = analysis.view.model
     feeds = random_feeds(analysis.view, seed=0)
     table = LatencyTable(key, provider, threads, analysis.view.input_shapes, 0.0,
@@ -124,29 +151,54 @@ def build_latency_table(analysis: Analysis, groups: list[ChannelGroup], *, provi
     for i, g in enumerate(groups):
         if progress is not None:
             progress.update(i, len(groups))
-        order = keep_order(g, None)
-        widths = [w for w in sample_widths(g.size, int(g.frozen.sum())) if w < g.size]
-        models = [base_model] + [rewrite(analysis, {g.id: top_width_kept(g, order, w)}) for w in widths]
-        lat = measure_medians(models, feeds, provider=provider, threads=threads, time_budget_s=time_per_group_s,
-                              latency_cmd=latency_cmd, min_time_s=min(1.0, time_per_group_s))
-        base_runs.append(lat[0])
-        table.samples[g.id] = [[float(g.size), 0.0]] + [[float(w), float(l - lat[0])] for w, l in zip(widths, lat[1:])]
-    table.baseline_ms = float(np.median(base_runs)) if base_runs else measure_medians(
-        [base_model], feeds, provider=provider, threads=threads, time_budget_s=time_per_group_s,
-        latency_cmd=latency_cmd, min_time_s=min(1.0, time_per_group_s))[0]
+        base_ms, points = _time_group(analysis, g, base_model, feeds, timing, table.skipped)
+        base_runs.append(base_ms)
+        table.samples[g.id] = [[float(g.size), 0.0]] + points
+    table.baseline_ms = float(np.median(base_runs)) if base_runs else measure_medians([base_model], feeds, **timing)[0]
     table.build_s = time.perf_counter() - t0
     if use_cache:
         table.save(path)
     return table
 
 
+def _time_group(analysis: Analysis, g: ChannelGroup, base_model, feeds, timing: dict,
+                skipped: list[dict]) -> tuple[float, list[list[float]]]:
+    """(baseline ms, [[width, delta ms], ...]) of one group's candidates, timed side by side with
+    the unpruned model. If ONNX Runtime crashes on the batch, each candidate is timed alone with the
+    baseline, and the ones it crashes on are left out (recorded in `skipped` with the reason)."""
+    kept = group_candidates(g)
+    models = [rewrite(analysis, {g.id: k}) for k in kept]
+    try:
+        lat = measure_medians([base_model] + models, feeds, **timing)
+        return lat[0], [[float(len(k)), float(x - lat[0])] for k, x in zip(kept, lat[1:])]
+    except NativeCrash:
+        pass
+    base, points = [], []
+    for k, m in zip(kept, models):
+        try:
+            lat = measure_medians([base_model, m], feeds, **timing)
+        except NativeCrash as e:
+            skipped.append(dict(group=g.id, width=len(k), reason=f"ONNX Runtime crashed on it: {e.reason}"))
+            continue
+        base.append(lat[0])
+        points.append([float(len(k)), float(lat[1] - lat[0])])
+    if not base:  # the baseline alone tells whether the unpruned model is the one that crashes
+        base = measure_medians([base_model], feeds, **timing)
+    return float(np.median(base)), points
+
+
 def measure_medians(models, feeds, *, provider: str, threads: int | None, time_budget_s: float,
                     latency_cmd: str | None = None, min_time_s: float | None = None) -> list[float]:
-    """Median latency (ms) of each model: side by side in one ONNX Runtime process, or one
-    `--latency-cmd` run per model on the user's device."""
+    """Median latency (ms) of each model: side by side in one ONNX Runtime process (a child
+    process: a native crash of ONNX Runtime on a model raises NativeCrash instead of ending the
+    tool), or one `--latency-cmd` run per model on the user's device."""
     if latency_cmd:
         return [measure_with_command(latency_cmd, m) for m in models]
     timing = dict(min_time_s=min_time_s) if min_time_s is not None else {}
-    stats = measure_latencies([m.SerializeToString() for m in models], feeds, provider=provider, threads=threads,
-                              warmup=3, time_budget_s=time_budget_s, **timing)
+    try:
+        stats = run_isolated(measure_latencies, [m.SerializeToString() for m in models], feeds, provider=provider,
+                             threads=threads, warmup=3, time_budget_s=time_budget_s, **timing)
+    except NativeCrash as e:
+        raise e.within(f"ONNX Runtime crashed timing {'the model' if len(models) == 1 else f'{len(models)} models'}"
+                       ) from None
     return [s.median_ms for s in stats]

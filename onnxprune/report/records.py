@@ -140,9 +140,10 @@ class BudgetReport(Record):
     table_key: str | None = None
     table_cached: bool | None = None
     table_build_s: float | None = None
+    table_skipped: list[str] | None = None  # latency candidates not timed (ONNX Runtime crashed on them)
     method: str | None = None  # set when the plan fell back from the knapsack
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["iterations"] = [it.to_dict() for it in self.iterations]
-        return without_none(d, ("table_key", "table_cached", "table_build_s", "method"))
+        return without_none(d, ("table_key", "table_cached", "table_build_s", "table_skipped", "method"))

@@ -147,7 +147,13 @@ def _over_kept(view, node, norms, pos, inits, name):
             nodes.append(helper.make_node("Slice", [tmp, st, en, ax], [z1], name=name("Slice")))
         else:  # Slice-1: bounds are attributes
             nodes.append(helper.make_node("Slice", [tmp], [z1], starts=[0], ends=[1], axes=[a], name=name("Slice")))
-        nodes.append(helper.make_node("Sub", [z1, z1], [zz], name=name("Sub")))
+        if view.opset >= 8:  # zeros of the output's type (Sub has no uint8 kernel: DynamicQuantizeLinear)
+            zero, shp = name("zero"), name("shape")
+            inits.append(numpy_helper.from_array(np.zeros((), view.np_dtype(o)), zero))
+            nodes.append(helper.make_node("Shape", [z1], [shp], name=name("Shape")))
+            nodes.append(helper.make_node("Expand", [zero, shp], [zz], name=name("Expand")))
+        else:
+            nodes.append(helper.make_node("Sub", [z1, z1], [zz], name=name("Sub")))
         nodes.append(helper.make_node("Concat", [tmp, zz], [cat], axis=a, name=name("Concat")))
         nodes.append(helper.make_node("Gather", [cat, sname], [o], axis=a, name=name("Gather")))
     return nodes

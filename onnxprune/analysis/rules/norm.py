@@ -36,6 +36,10 @@ class BatchNorm(OpRule):
             if p:
                 res.relate((p, 0), (y, 1))
         _identity_live(res, ctx, x, y, skip=(1,))
+        if node.op_type == "InstanceNormalization":
+            # statistics over axes 2..: channels carried there (GroupNorm with one group, exported as
+            # Reshape(N, 1, C*H*W) -> InstanceNormalization) are normalized over, like LayerNorm over C
+            res.normalizes.extend((x, a) for a in ctx.live_axes(x) if a >= 2)
         return res
 
 
@@ -43,10 +47,29 @@ class BatchNorm(OpRule):
 class GroupNorm(OpRule):
     op_types = ("GroupNormalization",)
     weighted = is_norm = True
-    opts_out = {**PER_CHANNEL_PARAMS, "weight_roles": "opaque: its channels are frozen"}
+    opts_out = PER_CHANNEL_PARAMS
+
+    def weight_roles(self, node, view):
+        """scale / bias per channel (opset 21; opset 18's are per group, i.e. one value here)."""
+        return [WeightRole(i, 0, None) for i, p in enumerate(node.input)
+                if i and p in view.consts and view.consts[p].shape == view.shape(node.input[0])[1:2]]
 
     def relate(self, node, ctx):
-        raise Opaque("GroupNormalization ties channels into fixed groups")
+        """One group (num_groups=1) is a LayerNorm over (C, H, W): channels pass, and the statistics
+        see only the kept ones (the oracle computes them over the kept channels). More groups tie
+        channels into fixed groups: opaque."""
+        if int(attr(node, "num_groups", 0)) != 1:
+            raise Opaque("GroupNormalization ties channels into fixed groups (num_groups > 1)")
+        x, y = node.input[0], node.output[0]
+        res = RuleResult()
+        res.relate((x, 1), (y, 1))
+        res.normalizes.append((x, 1))
+        c = ctx.shape(x)[1]
+        for p in node.input[1:3]:
+            if p and ctx.shape(p) == (c,) and c > 1:
+                res.relate((p, 0), (y, 1))
+        _identity_live(res, ctx, x, y, skip=(1,))
+        return res
 
 
 @register
