@@ -38,6 +38,7 @@ from onnxprune.transform.compensate import apply_compensation, check_static_posi
 from onnxprune.transform.requantize import requantize_weights
 from onnxprune.transform.rewrite import rewrite
 from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
+from onnxprune.verify.rounding import accumulations
 
 __all__ = ["PruneConfig", "PruneResult", "analyze_model", "group_reports", "measure", "model_stats",
            "prune", "save", "split_patterns", "unmatched_excludes"]
@@ -258,10 +259,11 @@ def verify(loaded: LoadedModel, plan_: Plan, pruned: onnx.ModelProto, progress: 
     feeds = [random_feeds(loaded.analysis.view, seed=s) for s in range(3)]
     plain = needs_plain_execution(loaded.normalized)
     rel_tol, half = verify_tolerance(loaded.normalized)
-    res = compare_models(masked_model(loaded.analysis, plan_.kept), pruned, feeds, rel_tol=rel_tol, optimize=not plain)
+    res = compare_models(masked_model(loaded.analysis, plan_.kept), pruned, feeds, rel_tol=rel_tol, optimize=not plain,
+                         rounding=accumulations(loaded.analysis))
     result = VerificationResult(
         passed=res.passed, max_abs_diff=res.max_abs_diff, tolerance=res.tolerance, rel_tol=rel_tol,
-        output_scale=res.scale, inputs=len(feeds), per_output=res.per_output,
+        output_scale=res.scale, inputs=len(feeds), per_output=res.per_output, rounding_floor=res.rounding_floor,
         tolerance_note=(f"{half} model: tolerance {rel_tol:g} x output scale (a few {half} ulps per layer), not 1e-4"
                         if half else None),
         note=("quantize/dequantize ops: both models run op by op (ONNX Runtime graph optimizations off), as fused "
@@ -271,7 +273,7 @@ def verify(loaded: LoadedModel, plan_: Plan, pruned: onnx.ModelProto, progress: 
         what = ("integer output(s) differ: " + ", ".join(f"'{k}' in {v} element(s)" for k, v in res.mismatched.items())
                 if res.mismatched else
                 f"pruned model differs from the masked original by {res.max_abs_diff:.3e} "
-                f"(tolerance {res.tolerance:.3e})")
+                f"(tolerance {res.tolerance:.3e}; float rounding alone moves it by {res.rounding_floor or 0:.1e})")
         raise VerificationError(f"verification failed: {what}; nothing written")
     return result
 
