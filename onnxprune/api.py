@@ -325,7 +325,7 @@ def run_settings(loaded: LoadedModel, scored: Scored, config: PruneConfig) -> Ru
 def outcome_notes(loaded: LoadedModel, kept: dict[int, np.ndarray]) -> list[str]:
     """What the user should know about the result: nothing removed (and why), frozen custom ops,
     MACs that could not be counted."""
-    analysis, notes = loaded.analysis, []
+    analysis, notes = loaded.analysis, list(loaded.analysis.view.notes)
     if not any(len(kept[g.id]) < g.size for g in analysis.groups if g.id in kept):
         prunable = [g for g in analysis.groups if g.prunable]
         why = ("no channel group was found (every node is excluded or not understood: see `onnxprune analyze`)"
