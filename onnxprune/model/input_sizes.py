@@ -11,6 +11,7 @@ up with an error that names the defaulted dims and asks for --input-shape.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,7 +154,13 @@ class _Runner:
             self.session.run(self.names, {**random_inputs(self.model, shapes), **self.weights})
             return None
         except Exception as e:  # noqa: BLE001 (ORT's own types)
-            return first_line(e)
+            return _short_error(first_line(e))
+
+
+def _short_error(message: str) -> str:
+    """ORT's "... running Reshape node. Name:'r' Status Message: <C++ trace>" as "Reshape 'r' fails"."""
+    m = re.search(r"running (\w+) node\. Name:'([^']*)'", message)
+    return f"ONNX Runtime fails in {m.group(1)} '{m.group(2)}'" if m else message[:160]
 
 
 def _elems(t: onnx.TensorProto) -> int:
