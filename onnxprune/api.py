@@ -39,6 +39,7 @@ from onnxprune.transform.compensate import apply_compensation, check_static_posi
 from onnxprune.transform.requantize import requantize_weights
 from onnxprune.transform.rewrite import rewrite
 from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
+from onnxprune.verify.rounding import accumulations
 
 __all__ = ["PruneConfig", "PruneResult", "analyze_model", "group_reports", "measure", "model_stats",
            "prune", "save", "split_patterns", "unmatched_excludes"]
@@ -261,10 +262,11 @@ def verify(loaded: LoadedModel, plan_: Plan, pruned: onnx.ModelProto, progress: 
     feeds = [random_feeds(loaded.analysis.view, seed=s) for s in range(3)]
     plain = needs_plain_execution(loaded.normalized)
     rel_tol, half = verify_tolerance(loaded.normalized)
-    res = compare_models(masked_model(loaded.analysis, plan_.kept), pruned, feeds, rel_tol=rel_tol, optimize=not plain)
+    res = compare_models(masked_model(loaded.analysis, plan_.kept), pruned, feeds, rel_tol=rel_tol, optimize=not plain,
+                         rounding=accumulations(loaded.analysis))
     result = VerificationResult(
         passed=res.passed, max_abs_diff=res.max_abs_diff, tolerance=res.tolerance, rel_tol=rel_tol,
-        output_scale=res.scale, inputs=len(feeds), per_output=res.per_output,
+        output_scale=res.scale, inputs=len(feeds), per_output=res.per_output, rounding_floor=res.rounding_floor,
         tolerance_note=(f"{half} model: tolerance {rel_tol:g} x output scale (a few {half} ulps per layer), not 1e-4"
                         if half else None),
         note=("quantize/dequantize ops: both models run op by op (ONNX Runtime graph optimizations off), as fused "
@@ -274,7 +276,7 @@ def verify(loaded: LoadedModel, plan_: Plan, pruned: onnx.ModelProto, progress: 
         what = ("integer output(s) differ: " + ", ".join(f"'{k}' in {v} element(s)" for k, v in res.mismatched.items())
                 if res.mismatched else
                 f"pruned model differs from the masked original by {res.max_abs_diff:.3e} "
-                f"(tolerance {res.tolerance:.3e})")
+                f"(tolerance {res.tolerance:.3e}; float rounding alone moves it by {res.rounding_floor or 0:.1e})")
         raise VerificationError(f"verification failed: {what}; nothing written")
     return result
 
@@ -326,7 +328,7 @@ def run_settings(loaded: LoadedModel, scored: Scored, config: PruneConfig) -> Ru
 def outcome_notes(loaded: LoadedModel, kept: dict[int, np.ndarray]) -> list[str]:
     """What the user should know about the result: nothing removed (and why), frozen custom ops,
     MACs that could not be counted."""
-    analysis, notes = loaded.analysis, []
+    analysis, notes = loaded.analysis, list(loaded.analysis.view.notes)
     if not any(len(kept[g.id]) < g.size for g in analysis.groups if g.id in kept):
         prunable = [g for g in analysis.groups if g.prunable]
         why = ("no channel group was found (every node is excluded or not understood: see `onnxprune analyze`)"

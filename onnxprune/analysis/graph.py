@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.model.feeds import random_inputs
+from onnxprune.model.input_sizes import fitted_input_shapes
 from onnxprune.model.load import opset_version, subgraphs
 from onnxprune.model.shapes import graph_input_shapes, infer_shapes_light, run_light, with_fixed_input_shapes
 
@@ -29,6 +30,7 @@ def attr(node: onnx.NodeProto, name: str, default=None):
 class GraphView:
     model: onnx.ModelProto
     input_shapes: dict[str, list[int]]
+    notes: list[str] = field(default_factory=list)  # how the input shapes were chosen, where not as given
     nodes: list[onnx.NodeProto] = field(init=False)
     producer: dict[str, int] = field(init=False)
     consumers: dict[str, list[tuple[int, int]]] = field(init=False)
@@ -177,7 +179,7 @@ def random_feeds(view_or_model, seed: int = 0, input_shapes: dict[str, list[int]
 
 
 def build_view(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> GraphView:
-    shapes = graph_input_shapes(model, input_shapes)
     if not model.graph.node:
         raise OnnxPruneError("model has no nodes")
-    return GraphView(model, shapes)
+    fitted = fitted_input_shapes(model, input_shapes)  # defaulted dims at a size the model runs at
+    return GraphView(model, fitted.shapes, notes=[fitted.note] if fitted.note else [])

@@ -12,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.model.feeds import random_inputs
-from onnxprune.model.shapes import graph_input_shapes, prune_dead, run_light
+from onnxprune.model.shapes import graph_input_shapes, is_static_dim, prune_dead, run_light
 
 SHAPE_MATH = {"Shape", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Div", "Mul", "Add", "Sub",
               "Floor", "Ceil", "Equal", "Where", "Reshape", "Identity", "Max", "Min", "Abs", "Neg", "Mod",
@@ -61,12 +61,12 @@ def _probe_shapes(model: onnx.ModelProto, consts: set[str]) -> list[dict[str, li
     symbolic dim changed: a value equal under both does not depend on them."""
     inputs = [i for i in model.graph.input if i.name not in consts]
     base = graph_input_shapes(model)
-    if all(d.HasField("dim_value") for i in inputs for d in i.type.tensor_type.shape.dim):
+    if all(is_static_dim(d) for i in inputs for d in i.type.tensor_type.shape.dim):
         return [base]
     other = {}
     for i in inputs:
         dims = i.type.tensor_type.shape.dim
-        other[i.name] = [v if d.HasField("dim_value") else (v + 1 if k == 0 else v + 8)
+        other[i.name] = [v if is_static_dim(d) else (v + 1 if k == 0 else v + 8)
                          for k, (d, v) in enumerate(zip(dims, base[i.name]))]
     return [base, other]
 

@@ -79,6 +79,12 @@ def with_inferred_shapes(m: onnx.ModelProto, data_prop: bool = False) -> onnx.Mo
     return m
 
 
+def is_static_dim(d: onnx.TensorShapeProto.Dimension) -> bool:
+    """A dim with a size. paddle2onnx (and Polygraphy folding) write -1 or 0 for an unknown dim:
+    symbolic, as shape inference and ONNX Runtime read it."""
+    return d.HasField("dim_value") and d.dim_value > 0
+
+
 def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
     """Parse ``name=1x3x224x224`` entries (a bare ``1x3x224x224`` applies to a single-input model)."""
     out: dict[str, list[int]] = {}
@@ -96,19 +102,47 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
     return out
 
 
-def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int | None]] | None = None) -> dict[str, list[int]]:
     """Concrete shapes for every graph input: user overrides, else static dims, else a default.
 
     Defaults for symbolic dims: batch (dim 0, or a dim named like a batch) -> 1; spatial dims of a
     rank-4 image input -> 224; any other symbolic dim (e.g. sequence length, also at dim 0 when it
-    is named so, as in sequence-first [seq, batch, C] inputs) -> 16.
+    is named so, as in sequence-first [seq, batch, C] inputs) -> 16. A None in an override is
+    that dim's default (``--batch`` sets dim 0 only).
     """
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    inputs = model_inputs(model)
     overrides = _overrides_by_input(overrides, inputs)
     named = _shared_dim_values(inputs, overrides)
-    return {i.name: (_checked_override(i, overrides[i.name]) if i.name in overrides
-                     else _default_shape(i.type.tensor_type.shape.dim, named))
-            for i in inputs}
+    out = {}
+    for i in inputs:
+        shape = _default_shape(i.type.tensor_type.shape.dim, named)
+        if i.name in overrides:
+            shape = [d if o is None else o for d, o in zip(shape, _checked_override(i, overrides[i.name]))]
+        out[i.name] = shape
+    return out
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that are not initializers."""
+    return [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+
+
+def defaulted_dims(model: onnx.ModelProto, overrides: dict[str, list[int | None]] | None = None) -> dict[str, list[int]]:
+    """input -> the symbolic dims graph_input_shapes gives a default size (224, 16) because neither
+    an override nor a shared symbolic name sets them; batch dims (default 1) are left out."""
+    inputs = model_inputs(model)
+    overrides = _overrides_by_input(overrides, inputs)
+    named = _shared_dim_values(inputs, overrides)
+    out = {}
+    for i in inputs:
+        given = overrides.get(i.name) or []
+        dims = i.type.tensor_type.shape.dim
+        free = [k for k, d in enumerate(dims)
+                if not is_static_dim(d) and (k >= len(given) or given[k] is None)
+                and not (d.HasField("dim_param") and d.dim_param in named) and not _is_batch_dim(d, k)]
+        if free:
+            out[i.name] = free
+    return out
 
 
 def _overrides_by_input(overrides: dict[str, list[int]] | None, inputs: list) -> dict[str, list[int]]:
@@ -130,7 +164,7 @@ def _shared_dim_values(inputs: list, overrides: dict[str, list[int]]) -> dict[st
     named: dict[str, int] = {}
     for i in inputs:
         for d, o in zip(i.type.tensor_type.shape.dim, overrides.get(i.name, [])):
-            if d.HasField("dim_param") and d.dim_param:
+            if o is not None and d.HasField("dim_param") and d.dim_param:
                 if named.setdefault(d.dim_param, o) != o:
                     raise OnnxPruneError(f"--input-shape: symbolic dim '{d.dim_param}' is given as both "
                                          f"{named[d.dim_param]} and {o}")
@@ -142,14 +176,14 @@ def _checked_override(i: onnx.ValueInfoProto, shape: list[int]) -> list[int]:
     if len(shape) != len(dims):
         raise OnnxPruneError(f"--input-shape {i.name}: rank {len(shape)} but the model input has rank {len(dims)}")
     for k, (d, o) in enumerate(zip(dims, shape)):
-        if d.HasField("dim_value") and d.dim_value != o:
+        if o is not None and is_static_dim(d) and d.dim_value != o:
             raise OnnxPruneError(f"--input-shape {i.name}: dim {k} is fixed to {d.dim_value} in the model, got {o}")
     return list(shape)
 
 
 def _default_shape(dims, named: dict[str, int]) -> list[int]:
     """Static dims as they are; symbolic ones from `named`, else the defaults (see graph_input_shapes)."""
-    static = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    static = [d.dim_value if is_static_dim(d) else None for d in dims]
     # image spatial axes: 2,3 (NCHW), or 1,2 for channels-last inputs (tf2onnx: N x H x W x 3)
     spatial = (1, 2) if len(dims) == 4 and static[1] is None and static[3] in (1, 3, 4) else (2, 3)
     shape = []
@@ -158,7 +192,7 @@ def _default_shape(dims, named: dict[str, int]) -> list[int]:
             shape.append(static[k])
         elif d.HasField("dim_param") and d.dim_param in named:
             shape.append(named[d.dim_param])
-        elif _dim_kind(d) == "batch" or (k == 0 and _dim_kind(d) != "seq"):
+        elif _is_batch_dim(d, k):
             shape.append(1)
         elif len(dims) == 4 and k in spatial:
             shape.append(224)
@@ -172,6 +206,11 @@ _SEQ_NAMES = {"seq", "seq_len", "seqlen", "sequence", "sequence_length", "seq_le
               "time", "tgt_len", "src_len", "num_tokens", "tokens", "frames", "steps", "time_steps"}
 
 
+def _is_batch_dim(d, k: int) -> bool:
+    """A symbolic dim read as the batch: named so, or dim 0 not named like a sequence."""
+    return _dim_kind(d) == "batch" or (k == 0 and _dim_kind(d) != "seq")
+
+
 def _dim_kind(d) -> str | None:
     """'batch' / 'seq' for a symbolic dim whose name says so (exporters name them), else None."""
     name = (d.dim_param or "").strip().lower() if d.HasField("dim_param") else ""
@@ -183,7 +222,8 @@ def _dim_kind(d) -> str | None:
 
 
 def with_batch(model: onnx.ModelProto, shapes: dict[str, list[int]] | None, batch: int | None):
-    """Input shape overrides with `batch` put in every symbolic dim 0 not already overridden."""
+    """Input shape overrides with `batch` put in every symbolic dim 0 not already overridden (the
+    other dims of such an input stay None: their defaults, see graph_input_shapes)."""
     if batch is None:
         return shapes
     if batch < 1:
@@ -196,8 +236,8 @@ def with_batch(model: onnx.ModelProto, shapes: dict[str, list[int]] | None, batc
     for i in model.graph.input:
         if i.name in defaults and i.name not in out:
             dims = i.type.tensor_type.shape.dim
-            if dims and not dims[0].HasField("dim_value"):
-                out[i.name] = [batch] + defaults[i.name][1:]
+            if dims and not is_static_dim(dims[0]):
+                out[i.name] = [batch] + [None] * (len(dims) - 1)
     return out
 
 
@@ -205,7 +245,7 @@ def _symbolic_batch(model: onnx.ModelProto, name: str) -> bool:
     for i in model.graph.input:
         if i.name == name:
             dims = i.type.tensor_type.shape.dim
-            return bool(dims) and not dims[0].HasField("dim_value")
+            return bool(dims) and not is_static_dim(dims[0])
     return False
 
 

@@ -85,6 +85,7 @@ class VerificationResult(Record):
     output_scale: float | None = None
     inputs: int | None = None
     per_output: dict | None = None
+    rounding_floor: float | None = None  # how far float rounding alone moved the outputs (verify/rounding.py)
     tolerance_note: str | None = None
     note: str | None = None
     mismatched_elements: dict | None = None
@@ -95,7 +96,7 @@ class VerificationResult(Record):
         if self.skipped is not None:
             return {"skipped": self.skipped}
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("compensation", "skipped")}
-        d = without_none(d, ("tolerance_note", "note", "mismatched_elements"))
+        d = without_none(d, ("tolerance_note", "note", "mismatched_elements", "rounding_floor"))
         d.update({f"{mode}_compensation": check for mode, check in self.compensation.items()})
         return d
 

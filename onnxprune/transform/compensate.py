@@ -53,6 +53,7 @@ from onnxprune.model.shapes import check_model_light
 from onnxprune.scoring.calibration import SpaceStats, activation_spaces, cached_stats
 from onnxprune.transform.rewrite import kept_positions
 from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, run_model, verify_tolerance
+from onnxprune.verify.rounding import accumulations
 
 
 @dataclass
@@ -563,7 +564,7 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
             return res.model, res, summary
         ref = mean_substituted_model(analysis, kept, mean_compensable(analysis, kept, stats)[0], positions)
         cmp = compare_models(ref, res.model, [feeds], rel_tol=verify_tolerance(ref)[0],
-                             optimize=not needs_plain_execution(ref))
+                             optimize=not needs_plain_execution(ref), rounding=accumulations(analysis))
         exact = res.approximate == 0
         summary = dict(reference="original with removed channels replaced by their calibration mean"
                        + (" at each position" if positions else ""),

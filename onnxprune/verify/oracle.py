@@ -15,6 +15,8 @@ from onnxprune.analysis.rules import rule_for
 from onnxprune.errors import InternalError, OnnxPruneError, first_line
 from onnxprune.model.runtime import SessionPurpose, ort_session
 from onnxprune.transform.rewrite import kept_positions
+from onnxprune.verify.rounding import Accumulation, rounding_floor, with_rounding_noise
+from onnxprune.verify.rounding import tolerance as rounding_tolerance
 
 
 def masked_model(analysis: Analysis, kept: dict[int, np.ndarray], fill: dict | None = None) -> onnx.ModelProto:
@@ -167,28 +169,53 @@ class VerifyResult:
     passed: bool
     per_output: dict[str, float]
     mismatched: dict[str, int] = field(default_factory=dict)  # integer/bool outputs: differing elements
+    rounding_floor: float | None = None  # how far rounding alone moved the reference (see rounding.py)
 
 
 def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds_list: list[dict],
-                   rel_tol: float = 1e-4, optimize: bool = True) -> VerifyResult:
-    """Run both on the same inputs; pass when max |diff| <= rel_tol x max |reference output|.
-    `optimize=False` runs both as written, op by op (see needs_plain_execution)."""
+                   rel_tol: float = 1e-4, optimize: bool = True,
+                   rounding: list[Accumulation] | None = None) -> VerifyResult:
+    """Run both on the same inputs; pass when max |diff| <= rel_tol x max |reference output|, or,
+    with ``rounding`` (the reference's accumulating nodes), within what float rounding alone moves
+    the reference's outputs (rounding.tolerance). `optimize=False` runs both as written, op by op
+    (see needs_plain_execution)."""
     names = [o.name for o in reference.graph.output]
     # one session at a time: a large model's weights are held once more by each
     purpose = SessionPurpose(optimize=optimize)
-    ref_s = ort_session(reference, purpose, what="masked original")
     try:
-        refs = [ref_s.run(names, feeds) for feeds in feeds_list]
+        refs = _run_all(reference, purpose, "masked original", names, feeds_list)
+    except OnnxPruneError:
+        raise
     except Exception as e:  # the original itself (masks only zero channels) does not run
         raise OnnxPruneError(f"ONNX Runtime cannot run the model on random inputs: {first_line(e)}") from None
-    del ref_s
-    cand_s = ort_session(candidate, purpose, what="pruned model")
+    floor = None
+    if rounding:
+        try:
+            probed = _run_all(with_rounding_noise(reference, rounding), purpose, "rounding probe", names, feeds_list)
+            floor = rounding_floor(refs, probed)
+        except Exception:  # noqa: BLE001 (ORT's own types)
+            floor = None  # no probe (a type RandomNormalLike lacks): the plain tolerance, reported as such
     try:
-        cands = [cand_s.run(names, feeds) for feeds in feeds_list]
+        cands = _run_all(candidate, purpose, "pruned model", names, feeds_list)
+    except OnnxPruneError:
+        raise
     except Exception as e:
         raise InternalError(f"internal error: the pruned model does not run in ONNX Runtime: "
                             f"{first_line(e)}; nothing written") from None
-    del cand_s
+    worst, scale, per, mismatched = _differences(names, refs, cands)
+    tol = rounding_tolerance(rel_tol, scale, floor or 0.0)
+    return VerifyResult(worst, scale, tol, bool(worst <= tol and not mismatched), per, mismatched, floor)
+
+
+def _run_all(model: onnx.ModelProto, purpose: SessionPurpose, what: str, names: list[str],
+             feeds_list: list[dict]) -> list[list[np.ndarray]]:
+    sess = ort_session(model, purpose, what=what)
+    return [sess.run(names, feeds) for feeds in feeds_list]
+
+
+def _differences(names, refs, cands) -> tuple[float, float, dict[str, float], dict[str, int]]:
+    """(max |diff| of float outputs, max |reference float output| (1 where none), per output max
+    |diff|, differing elements of integer/bool outputs)."""
     worst, scale, per, mismatched = 0.0, 0.0, {}, {}
     for r, c in zip(refs, cands):
         for n, a, b in zip(names, r, c):
@@ -196,20 +223,16 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             if a.shape != b.shape:
                 raise OnnxPruneError(f"verification failed: output '{n}' has shape {b.shape}, expected {a.shape}")
+            per[n] = max(per.get(n, 0.0), _max_abs_diff(a, b))
             if discrete:
                 wrong = int(np.sum(a != b))
                 if wrong:
                     mismatched[n] = mismatched.get(n, 0) + wrong
-                per[n] = max(per.get(n, 0.0), _max_abs_diff(a, b))
                 continue
-            d = _max_abs_diff(a, b)
-            per[n] = max(per.get(n, 0.0), d)
-            worst = max(worst, d)
+            worst = max(worst, per[n])
             fin = a[np.isfinite(a)]
             scale = max(scale, float(np.max(np.abs(fin))) if fin.size else 0.0)
-    scale = scale if scale > 0 else 1.0
-    tol = rel_tol * scale
-    return VerifyResult(worst, scale, tol, bool(worst <= tol and not mismatched), per, mismatched)
+    return worst, (scale if scale > 0 else 1.0), per, mismatched
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
