@@ -16,7 +16,7 @@ import sys
 
 from onnxprune import __version__
 from onnxprune.errors import InternalError, OnnxPruneError
-from onnxprune.report.summary import Progress
+from onnxprune.report.progress import Progress
 
 COMMANDS = ("prune", "analyze", "profile")
 # the scorer registry's names, listed here so parsing needs no numpy (tests/test_cli.py checks them)

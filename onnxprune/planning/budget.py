@@ -117,8 +117,8 @@ def meet_budget(choices: list[GroupChoices], baseline: float, budget: float, eva
     sol = solve_budget(choices, baseline, budget)
     if not sol.feasible:
         raise OnnxPruneError(
-            f"{BUDGET_FLAGS[metric]} budget {format_metric(metric, budget)} cannot be met: keeping one channel in every prunable "
-            f"group still gives about {format_metric(metric, baseline + sol.cost)} (unpruned "
+            f"{BUDGET_FLAGS[metric]} budget {format_metric(metric, budget, baseline)} cannot be met: keeping one "
+            f"channel in every prunable group still gives about {format_metric(metric, baseline + sol.cost, baseline)} (unpruned "
             f"{format_metric(metric, baseline)})")
     target, best, iters, pts = budget, _Best(), [], []
     min_target = baseline + sum(float(np.min(c.costs)) for c in choices)
@@ -161,8 +161,9 @@ def _unmet(choices, sol, iters, metric, budget, baseline, target, min_target) ->
     last = iters[-1]
     if _at_floor(last, min_target) or target <= min_target + 1e-12:
         raise OnnxPruneError(
-            f"{BUDGET_FLAGS[metric]} budget {format_metric(metric, budget)} cannot be met: with one channel in every prunable "
-            f"group the model still measures {format_metric(metric, _floor_measure(iters, min_target))} "
+            f"{BUDGET_FLAGS[metric]} budget {format_metric(metric, budget, baseline)} cannot be met: with one channel "
+            f"in every prunable group the model still measures "
+            f"{format_metric(metric, _floor_measure(iters, min_target), baseline)} "
             f"(unpruned {format_metric(metric, baseline)})")
     return BudgetResult(kept_for(choices, sol.choice), metric, budget, baseline, last.predicted, last.measured,
                         iters, met=False)
@@ -296,7 +297,7 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
     baseline = objective.price(choices)
     budget = target_fn(baseline) if target_fn is not None else spec.target(baseline)
     if progress is not None:
-        progress.start("solve", f"{spec.metric} <= {format_metric(spec.metric, budget)}")
+        progress.start("solve", f"{BUDGET_FLAGS[spec.metric]} <= {format_metric(spec.metric, budget, baseline)}")
     res = meet_objective(choices, objective, baseline, budget)
     if res.iterations:
         res.iterations[0].info = dict(objective.info)
