@@ -165,9 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
+NOTHING_TO_DO = "nothing to do: give --ratio (e.g. --ratio 0.3) or a budget (--budget 0.6x, --macs 50%)"
+
+
+def require_target(args) -> None:
+    """`prune` without a ratio or a budget: said before the commands (and onnx) are imported."""
+    if args.command == "prune" and args.ratio is None and all(
+            b is None for b in (args.budget, args.macs, args.params, args.peak_memory)):
+        raise OnnxPruneError(NOTHING_TO_DO)
+
+
 def _run(args) -> int:
     """The command, with every failure turned into an exit code and one line on stderr."""
     try:
+        require_target(args)
         from onnxprune import commands  # deferred: start-up time, issue #14 item 14
         return commands.run(args)
     except InternalError as e:  # our fault, said in one line: exit 1 as any internal error
