@@ -26,7 +26,7 @@ from onnxprune.model.normalize import normalize, normalize_model
 from onnxprune.model.probe import check_runs_natively
 from onnxprune.model.save import initializers_as_inputs, save_model
 from onnxprune.model.shapes import check_model_light, with_batch
-from onnxprune.planning.budget import BudgetResult, BudgetSpec, plan_for_budget, plan_in_stages
+from onnxprune.planning.budget import BUDGET_FLAGS, BudgetResult, BudgetSpec, plan_for_budget, plan_in_stages
 from onnxprune.planning.ratio import keep_every_member, select_by_ratio
 from onnxprune.profiling.cost import uncounted_mac_nodes
 from onnxprune.profiling.latency_cmd import measure_with_command
@@ -42,7 +42,7 @@ from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_ex
 from onnxprune.verify.rounding import accumulations
 
 __all__ = ["PruneConfig", "PruneResult", "analyze_model", "group_reports", "measure", "model_stats",
-           "prune", "save", "split_patterns", "unmatched_excludes"]
+           "prune", "save", "split_patterns", "unmatched_excludes", "unused_flag_notes"]
 
 
 @dataclass
@@ -125,8 +125,8 @@ def unmatched_excludes(model: onnx.ModelProto, patterns: list[str]) -> list[str]
 
 
 def analyze_model(model, *, input_shapes=None, exclude=None, heads: bool = False, embed_dim: bool = False,
-                  progress: Progress | None = None) -> Analysis:
-    """Load (path or ModelProto), normalize and find channel groups."""
+                  progress: Progress | None = None, batch: int | None = None) -> Analysis:
+    """Load (path or ModelProto), normalize and find channel groups (`batch` for symbolic batch dims)."""
     progress = progress or Progress(False)
     progress.start("load")
     m, src = _as_model(model)
@@ -135,7 +135,7 @@ def analyze_model(model, *, input_shapes=None, exclude=None, heads: bool = False
     progress.start("normalize")
     norm = normalize(m)
     progress.start("analyze")
-    view = build_view(norm, input_shapes_from(input_shapes))
+    view = build_view(norm, with_batch(norm, input_shapes_from(input_shapes), batch))
     a = analyze(view, exclude=split_patterns(exclude), heads=heads, embed_dim=embed_dim)
     progress.done()
     return a
@@ -247,7 +247,7 @@ def budget_report(plan_: Plan, config: PruneConfig) -> BudgetReport | None:
         latency_model=latency_model, **info)
     if not res.met:
         raise OnnxPruneError(
-            f"{spec.metric} budget {spec.text} not met after {len(res.iterations)} tries "
+            f"{BUDGET_FLAGS[spec.metric]} budget {spec.text} not met after {len(res.iterations)} tries "
             f"(best measured {res.measured:.4g} vs budget {res.budget:.4g}); nothing written")
     return report
 
@@ -349,7 +349,19 @@ def input_notes(loaded: LoadedModel, rewritten: Rewritten, scored: Scored, confi
     notes = [rewritten.checker_note] if rewritten.checker_note else []
     notes += [f"--exclude '{p}' matches no node name or op type"
               for p in unmatched_excludes(loaded.normalized, config.analysis.exclude)]
-    return notes + list(scored.context.notes)
+    notes += unused_flag_notes(loaded.analysis, heads=config.analysis.heads, embed_dim=config.analysis.embed_dim)
+    return notes + list(getattr(scored.calib, "notes", [])) + list(scored.context.notes)
+
+
+def unused_flag_notes(analysis: Analysis, *, heads: bool, embed_dim: bool) -> list[str]:
+    """--heads / --embed-dim on a model where they find nothing to prune (a CNN): said, not silent."""
+    kinds = {g.kind for g in analysis.groups}
+    notes = []
+    if heads and "heads" not in kinds:
+        notes.append("--heads found no attention heads in this model: it changed nothing")
+    if embed_dim and "embed" not in kinds:
+        notes.append("--embed-dim found no transformer residual stream in this model: it changed nothing")
+    return notes
 
 
 def baseline_stats(loaded: LoadedModel) -> ModelStats:

@@ -4,7 +4,9 @@
 would be silently ignored is refused with the reason."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +14,8 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.model.shapes import parse_input_shapes
 from onnxprune.planning.budget import BudgetSpec, parse_budget_spec
 from onnxprune.planning.choices import KNAPSACK_VALUES
+from onnxprune.scoring.calibration import COMPENSATE_CHOICES, parse_preprocess
+from onnxprune.scoring.registry import NEEDS_CALIB, SCORERS
 
 LATENCY_MODELS = ("measured", "macs")
 DEFAULT_RATIO = 0.3  # the Python API's ratio when neither a ratio nor a budget is given
@@ -87,6 +91,39 @@ class PruneConfig:
         _check_integers(seed=(self.scoring.seed, 0), calib_batch=(self.scoring.calib_batch, 1),
                         calib_limit=(self.scoring.calib_limit, 1), threads=(self.runtime.threads, 1),
                         batch=(self.analysis.batch, 1))
+        _check_calibration(self.scoring, self.compensation)
+
+
+def _check_calibration(sc: ScoringConfig, comp: CompensationConfig) -> None:
+    """What can be said about scorer, calibration data and compensation before the model is loaded
+    (a large model takes seconds to load): unknown names, missing data, data nothing would read."""
+    if sc.scorer not in SCORERS:
+        raise OnnxPruneError(f"unknown scorer '{sc.scorer}' (choose from {', '.join(sorted(SCORERS))})")
+    if comp.mode is not None and comp.mode not in COMPENSATE_CHOICES:
+        raise OnnxPruneError(f"unknown --compensate '{comp.mode}' (choose from {', '.join(COMPENSATE_CHOICES)})")
+    compensates = comp.mode in ("mean", "lstsq") or (comp.mode is None and sc.scorer in NEEDS_CALIB)
+    if sc.calib is None:
+        if sc.scorer in NEEDS_CALIB:
+            raise OnnxPruneError(f"scorer '{sc.scorer}' needs calibration data: pass --calib FILE")
+        if comp.mode in ("mean", "lstsq"):
+            raise OnnxPruneError(f"--compensate {comp.mode} needs calibration data: pass --calib FILE")
+        if sc.preprocess:
+            raise OnnxPruneError("--preprocess applies to --calib image folders: give --calib too")
+        return
+    if sc.scorer not in NEEDS_CALIB and not compensates:
+        raise OnnxPruneError(f"--calib is read only by --scorer {', '.join(sorted(NEEDS_CALIB))} and by --compensate "
+                             f"mean/lstsq: with --scorer {sc.scorer} and no compensation it would be ignored")
+    if isinstance(sc.calib, (str, os.PathLike)):
+        _check_calib_path(str(sc.calib))
+    parse_preprocess(sc.preprocess)  # its syntax errors, now
+
+
+def _check_calib_path(path: str) -> None:
+    p = Path(path)
+    if not p.exists() and ":" in path:  # FILE.npz:KEY
+        p = Path(path.rpartition(":")[0])
+    if not p.exists():
+        raise OnnxPruneError(f"calibration data not found: {path}")
 
 
 def _check_target(t: TargetConfig) -> None:

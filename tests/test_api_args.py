@@ -177,7 +177,8 @@ def test_prune_config_is_validated_when_built():
 
 
 def test_cli_builds_the_config_the_keywords_build():
-    from onnxprune.cli import build_parser, config_from_args
+    from onnxprune.cli import build_parser
+    from onnxprune.commands import config_from_args
     from onnxprune.config import config_from_keywords
 
     args = build_parser().parse_args(["prune", "in.onnx", "out.onnx", "--macs", "50%", "--exclude", "a,b",

@@ -15,11 +15,66 @@ from onnxprune.model.load import all_tensors, check_not_input_file
 PROTOBUF_LIMIT = 1_800_000_000  # bytes; larger models are written with external data
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> None:
-    """Write atomically: a temp file in the same folder, renamed into place, so a failure leaves nothing.
+def check_output_file(path: str | os.PathLike, what: str) -> None:
+    """Fail before any work when `path` cannot be written: a folder, a missing or unwritable folder.
+    Probed by creating (and removing) a file next to it, as the real write will."""
+    p = Path(path)
+    if p.is_dir():
+        raise OnnxPruneError(f"{what} is a directory: {p}")
+    folder = p.resolve().parent
+    if not folder.is_dir():
+        raise OnnxPruneError(f"{what} folder does not exist: {folder}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=str(folder))
+    except OSError as e:
+        raise OnnxPruneError(f"{what} {p}: cannot write in {folder} ({e.strerror or type(e).__name__})") from None
+    os.close(fd)
+    os.unlink(probe)
 
-    Models over ~1.8 GB are written with external data (``<name>.data``) as protobuf cannot hold them.
-    """
+
+class StagedOutputs:
+    """All-or-nothing outputs: every file is first written to a temp file in its final folder, and
+    ``commit`` renames them all into place. Leaving the ``with`` block without a commit (an error, a
+    signal) removes the temp files, so no output of a failed run is left behind."""
+
+    def __init__(self):
+        self._pairs: list[tuple[Path, Path]] = []  # (temp file, final path)
+
+    def stage(self, final: str | os.PathLike) -> Path:
+        """A fresh temp path for `final` (same folder and suffix: matplotlib picks the format by suffix)."""
+        final = Path(final)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=str(final.parent))
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output should be as readable as any file
+        self._pairs.append((Path(tmp), final))
+        return Path(tmp)
+
+    def adopt(self, tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+        """Register a temp file written elsewhere (a model's external data) to be renamed to `final`."""
+        self._pairs.append((Path(tmp), Path(final)))
+
+    def commit(self) -> None:
+        for tmp, final in self._pairs:
+            os.replace(tmp, final)
+        self._pairs = []
+
+    def discard(self) -> None:
+        for tmp, _ in self._pairs:
+            if tmp.exists():
+                tmp.unlink()
+        self._pairs = []
+
+    def __enter__(self) -> StagedOutputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def stage_model(model: onnx.ModelProto, path: str | os.PathLike, outputs: StagedOutputs, *,
+                input_path: str | os.PathLike | None = None) -> Path:
+    """Write `model` to a temp file of `outputs` (renamed to `path` on commit); returns the temp path.
+    Models over ~1.8 GB are written with external data (``<name>.data``) as protobuf cannot hold them."""
     p = Path(path)
     if input_path is not None:
         check_not_input_file(p, input_path, "output path")
@@ -29,25 +84,26 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: s
     if not p.parent.exists():
         raise OnnxPruneError(f"output folder does not exist: {p.parent}")
     big = model.ByteSize() > PROTOBUF_LIMIT if _safe_bytesize(model) else True
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written model should be as readable as any file
-    tmp_data = p.parent / f".{p.name}.data.tmp" if big else None
-    try:
-        if tmp_data is not None:
-            _save_with_external_data(model, tmp, tmp_data, p.parent / (p.name + ".data"))
-        else:
-            onnx.save_model(model, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        for f in (tmp, tmp_data):
-            if f and os.path.exists(f):
-                os.unlink(f)
-        raise
+    tmp = outputs.stage(p)
+    if big:
+        tmp_data = p.parent / f".{p.name}.data.tmp"
+        outputs.adopt(tmp_data, p.parent / (p.name + ".data"))
+        _save_with_external_data(model, str(tmp), tmp_data, p.parent / (p.name + ".data"))
+    else:
+        onnx.save_model(model, str(tmp))
+    return tmp
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> None:
+    """Write atomically: a temp file in the same folder, renamed into place, so a failure leaves nothing."""
+    with StagedOutputs() as outputs:
+        stage_model(model, path, outputs, input_path=input_path)
+        outputs.commit()
 
 
 def _save_with_external_data(model: onnx.ModelProto, tmp: str, tmp_data: Path, data: Path) -> None:
-    """Write `model` to `tmp` with its tensors in `tmp_data`, renamed to `data` (the name the model records)."""
+    """Write `model` to `tmp` with its tensors in `tmp_data` (renamed to `data`, the name the model
+    records, when the outputs are committed)."""
     onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                     location=tmp_data.name, size_threshold=1024)
     # the location stored in the model must be the final name
@@ -57,7 +113,6 @@ def _save_with_external_data(model: onnx.ModelProto, tmp: str, tmp_data: Path, d
             if e.key == "location":
                 e.value = data.name
     onnx.save_model(m2, tmp)
-    os.replace(tmp_data, data)
 
 
 def _umask() -> int:

@@ -23,7 +23,10 @@ from onnxprune.transform.rewrite import kept_positions, rewrite
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _COUNT_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_BYTE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+
+BUDGET_FLAGS = {"latency": "latency", "macs": "--macs", "params": "--params", "peak_memory": "--peak-memory"}
 
 
 @dataclass
@@ -40,11 +43,12 @@ class BudgetSpec:
 def parse_budget_spec(metric: str, text: str) -> BudgetSpec:
     """`--budget 11ms|0.6x|60%`, `--macs 50%|1.2G`, `--params 3M|0.5x`, `--peak-memory 3.6MB|50%`."""
     t = str(text).strip()
+    flag = BUDGET_FLAGS.get(metric, metric)
     m = re.fullmatch(rf"({_NUM})\s*(x|%)", t, re.IGNORECASE)
     if m:
         f = float(m.group(1)) / (100.0 if m.group(2) == "%" else 1.0)
         if not 0 < f <= 1:
-            raise OnnxPruneError(f"bad {metric} budget '{text}': a relative budget must be in (0, 1]x or (0, 100]%")
+            raise OnnxPruneError(f"bad {flag} budget '{text}': a relative budget must be in (0, 1]x or (0, 100]%")
         return BudgetSpec(metric, t, fraction=f)
     if metric == "latency":
         b = parse_budget(t)
@@ -52,11 +56,11 @@ def parse_budget_spec(metric: str, text: str) -> BudgetSpec:
     units = _BYTE_UNITS if metric == "peak_memory" else _COUNT_UNITS
     m = re.fullmatch(rf"({_NUM})\s*([a-zA-Z]*)", t)
     if not m or m.group(2).lower() not in units:
-        forms = "3.6MB, 512KiB or 50%" if metric == "peak_memory" else "1.2G, 3M, 500K or 50%"
-        raise OnnxPruneError(f"bad {metric} budget '{text}': expected e.g. {forms}")
+        forms = "3.6MB, 512KiB, 81920 (bytes) or 50%" if metric == "peak_memory" else "1.2G, 3M, 500K or 50%"
+        raise OnnxPruneError(f"bad {flag} budget '{text}': expected e.g. {forms}")
     v = float(m.group(1)) * units[m.group(2).lower()]
     if not (math.isfinite(v) and v > 0):
-        raise OnnxPruneError(f"bad {metric} budget '{text}': must be positive")
+        raise OnnxPruneError(f"bad {flag} budget '{text}': must be positive")
     return BudgetSpec(metric, t, absolute=v)
 
 
@@ -113,8 +117,8 @@ def meet_budget(choices: list[GroupChoices], baseline: float, budget: float, eva
     sol = solve_budget(choices, baseline, budget)
     if not sol.feasible:
         raise OnnxPruneError(
-            f"{metric} budget {format_metric(metric, budget)} cannot be met: keeping one channel in every prunable "
-            f"group still gives about {format_metric(metric, baseline + sol.cost)} (unpruned "
+            f"{BUDGET_FLAGS[metric]} budget {format_metric(metric, budget, baseline)} cannot be met: keeping one "
+            f"channel in every prunable group still gives about {format_metric(metric, baseline + sol.cost, baseline)} (unpruned "
             f"{format_metric(metric, baseline)})")
     target, best, iters, pts = budget, _Best(), [], []
     min_target = baseline + sum(float(np.min(c.costs)) for c in choices)
@@ -157,8 +161,9 @@ def _unmet(choices, sol, iters, metric, budget, baseline, target, min_target) ->
     last = iters[-1]
     if _at_floor(last, min_target) or target <= min_target + 1e-12:
         raise OnnxPruneError(
-            f"{metric} budget {format_metric(metric, budget)} cannot be met: with one channel in every prunable "
-            f"group the model still measures {format_metric(metric, _floor_measure(iters, min_target))} "
+            f"{BUDGET_FLAGS[metric]} budget {format_metric(metric, budget, baseline)} cannot be met: with one channel "
+            f"in every prunable group the model still measures "
+            f"{format_metric(metric, _floor_measure(iters, min_target), baseline)} "
             f"(unpruned {format_metric(metric, baseline)})")
     return BudgetResult(kept_for(choices, sol.choice), metric, budget, baseline, last.predicted, last.measured,
                         iters, met=False)
@@ -189,7 +194,7 @@ def meet_relinearized(choices: list[GroupChoices], objective: PeakMemoryObjectiv
         base = objective.relinearize(choices, fractions)
         sol = solve_group_knapsack([c.values for c in choices], [c.costs for c in choices], target - base)
         if not sol.feasible and best.kept is None and not fractions:
-            raise OnnxPruneError(f"peak_memory budget {format_metric('peak_memory', budget)} cannot be met even "
+            raise OnnxPruneError(f"--peak-memory budget {format_metric('peak_memory', budget)} cannot be met even "
                                  f"with one channel per prunable group")
         kept = kept_for(choices, sol.choice)
         it = BudgetIteration(target=target, predicted=base + sol.cost, measured=objective.evaluate(kept),
@@ -211,7 +216,7 @@ def _uniform_fallback(choices, objective, baseline, budget, iters) -> BudgetResu
     best-scored channels) is monotone: bisect it, and say so."""
     found = _uniform_fraction(choices, budget, objective.evaluate, iters)
     if found is None:
-        raise OnnxPruneError(f"peak_memory budget {format_metric('peak_memory', budget)} cannot be met even with "
+        raise OnnxPruneError(f"--peak-memory budget {format_metric('peak_memory', budget)} cannot be met even with "
                              f"one channel per prunable group")
     kept, measured, f = found
     return BudgetResult(kept, objective.metric, budget, baseline, measured, measured, iters, met=True,
@@ -292,7 +297,7 @@ def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: Bud
     baseline = objective.price(choices)
     budget = target_fn(baseline) if target_fn is not None else spec.target(baseline)
     if progress is not None:
-        progress.start("solve", f"{spec.metric} <= {format_metric(spec.metric, budget)}")
+        progress.start("solve", f"{BUDGET_FLAGS[spec.metric]} <= {format_metric(spec.metric, budget, baseline)}")
     res = meet_objective(choices, objective, baseline, budget)
     if res.iterations:
         res.iterations[0].info = dict(objective.info)

@@ -92,9 +92,16 @@ def solve_budget(choices: list[GroupChoices], baseline: float, target: float) ->
     return solve_group_knapsack([c.values for c in choices], [c.costs for c in choices], target - baseline)
 
 
-def format_metric(metric: str, v: float) -> str:
+_UNITS = {"peak_memory": ((" GB", 1e9), (" MB", 1e6), (" KB", 1e3), (" B", 1.0)),
+          "counts": (("G", 1e9), ("M", 1e6), ("K", 1e3), ("", 1.0))}
+
+
+def format_metric(metric: str, v: float, unit_of: float | None = None) -> str:
+    """`v` in the unit the report's table uses for `metric` (decimal KB/MB/GB, K/M/G), chosen by
+    `unit_of` where given, so the values of one message share one unit."""
     if metric == "latency":
         return f"{v:.3f} ms"
-    if metric == "peak_memory":
-        return f"{v / 1e6:.3f} MB"
-    return f"{v / 1e6:.3f}M"
+    units = _UNITS["peak_memory" if metric == "peak_memory" else "counts"]
+    ref = abs(v if unit_of is None else unit_of)
+    unit, d = next(((u, d) for u, d in units if ref >= d), units[-1])
+    return f"{v / d:.2f}{unit}"

@@ -10,6 +10,14 @@ from pathlib import Path
 from onnxprune.errors import OnnxPruneError
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+RATIO_BETTER = "#2ca02c"  # green: the pruned model is cheaper (or equal)
+RATIO_WORSE = "#d62728"  # red: the pruned model costs more than the original (a ratio above 1)
+
+
+def ratio_colors(ratios: list[float]) -> list[str]:
+    """Bar colours of pruned/original ratios: a ratio above 1 (e.g. a slower pruned model) must not
+    look like a saving."""
+    return [RATIO_WORSE if r > 1.0 else RATIO_BETTER for r in ratios]
 
 
 def check_plot_path(path: str | os.PathLike) -> None:
@@ -43,7 +51,7 @@ def plot_report(report, path: str | os.PathLike) -> None:
     fig = plt.figure(figsize=(max(8.0, 0.22 * len(groups) + 3), 3.6 * panels))
     axes = [fig.add_subplot(panels, 1, i + 1) for i in range(panels)]
     _groups_panel(axes[0], groups, r.get("input"))
-    _ratios_panel(axes[1], r.get("baseline") or {}, r.get("pruned") or {})
+    ratios_panel(axes[1], r.get("baseline") or {}, r.get("pruned") or {})
     if panels == 3:
         _budget_panel(axes[2], budget)
     fig.tight_layout()
@@ -65,8 +73,9 @@ def _groups_panel(ax, groups: list[dict], source) -> None:
     ax.legend(fontsize=8)
 
 
-def _ratios_panel(ax, b: dict, p: dict) -> None:
-    """pruned / original of MACs, params, peak memory, file size and latency (those measured)."""
+def ratios_panel(ax, b: dict, p: dict) -> None:
+    """pruned / original of MACs, params, peak memory, file size and latency (those measured); a
+    ratio above 1 in the warning colour."""
     keys = [("macs", "MACs"), ("params", "params"), ("peak_memory_bytes", "peak memory"),
             ("file_bytes", "file"), ("latency_ms", "latency")]
     labels, ratios = [], []
@@ -74,7 +83,7 @@ def _ratios_panel(ax, b: dict, p: dict) -> None:
         if b.get(k) and p.get(k) is not None:
             labels.append(label)
             ratios.append(p[k] / b[k])
-    ax.barh(labels, ratios, color="#2ca02c")
+    ax.barh(labels, ratios, color=ratio_colors(ratios))
     for i, v in enumerate(ratios):
         ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
     ax.axvline(1.0, color="#999999", lw=0.8)

@@ -148,3 +148,13 @@ class BudgetReport(Record):
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["iterations"] = [it.to_dict() for it in self.iterations]
         return without_none(d, ("table_key", "table_cached", "table_build_s", "table_skipped", "method"))
+
+
+@dataclass
+class RunInfo(Record):
+    """What a deployment pipeline needs to reproduce a run: tool and library versions, when it ran
+    (UTC, ISO 8601) and the command line (the process's argv for the Python API)."""
+    onnxprune: str
+    versions: dict[str, str | None]
+    timestamp_utc: str
+    command: list[str]

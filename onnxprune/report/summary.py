@@ -1,14 +1,40 @@
 """Results that cross stages and what the user reads: JSON report and terminal summary."""
 from __future__ import annotations
 
+import importlib
 import json
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
-from onnxprune.report.records import BudgetReport, GroupReport, ModelStats, RunSettings, VerificationResult
+from onnxprune import __version__
+from onnxprune.report.progress import Progress
+from onnxprune.report.records import BudgetReport, GroupReport, ModelStats, RunInfo, RunSettings, VerificationResult
 
-__all__ = ["GroupReport", "ModelStats", "Progress", "Report", "format_bytes", "format_count"]
+__all__ = ["GroupReport", "ModelStats", "Progress", "Report", "RunInfo", "byte_unit", "format_bytes",
+           "format_count", "run_info"]
+
+LIBRARIES = ("onnx", "onnxruntime", "numpy", "onnx_graphsurgeon", "networkx")
+
+
+def library_version(name: str) -> str | None:
+    """The version of an installed library (the module's own ``__version__``: onnxruntime-gpu and
+    onnxruntime share one module name), None when it is not installed."""
+    try:
+        module = sys.modules.get(name) or importlib.import_module(name)
+    except ImportError:
+        return None
+    return str(getattr(module, "__version__", None) or "") or None
+
+
+def run_info(command: list[str] | None = None) -> RunInfo:
+    versions = {name: library_version(name) for name in LIBRARIES}
+    versions["python"] = platform.python_version()
+    return RunInfo(onnxprune=__version__, versions=versions,
+                   timestamp_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   command=list(sys.argv if command is None else command))
 
 
 @dataclass
@@ -23,6 +49,7 @@ class Report:
     budget: BudgetReport | None = None
     timings_s: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    run: RunInfo = field(default_factory=run_info)
 
     def to_dict(self) -> dict:
         def rec(r):
@@ -30,7 +57,7 @@ class Report:
         return dict(input=self.input, output=self.output, settings=rec(self.settings), baseline=rec(self.baseline),
                     pruned=rec(self.pruned), groups=[g.to_dict() for g in self.groups],
                     verification=rec(self.verification), budget=rec(self.budget), timings_s=dict(self.timings_s),
-                    notes=list(self.notes))
+                    notes=list(self.notes), run=rec(self.run))
 
     def write_json(self, path: str) -> None:
         with open(path, "w") as f:
@@ -55,23 +82,26 @@ class Report:
 
 
 def _stats_table(b: ModelStats, p: ModelStats | None) -> list[str]:
-    """original / pruned / ratio rows of MACs, params, peak memory, file size and latency."""
+    """original / pruned / ratio rows of MACs, params, peak memory, file size and latency; both
+    values of a row in one unit (the larger one's), so they compare at a glance."""
     rows = [("", "original", "pruned", "ratio")]
 
     def row(label, a, c, fmt):
-        if a is None or c is None:
-            rows.append((label, fmt(a) if a is not None else "-", fmt(c) if c is not None else "-", ""))
-        else:
-            rows.append((label, fmt(a), fmt(c), f"{c / a:.3f}" if a else ""))
+        unit = max((v for v in (a, c) if v is not None), default=None)
+        rows.append((label, fmt(a, unit) if a is not None else "-", fmt(c, unit) if c is not None else "-",
+                     f"{c / a:.3f}" if a and c is not None else ""))
+
+    def ms(v, _unit=None):
+        return f"{v:.3f} ms"
     if p is not None:
         row("MACs", b.macs, p.macs, format_count)
         row("params", b.params, p.params, format_count)
         row("peak mem", b.peak_memory_bytes, p.peak_memory_bytes, format_bytes)
         row("file", b.file_bytes, p.file_bytes, format_bytes)
-        row("latency", b.latency_ms, p.latency_ms, lambda v: f"{v:.3f} ms")
+        row("latency", b.latency_ms, p.latency_ms, ms)
     else:
         rows += [("MACs", format_count(b.macs), "", ""), ("params", format_count(b.params), "", ""),
-                 ("latency", f"{b.latency_ms:.3f} ms" if b.latency_ms is not None else "-", "", "")]
+                 ("latency", ms(b.latency_ms) if b.latency_ms is not None else "-", "", "")]
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  " + "  ".join(s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(r)).rstrip()
              for r in rows]
@@ -80,18 +110,31 @@ def _stats_table(b: ModelStats, p: ModelStats | None) -> list[str]:
     return lines
 
 
+def budget_value_formatter(metric: str, baseline: float):
+    """How a budget line writes values of `metric`: one unit for the budget, the prediction and the
+    measurement (the unpruned model's), as the stats table writes that quantity."""
+    if metric == "latency":
+        return lambda v: f"{v:.3f} ms"
+    if metric == "peak_memory":
+        return lambda v: format_bytes(v, baseline)
+    return lambda v: format_count(v, baseline)
+
+
 def _budget_lines(bd: BudgetReport) -> list[str]:
-    unit = {"latency": (1.0, " ms"), "peak_memory": (1e-6, " MB")}.get(bd.metric, (1e-6, "M"))
+    fmt = budget_value_formatter(bd.metric, bd.baseline)
 
     def f(v):
-        return f"{v * unit[0]:.3f}{unit[1]}" if v is not None else "-"
+        return fmt(v) if v is not None else "-"
     pred = f(bd.predicted) if bd.predicted is not None else "n/a (per-group costs not additive here)"
-    lines = [f"budget: {bd.metric} {bd.spec} = {f(bd.budget)}; predicted {pred}, "
+    lines = [f"budget: {METRIC_LABELS.get(bd.metric, bd.metric)} {bd.spec} = {f(bd.budget)}; predicted {pred}, "
              f"measured {f(bd.measured)} ({'met' if bd.met else 'NOT met'}, "
              f"{len(bd.iterations)} solve(s){', latency table from cache' if bd.table_cached else ''})"]
     if bd.method:
         lines.append(f"budget method: {bd.method}")
     return lines
+
+
+METRIC_LABELS = {"latency": "latency", "macs": "MACs", "params": "params", "peak_memory": "peak memory"}
 
 
 def _verification_line(v: VerificationResult) -> str:
@@ -110,65 +153,31 @@ def _rel(v: float) -> str:
     return f"{v:.0e}".replace("e-0", "e-")  # 1e-4, 1e-2
 
 
-def format_count(v) -> str:
+COUNT_UNITS = (("G", 1e9), ("M", 1e6), ("K", 1e3))
+BYTE_UNITS = (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3))  # decimal, as budgets are parsed
+
+
+def count_unit(v) -> tuple[str, float]:
+    """The unit a count of size `v` is written in: G, M, K or none."""
+    return next(((u, d) for u, d in COUNT_UNITS if abs(v) >= d), ("", 1))
+
+
+def byte_unit(v) -> tuple[str, float]:
+    """The unit a byte size `v` is written in: GB, MB, KB or B."""
+    return next(((u, d) for u, d in BYTE_UNITS if abs(v) >= d), ("B", 1))
+
+
+def format_count(v, unit_of=None) -> str:
+    """`v` as 6.67M; in the unit of `unit_of` when given (the other value of one quantity)."""
     if v is None:
         return "-"
-    for unit, d in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= d:
-            return f"{v / d:.2f}{unit}"
-    return str(v)
+    unit, d = count_unit(v if unit_of is None else unit_of)
+    return f"{v / d:.2f}{unit}" if unit else str(v)
 
 
-def format_bytes(v) -> str:
+def format_bytes(v, unit_of=None) -> str:
+    """`v` as 1.61 MB; in the unit of `unit_of` when given (the other value of one quantity)."""
     if v is None:
         return "-"
-    for unit, d in (("GB", 10 ** 9), ("MB", 10 ** 6), ("KB", 10 ** 3)):  # decimal, as budgets are parsed
-        if v >= d:
-            return f"{v / d:.2f} {unit}"
-    return f"{v} B"
-
-
-class Progress:
-    """Stage lines on stderr with elapsed time; quiet when asked. Keeps stdout for results."""
-
-    def __init__(self, enabled: bool = True, stream=None):
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.timings: dict[str, float] = {}
-        self._t0 = None
-        self._name = None
-
-    def start(self, name: str, detail: str = ""):
-        self._end()
-        self._name, self._t0 = name, time.perf_counter()
-        self._detail = detail
-        if self.enabled:
-            self.stream.write(f"  {name}{' ' + detail if detail else ''} ...")
-            self.stream.flush()
-
-    def _end(self):
-        if self._name is not None:
-            dt = time.perf_counter() - self._t0
-            self.timings[self._name] = round(self.timings.get(self._name, 0.0) + dt, 4)
-            if self.enabled:
-                self.stream.write(f" {dt:.2f}s\n")
-                self.stream.flush()
-            self._name = None
-
-    def update(self, i: int, n: int):
-        """Step i of n inside a long stage (latency profiling): redrawn in place on a terminal."""
-        if self.enabled and self._name is not None and getattr(self.stream, "isatty", lambda: False)():
-            el = time.perf_counter() - self._t0
-            eta = f", ~{el / i * (n - i):.0f}s left" if i else ""
-            self.stream.write(f"\r  {self._name} ... {i}/{n} ({el:.0f}s{eta})   ")
-            self.stream.flush()
-
-    def done(self):
-        self._end()
-
-    def abort(self):
-        """End a half-written stage line so an error message starts on its own line."""
-        if self._name is not None and self.enabled:
-            self.stream.write(" failed\n")
-            self.stream.flush()
-        self._name = None
+    unit, d = byte_unit(v if unit_of is None else unit_of)
+    return f"{v / d:.2f} {unit}" if d > 1 else f"{v} B"

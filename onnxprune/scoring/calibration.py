@@ -85,6 +85,7 @@ class CalibSet:
         self.sources, self.n, self.batch_size = sources, n, batch_size
         self.dtypes = dtypes or {}
         self.description = description
+        self.notes: list[str] = []  # what the user should know about how the arrays were matched
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -220,8 +221,21 @@ def load_calib(calib, model: onnx.ModelProto, *, batch_size: int | None = None, 
         arrays, desc, preprocess = _read_path(str(calib), specs, parse_preprocess(preprocess))
     sources = _match_inputs(arrays, specs, desc)
     bs, fixed = _batch_size(specs, batch_size)
-    return CalibSet(sources, batch_size=bs, limit=limit, dtypes={s.name: s.dtype for s in specs},
-                    description=desc, fixed_batch=fixed)
+    calib_set = CalibSet(sources, batch_size=bs, limit=limit, dtypes={s.name: s.dtype for s in specs},
+                         description=desc, fixed_batch=fixed)
+    calib_set.notes = match_notes(list(arrays.keys()), [s.name for s in specs])
+    return calib_set
+
+
+def match_notes(keys: list[str], names: list[str]) -> list[str]:
+    """Calibration arrays named like no model input: used as the only input's data, or ignored."""
+    unmatched = [k for k in keys if k and k not in names]
+    if not unmatched:
+        return []
+    if len(names) == 1 and len(keys) == 1:
+        return [f"calibration array '{unmatched[0]}' is named like no model input: used for the only input "
+                f"'{names[0]}'"]
+    return [f"calibration array(s) {', '.join(repr(k) for k in unmatched)} match no model input: ignored"]
 
 
 def _batch_size(specs, requested) -> tuple[int, bool]:
@@ -319,6 +333,10 @@ def _match_inputs(arrays: dict, specs: list[InputSpec], desc: str) -> dict[str, 
         kind = np.dtype(a.dtype).kind
         if s.dtype.kind == "f" and kind not in "fiub":
             raise OnnxPruneError(f"calibration array for input '{s.name}' has dtype {a.dtype}, expected numbers")
+        if s.dtype.kind == "f" and kind in "iub" and np.dtype(a.dtype).itemsize > 1:
+            # wider integers for a float input are labels or token ids, not samples (uint8 pixels pass)
+            raise OnnxPruneError(f"calibration array for input '{s.name}' is {a.dtype} but the input is {s.dtype}: "
+                                 "give float samples (or pick the right array with FILE.npz:KEY)")
     return out
 
 

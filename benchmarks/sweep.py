@@ -1,0 +1,200 @@
+"""Robustness sweep (issue #14): every committed fixture (and with --exports every on-demand full-size
+export) x five prune settings, each run as the `onnxprune` command in a subprocess with a timeout.
+What counts is how each run ends: 0 (written and verified), 2 (refused with one line), 1 (internal
+error: a bug), a signal death (a native crash: a bug) or a timeout.
+
+    nice -n 19 python benchmarks/sweep.py                      # committed fixtures
+    nice -n 19 python benchmarks/sweep.py --exports            # + full-size exports (torch)
+    python benchmarks/sweep.py --models resnet18 --settings ratio0.3,vbp-lstsq   # a subset
+
+Settings: --ratio 0.3, --ratio 0.7, --macs 50%, --budget 0.7x --latency-model macs, and
+--scorer vbp --compensate lstsq --macs 50% with generated calibration (random samples shaped and
+typed like the model's inputs, in a .npz named like them). Runs other than the latency budget pass
+--no-latency: the sweep checks outcomes and verification, not speed. Writes
+benchmarks/results/sweep.json and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from common import FULL, ROOT, ensure_full_model
+
+SETTINGS = {
+    "ratio0.3": ["--ratio", "0.3", "--no-latency"],
+    "ratio0.7": ["--ratio", "0.7", "--no-latency"],
+    "macs50%": ["--macs", "50%", "--no-latency"],
+    "budget0.7x": ["--budget", "0.7x", "--latency-model", "macs"],
+    "vbp-lstsq": ["--scorer", "vbp", "--compensate", "lstsq", "--macs", "50%", "--no-latency"],
+}
+SAMPLES = 16  # calibration samples per generated set
+OTHER_DIM = 16  # symbolic non-batch dims of generated calibration (the CLI's default for non-spatial dims)
+
+
+def committed_fixtures() -> list[Path]:
+    return sorted((ROOT / "models" / "onnx").glob("*.onnx")) + sorted((ROOT / "models" / "digits").glob("*.onnx"))
+
+
+def exports() -> list[Path]:
+    """Full-size exports of every registered architecture with both exporters (torch, on demand)."""
+    names = subprocess.run([sys.executable, str(ROOT / "models" / "export.py"), "--list"], capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    out = []
+    for name in [line.split()[0] for line in names if line.strip()]:
+        for exporter in ("ts", "dynamo"):
+            try:
+                out.append(ensure_full_model(name, exporter))
+            except subprocess.CalledProcessError as e:
+                print(f"export of {name}.{exporter} failed ({e.returncode}); left out", file=sys.stderr)
+    return out
+
+
+def input_dims(vi: onnx.ValueInfoProto) -> tuple[list[int], list[bool]]:
+    """Concrete dims for a graph input (batch 1, other symbolic dims OTHER_DIM), and which were symbolic."""
+    dims, symbolic = [], []
+    for i, d in enumerate(vi.type.tensor_type.shape.dim):
+        fixed = d.HasField("dim_value") and d.dim_value > 0
+        dims.append(d.dim_value if fixed else (1 if i == 0 else OTHER_DIM))
+        symbolic.append(not fixed)
+    return dims, symbolic
+
+
+def calibration_for(model_path: Path, folder: Path) -> tuple[Path, list[str]]:
+    """A .npz of random samples named like the model's inputs, and the --input-shape flags that fix
+    its symbolic non-batch dims (so analysis and calibration agree on them)."""
+    m = onnx.load(str(model_path), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    rng = np.random.default_rng(0)
+    arrays, shapes = {}, []
+    for vi in [i for i in m.graph.input if i.name not in inits]:
+        dims, symbolic = input_dims(vi)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type or 1)
+        shape = [SAMPLES] + dims[1:]
+        if np.dtype(dtype).kind == "f":
+            arrays[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif np.dtype(dtype).kind == "b" or "mask" in vi.name:
+            arrays[vi.name] = np.ones(shape, dtype=dtype)
+        else:  # token ids and the like: 0/1 is valid for any vocabulary
+            arrays[vi.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        if any(symbolic[1:]):
+            shapes += ["--input-shape", f"{vi.name}={'x'.join(str(d) for d in dims)}"]
+    path = folder / f"{model_path.stem}.calib.npz"
+    np.savez(path, **arrays)
+    return path, shapes
+
+
+def run_one(model: Path, setting: str, folder: Path, timeout_s: float) -> dict:
+    out, rep = folder / f"{model.stem}.{setting}.onnx", folder / f"{model.stem}.{setting}.json"
+    args = list(SETTINGS[setting])
+    if setting == "vbp-lstsq":
+        calib, shapes = calibration_for(model, folder)
+        args += ["--calib", str(calib)] + shapes
+    cmd = [sys.executable, "-m", "onnxprune", str(model), str(out), "--report", str(rep), "-q"] + args
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        rc, err = r.returncode, r.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, err = None, (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    wall = time.perf_counter() - t0
+    res = dict(model=_label(model), setting=setting, exit=rc, wall_s=round(wall, 1), command=" ".join(cmd[1:]))
+    if rc is not None and rc < 0:
+        res["signal"] = signal.Signals(-rc).name
+    lines = [l for l in err.splitlines() if l.startswith("onnxprune:")]
+    if lines:
+        res["message"] = lines[-1]
+    if rc == 0 and rep.exists():
+        report = json.loads(rep.read_text())
+        v = report.get("verification") or {}
+        res["verified"] = v.get("passed")
+        res["max_abs_diff"], res["tolerance"] = v.get("max_abs_diff"), v.get("tolerance")
+        res["macs_ratio"] = _ratio(report, "macs")
+        if report.get("budget"):
+            res["budget_met"] = report["budget"]["met"]
+    for f in (out, rep, Path(str(out) + ".data")):
+        if f.exists():
+            f.unlink()
+    return res
+
+
+def _label(model: Path) -> str:
+    try:
+        return str(model.relative_to(ROOT / "models"))
+    except ValueError:
+        return str(model)
+
+
+def _ratio(report: dict, key: str) -> float | None:
+    b, p = (report.get("baseline") or {}).get(key), (report.get("pruned") or {}).get(key)
+    return round(p / b, 3) if b and p is not None else None
+
+
+def cell(r: dict) -> str:
+    if r["exit"] is None:
+        return "timeout"
+    if r.get("signal"):
+        return f"**{r['signal']}**"
+    if r["exit"] == 0:
+        return f"0 {'verified' if r.get('verified') else 'unverified'} ({r.get('macs_ratio')})"
+    return f"**{r['exit']}**" if r["exit"] != 2 else "2"
+
+
+def markdown(results: list[dict], settings: list[str]) -> str:
+    models = list(dict.fromkeys(r["model"] for r in results))
+    by = {(r["model"], r["setting"]): r for r in results}
+    lines = ["| model | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for m in models:
+        lines.append(f"| {m} | " + " | ".join(cell(by[m, s]) if (m, s) in by else "" for s in settings) + " |")
+    return "\n".join(lines)
+
+
+def summary(results: list[dict]) -> dict:
+    return dict(runs=len(results), exit0=sum(r["exit"] == 0 for r in results),
+                verified=sum(bool(r.get("verified")) for r in results),
+                exit2=sum(r["exit"] == 2 for r in results), exit1=sum(r["exit"] == 1 for r in results),
+                signal=sum(bool(r.get("signal")) for r in results), timeout=sum(r["exit"] is None for r in results))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exports", action="store_true", help=f"also full-size exports (torch; kept in {FULL})")
+    ap.add_argument("--models", default=None, help="comma-separated substrings: only models whose path has one")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ", ".join(SETTINGS))
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run (default 600)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
+    args = ap.parse_args()
+    settings = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        sys.exit(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+    models = committed_fixtures() + (exports() if args.exports else [])
+    if args.models:
+        models = [m for m in models if any(k in str(m) for k in args.models.split(","))]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="onnxprune_sweep_") as tmp:
+        for model in models:
+            for s in settings:
+                r = run_one(model, s, Path(tmp), args.timeout)
+                results.append(r)
+                print(f"{r['model']:<40} {s:<11} exit {r['exit']} {r.get('signal', '')} {r['wall_s']:>6.1f}s "
+                      f"{'verified' if r.get('verified') else ''} {r.get('message', '')}", file=sys.stderr, flush=True)
+    Path(args.out).write_text(json.dumps(dict(summary=summary(results), settings=SETTINGS, results=results),
+                                         indent=1) + "\n")
+    print(markdown(results, settings))
+    print()
+    print(" ".join(f"{k}={v}" for k, v in summary(results).items()))
+    for r in results:
+        if r["exit"] != 0:
+            print(f"- {r['model']} {r['setting']}: exit {r['exit']} {r.get('signal', '')} {r.get('message', '')}")
+
+
+if __name__ == "__main__":
+    main()
