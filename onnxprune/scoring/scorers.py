@@ -31,6 +31,7 @@ import numpy as np
 from onnxprune.analysis.groups import Analysis, ChannelGroup, Member
 from onnxprune.analysis.rules import rule_for
 from onnxprune.scoring.calibration import activation_spaces, cached_stats
+from onnxprune.scoring.recon import greedy_scores, group_terms
 from onnxprune.scoring.deployed import WeightTable, deployed_weights, raw_weights
 from onnxprune.scoring.lamp import sp_lamp_scores
 from onnxprune.scoring.registry import ScoreContext, register_scorer
@@ -235,6 +236,26 @@ def vbp(ctx: ScoreContext) -> dict[int, np.ndarray]:
     if missing:
         ctx.notes.append(f"vbp: {len(missing)} prunable group(s) have no activation entering a "
                          f"Conv/Gemm/MatMul: scored with l2 instead ({', '.join(missing[:5])})")
+    return out
+
+
+@register_scorer("recon", needs_calib=True)
+def recon(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Greedy removal by least lstsq reconstruction error of the consumers' outputs (recon.py)."""
+    stats = cached_stats(ctx, activation_spaces(ctx.analysis, ctx.groups), cov=True)
+    out, fallback = {}, []
+    for g in ctx.groups:
+        terms = group_terms(ctx.analysis, g, stats)
+        if terms:
+            out[g.id] = greedy_scores(terms, g.size, g.frozen)
+        else:
+            fallback.append(g)
+    if fallback:
+        var = vbp_scores(ctx)[0]
+        out.update({g.id: var[g.id] for g in fallback})
+        ctx.notes.append(f"recon: {len(fallback)} prunable group(s) have no group-1 Conv/Gemm/MatMul consumer with "
+                         f"a covariance (grouped or depthwise consumers, or inputs wider than the covariance limit): "
+                         f"scored with vbp instead ({', '.join(g.name for g in fallback[:5])})")
     return out
 
 
