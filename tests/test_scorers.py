@@ -1,5 +1,5 @@
 """Scorers: finite scores of the right length for every prunable group, and what each one promises
-(SP-LAMP top channel 1, saliency's local normalization, bn-scale = |gamma| with an l2 fallback note,
+(SP-LAMP top channel 1, OCSPruner's slice normalization, bn-scale = |gamma| with an l2 fallback note,
 vbp = numpy variance of the activation, streaming = one big batch, seeded random)."""
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from onnxprune import analyze_model
 from onnxprune.analysis.graph import random_feeds
 from onnxprune.scoring.calibration import CalibSet, FeedList, activation_spaces, activation_stats
 from onnxprune.scoring.registry import SCORERS, ScoreContext, score_groups
-from onnxprune.scoring.scorers import consumer_weight_spaces, magnitude_scores, sp_lamp_saliency
-from onnxprune.scoring.lamp import sp_lamp_scores
+from onnxprune.scoring.deployed import deployed_weights
+from onnxprune.scoring.scorers import magnitude_scores, sp_lamp_saliency
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL = ["l1", "l2", "sp-lamp", "saliency", "bn-scale", "vbp", "random"]
+ALL = ["l1", "l2", "l2-filter", "sp-lamp", "sp-lamp-paper", "saliency", "bn-scale", "vbp", "recon", "random"]
 
 
 def small_cnn(bn=True, seed=0):
@@ -60,25 +60,18 @@ def test_every_scorer_finite_right_length(scorer):
         assert np.all(s >= 0)
 
 
-def test_consumer_spaces_and_sp_lamp():
+def test_layer_weight_axes_and_sp_lamp():
     a, ctx = ctx_for(small_cnn())
-    cons = consumer_weight_spaces(a)
-    assert ("conv2.weight", 1) in cons and ("fc.weight", 1) in cons  # contracted axes
-    assert ("conv1.weight", 0) not in cons and ("conv2.weight", 0) not in cons and ("bn1.scale", 0) not in cons
+    table = deployed_weights(a)
+    assert ("conv2.weight", 1) in table.inputs and ("fc.weight", 1) in table.inputs  # contracted axes
+    assert ("conv1.weight", 0) in table.filters and ("conv2.weight", 0) in table.filters
+    assert ("bn1.scale", 0) not in table.filters | table.inputs
+    # BN folded into conv1: its statistics, gamma and conv1's bias are not scored on their own
+    assert {"bn1.mean", "bn1.var", "bn1.scale"} <= table.skip and "bn1.bias" not in table.skip
     scores = score_groups(a, "sp-lamp", context=ctx)
+    assert scores.lamp_normalized
     for g in a.prunable_groups:
         assert scores[g.id].max() == 1.0 and np.all(scores[g.id] <= 1.0)
-    # Eq. 2 by hand for the 8-channel group: producers conv1.W[o] + BN vectors, consumer conv2.W[:, c]
-    g = group_at(a, "relu1_out", 1)
-    c = {k: v.astype(np.float64) for k, v in a.view.consts.items()}
-    prod = (c["conv1.weight"].reshape(8, -1) ** 2).sum(1)
-    for p in ("bn1.scale", "bn1.bias", "bn1.mean", "bn1.var"):
-        prod = prod + c[p] ** 2
-    cons_ = (c["conv2.weight"].transpose(1, 0, 2, 3).reshape(8, -1) ** 2).sum(1)
-    lut = {m.tensor: m for m in g.members}
-    order = np.argsort(lut["conv1.weight"].index_map)  # canonical channel -> position
-    np.testing.assert_allclose(sp_lamp_saliency(a, g), (prod * cons_)[order], rtol=1e-10)
-    np.testing.assert_allclose(scores[g.id], sp_lamp_scores((prod * cons_)[order]), rtol=1e-10)
 
 
 def test_sp_lamp_without_consumer_uses_producer_term():
@@ -87,15 +80,13 @@ def test_sp_lamp_without_consumer_uses_producer_term():
     b = GraphBuilder(seed=3)
     x = b.input("x", [2, 6, 6])
     y = b.op("Relu", [b.conv(x, 2, 5, k=3, name="c1")])
-    y = b.op("Relu", [b.conv(y, 5, 7, k=3, name="c2")])
+    y = b.op("Relu", [b.conv(y, 5, 7, k=3, name="c2", bias=False)])
     y = b.op("ReduceMean", [y], axes=[1, 2, 3], keepdims=0)
     a = analyze_model(b.model([y]))
     g = group_at(a, "c2.weight", 0)
-    if not g.prunable:
-        pytest.skip("analyzer freezes a channel reduction into the output")
-    prod = sum((a.view.consts[m.tensor].reshape(a.view.consts[m.tensor].shape[0], -1) ** 2).sum(1)
-               for m in g.weights)
-    np.testing.assert_allclose(sp_lamp_saliency(a, g), prod)
+    assert g.prunable
+    w = a.view.consts["c2.weight"].astype(np.float64)
+    np.testing.assert_allclose(sp_lamp_saliency(a, g, deployed_weights(a)), (w.reshape(7, -1) ** 2).sum(1))
 
 
 def scaled_model():
@@ -111,21 +102,15 @@ def scaled_model():
     return b.model([b.op("Relu", [y])])
 
 
-def test_saliency_local_normalization_differs_from_l2():
+def test_saliency_divides_each_slice_by_the_root_of_its_size():
+    """OCSPruner: conv1 slices have 3 elements, conv2 input slices 4; sum w^2 / sqrt(n), averaged."""
     a, ctx = ctx_for(scaled_model())
     g = group_at(a, "w1", 0)
-    l2 = score_groups(a, "l2", context=ctx)[g.id]
     sal = score_groups(a, "saliency", context=ctx)[g.id]
     m = {mm.tensor: mm for mm in g.weights}
-    ch = lambda name, pos: int(m[name].index_map[pos])  # noqa: E731
-    # l2 follows the big member (conv1 rising), saliency the member with the larger relative spread
-    assert l2[ch("w1", 7)] > l2[ch("w1", 0)]
-    assert sal[ch("w1", 0)] > sal[ch("w1", 7)]
-    # each member normalized by its mean: the average of the two normalized vectors
-    v1 = 1.0 + 0.1 * np.arange(8)
-    v2 = np.arange(8, 0, -1, dtype=np.float64)
-    expect = (v1 / v1.mean() + v2 / v2.mean()) / 2
-    np.testing.assert_allclose(sal[[ch("w1", p) for p in range(8)]], expect, rtol=1e-6)
+    v1 = 1e6 * (1.0 + 0.1 * np.arange(8)) ** 2 / np.sqrt(3)
+    v2 = np.arange(8, 0, -1, dtype=np.float64) ** 2 / np.sqrt(4)
+    np.testing.assert_allclose(sal[m["w1"].index_map], (v1 + v2) / 2, rtol=1e-5)
 
 
 def test_bn_scale_is_abs_gamma_and_falls_back_with_note():

@@ -11,6 +11,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.planning.knapsack import KnapsackSolution, solve_group_knapsack
 from onnxprune.profiling.latency_table import keep_order, top_width_kept
 from onnxprune.scoring.lamp import cumulative_keep_values, sp_lamp_scores
+from onnxprune.scoring.registry import is_lamp_normalized
 
 KNAPSACK_VALUES = ("lamp", "members")
 
@@ -41,7 +42,9 @@ def allowed_widths(group: ChannelGroup, round_to: int | None) -> np.ndarray:
 def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], round_to: int | None = None,
                   value: str = "lamp") -> list[GroupChoices]:
     """Items per group with LAMP-normalized values (comparable across groups: every group's top
-    channel is worth 1). Frozen channels are always kept; `round_to` restricts widths to multiples.
+    channel is worth 1). Scores a scorer already LAMP-normalized (``sp-lamp``: a GroupScores with
+    ``lamp_normalized``) are used as they are: LAMP is applied once (SP-LAMP Eq. 5 sums Eq. 2's
+    scores). Frozen channels are always kept; `round_to` restricts widths to multiples.
 
     ``value="members"``: each group's values times its number of weight members. A channel of a
     residual stream is read and written by many layers; LAMP alone prices it like a channel inside
@@ -50,10 +53,11 @@ def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], rou
     if value not in KNAPSACK_VALUES:
         raise OnnxPruneError(f"knapsack value must be one of {', '.join(KNAPSACK_VALUES)}, got {value!r}")
     out = []
+    normalized = is_lamp_normalized(scores)
     for g in groups:
         s = np.asarray(scores.get(g.id, np.ones(g.size)), dtype=np.float64)
         s = np.where(np.isfinite(s), np.maximum(s, 0), 0)
-        lamp = sp_lamp_scores(s)
+        lamp = s.copy() if normalized else sp_lamp_scores(s)
         lamp[g.frozen] = lamp.max() + 1.0  # frozen first in order; their value is a constant offset
         order = keep_order(g, lamp)
         vals = cumulative_keep_values(lamp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.scoring.registry import is_lamp_normalized
 
 
 def n_remove(size: int, n_free: int, ratio: float) -> int:
@@ -83,13 +84,22 @@ def round_kept_counts(groups: list[ChannelGroup], kept: dict[int, np.ndarray], s
     return out
 
 
+def global_rank_values(scores: dict[int, np.ndarray], gid: int) -> np.ndarray:
+    """What --global ranks across groups: LAMP scores as they are (SP-LAMP Sec. 3.1: one ranking of
+    the layers' LAMP scores; the top channel of every group scores 1), other scorers' values divided
+    by their group mean so layers of different magnitude compete (raw magnitudes would empty whole
+    low-magnitude layers)."""
+    s = np.asarray(scores[gid], dtype=np.float64)
+    if is_lamp_normalized(scores):
+        return s
+    return s / (s.mean() if s.mean() > 0 else 1.0)
+
+
 def _select_global(groups, scores, ratio):
-    """One ranking across groups; scores are divided by their group mean so layers of different
-    magnitude compete fairly (raw magnitudes would empty whole low-magnitude layers)."""
+    """One ranking across groups of ``global_rank_values``; no group is emptied."""
     entries = []
     for g in groups:
-        s = scores[g.id]
-        norm = s / (s.mean() if s.mean() > 0 else 1.0)
+        norm = global_rank_values(scores, g.id)
         for c in np.flatnonzero(~g.frozen):
             entries.append((norm[c], g.id, c))
     total = sum(g.size for g in groups)

@@ -34,27 +34,43 @@ class ScoreContext:
         return self.cache[key]
 
 
+class GroupScores(dict):
+    """Scores per prunable group id. ``lamp_normalized``: the values already are LAMP scores
+    (``sp-lamp``), so planning ranks them and sums them as they are instead of normalizing again."""
+
+    def __init__(self, scores=(), lamp_normalized: bool = False):
+        super().__init__(scores)
+        self.lamp_normalized = lamp_normalized
+
+
+def is_lamp_normalized(scores) -> bool:
+    return bool(getattr(scores, "lamp_normalized", False))
+
+
 Scorer = Callable[[ScoreContext], dict[int, np.ndarray]]
 SCORERS: dict[str, Scorer] = {}
 NEEDS_CALIB: set[str] = set()
+LAMP_NORMALIZED: set[str] = set()
 
 
-def register_scorer(name: str, needs_calib: bool = False):
+def register_scorer(name: str, needs_calib: bool = False, lamp_normalized: bool = False):
     def deco(fn: Scorer) -> Scorer:
         SCORERS[name] = fn
         if needs_calib:
             NEEDS_CALIB.add(name)
+        if lamp_normalized:
+            LAMP_NORMALIZED.add(name)
         return fn
     return deco
 
 
 def score_groups(analysis: Analysis, scorer: str = "l2", *, calib=None, seed: int = 0,
-                 context: ScoreContext | None = None) -> dict[int, np.ndarray]:
+                 context: ScoreContext | None = None) -> GroupScores:
     """Scores per prunable group id. Pass ``context`` to keep its notes and cache (statistics)."""
     ctx = context or ScoreContext(analysis, calib=calib, seed=seed)
     if scorer not in SCORERS:
         raise OnnxPruneError(f"unknown scorer '{scorer}' (choose from {', '.join(sorted(SCORERS))})")
     if scorer in NEEDS_CALIB and not ctx.calib:
         raise OnnxPruneError(f"scorer '{scorer}' needs calibration data: pass --calib FILE")
-    return SCORERS[scorer](ctx)
+    return GroupScores(SCORERS[scorer](ctx), lamp_normalized=scorer in LAMP_NORMALIZED)
 

@@ -1,23 +1,27 @@
 """The scorers (``--scorer``); each registers itself in ``registry.SCORERS``, and importing the
-``onnxprune.scoring`` package imports this module.
+``onnxprune.scoring`` package imports this module. Weight-based scorers read the weights the
+deployed model computes with (``deployed.py``: BatchNormalization folded into the layer before it;
+running statistics are never scored as weights) unless their name says ``-paper``/``-filter``.
 
-- ``l1``/``l2`` weight magnitudes: every weight slice a group owns (producer filters, BN/affine
-  vectors, consumer input slices, bias entries) adds to the channel it maps to.
-- ``sp-lamp``  SP-LAMP (Eq. 2-3): s_u = (producer mass) x (consumer mass), squared Frobenius norms of
-  the channel's weight slices; then ``lamp.sp_lamp_scores`` per group. Producer slices are weight
-  members on an output-channel axis (Conv W axis 0, Gemm/MatMul weight output axis, BN/bias/affine
-  vectors); consumer slices are weight members on an axis some node contracts (Conv W axis 1,
-  Gemm/MatMul weight input axis: the weight spaces in the same group as a node's ``mixes``).
-  A group with no consumer weight uses the producer term alone (Eq. 3), and vice versa.
-- ``saliency`` OCSPruner group saliency with local normalization: every weight member's per-channel
-  L2 norms are divided by that member's mean per-channel norm (so each member contributes on the
-  same scale whatever its size or magnitude), then averaged over the members.
+- ``l1``/``l2`` every weight slice a group owns, deployed: folded producer filters and biases, consumer
+  input slices, other per-channel vectors (a standalone BN as its effective scale and shift).
+- ``l2-filter`` DEPrune's PW-conv criterion: ||W_u||_2 of the stored producer filter(s) alone.
+- ``sp-lamp``  SP-LAMP Eq. 2: s_u = ||W_l,u||_F^2 x ||What_l+1,u||_F^2 (producer filters: layer weight
+  axes holding output channels; consumer slices: layer weight axes holding input channels, both per the
+  rules' ``weight_roles``), on the deployed weights; Eq. 3 (producer alone) where no weight reads the
+  channel; then ``lamp.sp_lamp_scores`` within the group (LAMP once: planning uses these as they are).
+- ``sp-lamp-paper`` the same on the stored weights (the paper's W_l: a BN after the conv is ignored).
+- ``saliency`` OCSPruner's group saliency (the authors' GroupNormV2Importance, p = 2): per layer weight
+  slice sum w^2 / sqrt(slice size), each BatchNormalization adds gamma^2, the sum divided by the number
+  of these members (stored weights, as the paper trains them).
 - ``bn-scale`` |gamma| of the group's BatchNormalization/InstanceNormalization/LayerNormalization
   scale (summed when a group has several); without one (BN folded into the conv by the exporter)
   it falls back to l2 and says so in ``ctx.notes``.
 - ``vbp``      variance-based pruning: per-channel activation variance at the group's mixing points
   (activations entering Conv/Gemm/MatMul), one streaming pass over the calibration data
   (``calibration.activation_stats``); the statistics stay in ``ctx.cache`` for mean compensation.
+- ``recon``    reconstruction-aware selection (``recon.py``): greedy removal by least least-squares
+  reconstruction error of the consumers' outputs.
 - ``random``   seeded uniform scores (a baseline).
 """
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 from onnxprune.analysis.groups import Analysis, ChannelGroup, Member
 from onnxprune.analysis.rules import rule_for
 from onnxprune.scoring.calibration import activation_spaces, cached_stats
+from onnxprune.scoring.recon import greedy_scores, group_terms
+from onnxprune.scoring.deployed import WeightTable, deployed_weights, raw_weights
 from onnxprune.scoring.lamp import sp_lamp_scores
 from onnxprune.scoring.registry import ScoreContext, register_scorer
 
@@ -37,98 +43,135 @@ def slice_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
     return np.abs(a).sum(1) if p == 1 else np.square(a).sum(1)
 
 
-def member_norms(analysis: Analysis, m: Member, p: int) -> np.ndarray:
-    """Per-canonical-channel mass of one weight member (positions of a block map add up)."""
+def member_norms(analysis: Analysis, m: Member, p: int, consts: dict | None = None) -> np.ndarray:
+    """Per-canonical-channel mass of one weight member (positions of a block map add up);
+    ``consts``: the arrays to read (a WeightTable's), default the stored weights."""
     g = analysis.group_of(m.tensor, m.axis)
+    arr = (consts if consts is not None else analysis.view.consts)[m.tensor]
     out = np.zeros(g.size)
-    np.add.at(out, m.index_map, slice_norms(analysis.view.consts[m.tensor], m.axis, p))
+    np.add.at(out, m.index_map, slice_norms(arr, m.axis, p))
     return out
 
 
-def magnitude_scores(analysis: Analysis, group: ChannelGroup, p: int) -> np.ndarray:
-    """L1 (p=1): total |w| of the channel's slices. L2 (p=2): sqrt of the total sum of squares."""
+def deployed(ctx: ScoreContext) -> WeightTable:
+    return ctx.cached("deployed_weights", lambda: deployed_weights(ctx.analysis))
+
+
+def stored(ctx: ScoreContext) -> WeightTable:
+    return ctx.cached("raw_weights", lambda: raw_weights(ctx.analysis))
+
+
+def magnitude_scores(analysis: Analysis, group: ChannelGroup, p: int, table: WeightTable | None = None) -> np.ndarray:
+    """L1 (p=1): total |w| of the channel's slices. L2 (p=2): sqrt of the total sum of squares.
+    With ``table``: its arrays, leaving out the tensors it folded away."""
     s = np.zeros(group.size)
     for m in group.weights:
-        s += member_norms(analysis, m, p)
+        if table is None or m.tensor not in table.skip:
+            s += member_norms(analysis, m, p, table.consts if table is not None else None)
     return s if p == 1 else np.sqrt(s)
 
 
 @register_scorer("l1")
 def l1_scores(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    return {g.id: magnitude_scores(ctx.analysis, g, 1) for g in ctx.groups}
+    return {g.id: magnitude_scores(ctx.analysis, g, 1, deployed(ctx)) for g in ctx.groups}
 
 
 @register_scorer("l2")
 def l2_scores(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    return {g.id: magnitude_scores(ctx.analysis, g, 2) for g in ctx.groups}
+    return {g.id: magnitude_scores(ctx.analysis, g, 2, deployed(ctx)) for g in ctx.groups}
 
 
-def consumer_weight_spaces(analysis: Analysis) -> set[tuple[str, int]]:
-    """Weight spaces on an axis that their node contracts (sums over): those in the same group as
-    one of the node's mixing spaces. Conv W axis 1 (mixes names only the activation X axis 1, W axis 1
-    joins its group), Gemm B's K axis, MatMul B's K axis, ConvTranspose W axis 0."""
-    view = analysis.view
-    out = set()
-    for k, res in analysis.node_results.items():
-        if not res.mixes:
-            continue
-        mixed_groups = {analysis.space_group.get(sp) for sp in res.mixes} - {None}
-        node = view.nodes[k]
-        for t in node.input:
-            if not t or t not in view.consts:
-                continue
-            for a in range(view.consts[t].ndim):
-                if analysis.space_group.get((t, a)) in mixed_groups:
-                    out.add((t, a))
+def filter_mass(analysis: Analysis, group: ChannelGroup, table: WeightTable, axes: set) -> tuple[np.ndarray, int]:
+    """Sum of squared slice norms per canonical channel over the members on ``axes``, and their count."""
+    s, n = np.zeros(group.size), 0
+    for m in group.weights:
+        if (m.tensor, m.axis) in axes:
+            s += member_norms(analysis, m, 2, table.consts)
+            n += 1
+    return s, n
+
+
+@register_scorer("l2-filter")
+def l2_filter(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """DEPrune: the producer filter's L2 norm (stored weights); groups without a filter get l2."""
+    out, fallback = {}, []
+    for g in ctx.groups:
+        s, n = filter_mass(ctx.analysis, g, stored(ctx), stored(ctx).filters)
+        if not n:
+            s = np.square(magnitude_scores(ctx.analysis, g, 2, deployed(ctx)))
+            fallback.append(g.name)
+        out[g.id] = np.sqrt(s)
+    note_fallback(ctx, "l2-filter", fallback, "no layer filter (output channels of a Conv/Gemm/MatMul weight)")
     return out
 
 
-def producer_consumer_mass(analysis: Analysis, group: ChannelGroup, consumer_spaces: set | None = None
-                           ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Sum of squared slice norms per canonical channel over producer and over consumer members
-    (``consumer_spaces``: consumer_weight_spaces(analysis), computed here when not given)."""
-    cons = consumer_weight_spaces(analysis) if consumer_spaces is None else consumer_spaces
-    prod_s, cons_s = np.zeros(group.size), np.zeros(group.size)
-    n_prod = n_cons = 0
-    for m in group.weights:
-        if (m.tensor, m.axis) in cons:
-            cons_s += member_norms(analysis, m, 2)
-            n_cons += 1
-        else:
-            prod_s += member_norms(analysis, m, 2)
-            n_prod += 1
-    return prod_s, cons_s, n_prod, n_cons
+def note_fallback(ctx: ScoreContext, scorer: str, names: list[str], why: str) -> None:
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        ctx.notes.append(f"{scorer}: {len(names)} of {len(ctx.groups)} prunable groups have {why}: "
+                         f"scored with l2 instead ({shown})")
 
 
-def sp_lamp_saliency(analysis: Analysis, group: ChannelGroup, consumer_spaces: set | None = None) -> np.ndarray:
-    prod_s, cons_s, n_prod, n_cons = producer_consumer_mass(analysis, group, consumer_spaces)
+def sp_lamp_saliency(analysis: Analysis, group: ChannelGroup, table: WeightTable) -> np.ndarray | None:
+    """Eq. 2's numerator ||W_l,u||^2 x ||What_l+1,u||^2 per canonical channel (Eq. 3: the producer term
+    alone where no weight reads the channel, the consumer term alone where no layer writes it);
+    None for a group with neither."""
+    prod, n_prod = filter_mass(analysis, group, table, table.filters)
+    cons, n_cons = filter_mass(analysis, group, table, table.inputs)
     if n_prod and n_cons:
-        return prod_s * cons_s
-    return prod_s if n_prod else cons_s
+        return prod * cons
+    return prod if n_prod else (cons if n_cons else None)
 
 
-@register_scorer("sp-lamp")
+def sp_lamp_with(ctx: ScoreContext, table: WeightTable, name: str) -> dict[int, np.ndarray]:
+    out, fallback = {}, []
+    for g in ctx.groups:
+        s = sp_lamp_saliency(ctx.analysis, g, table)
+        if s is None:
+            s = np.square(magnitude_scores(ctx.analysis, g, 2, deployed(ctx)))
+            fallback.append(g.name)
+        out[g.id] = sp_lamp_scores(s)
+    note_fallback(ctx, name, fallback, "no layer weight on their channels")
+    return out
+
+
+@register_scorer("sp-lamp", lamp_normalized=True)
 def sp_lamp(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    cons = ctx.cached("consumer_weight_spaces", lambda: consumer_weight_spaces(ctx.analysis))
-    return {g.id: sp_lamp_scores(sp_lamp_saliency(ctx.analysis, g, cons)) for g in ctx.groups}
+    return sp_lamp_with(ctx, deployed(ctx), "sp-lamp")
 
 
-def saliency_scores(analysis: Analysis, group: ChannelGroup) -> np.ndarray:
-    """Local normalization: each member's per-channel L2 norms / their mean, averaged over members."""
-    total = np.zeros(group.size)
-    n = 0
+@register_scorer("sp-lamp-paper", lamp_normalized=True)
+def sp_lamp_paper(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    return sp_lamp_with(ctx, stored(ctx), "sp-lamp-paper")
+
+
+def elements_per_channel(analysis: Analysis, m: Member) -> np.ndarray:
+    """Weight elements of member ``m`` per canonical channel (a block map's positions add up)."""
+    arr = analysis.view.consts[m.tensor]
+    per_pos = arr.size // max(arr.shape[m.axis], 1)
+    return np.bincount(m.index_map, minlength=analysis.group_of(m.tensor, m.axis).size) * per_pos
+
+
+def saliency_scores(analysis: Analysis, group: ChannelGroup, table: WeightTable) -> np.ndarray:
+    """OCSPruner (GroupNormV2Importance, p = 2): layer slices add sum w^2 / sqrt(n), BN gammas add
+    gamma^2; the total over the number of those members."""
+    total, count = np.zeros(group.size), 0
     for m in group.weights:
-        v = np.sqrt(member_norms(analysis, m, 2))
-        mu = v.mean()
-        if mu > 0:
-            total += v / mu
-            n += 1
-    return total / max(n, 1)
+        sp = (m.tensor, m.axis)
+        if sp in table.filters or sp in table.inputs:
+            n = elements_per_channel(analysis, m)
+            total += member_norms(analysis, m, 2, table.consts) / np.sqrt(np.maximum(n, 1))
+        elif m.tensor in table.learned_scales:
+            total += member_norms(analysis, m, 2, table.consts)
+        else:
+            continue
+        count += 1
+    return total / max(count, 1)
 
 
 @register_scorer("saliency")
 def saliency(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    return {g.id: saliency_scores(ctx.analysis, g) for g in ctx.groups}
+    return {g.id: saliency_scores(ctx.analysis, g, stored(ctx)) for g in ctx.groups}
 
 
 def norm_scale_members(analysis: Analysis, group: ChannelGroup):
@@ -148,7 +191,7 @@ def bn_scale(ctx: ScoreContext) -> dict[int, np.ndarray]:
     for g in ctx.groups:
         members = norm_scale_members(ctx.analysis, g)
         if not members:
-            out[g.id] = magnitude_scores(ctx.analysis, g, 2)
+            out[g.id] = magnitude_scores(ctx.analysis, g, 2, deployed(ctx))
             fallback.append(g.name)
             continue
         s = np.zeros(g.size)
@@ -174,7 +217,7 @@ def vbp_scores(ctx: ScoreContext) -> tuple[dict[int, np.ndarray], list[str]]:
     for g in ctx.groups:
         sps = by_group.get(g.id)
         if not sps:
-            out[g.id] = magnitude_scores(analysis, g, 2)
+            out[g.id] = magnitude_scores(analysis, g, 2, deployed(ctx))
             missing.append(g.name)
             continue
         members = {(m.tensor, m.axis): m for m in g.members}
@@ -193,6 +236,26 @@ def vbp(ctx: ScoreContext) -> dict[int, np.ndarray]:
     if missing:
         ctx.notes.append(f"vbp: {len(missing)} prunable group(s) have no activation entering a "
                          f"Conv/Gemm/MatMul: scored with l2 instead ({', '.join(missing[:5])})")
+    return out
+
+
+@register_scorer("recon", needs_calib=True)
+def recon(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Greedy removal by least lstsq reconstruction error of the consumers' outputs (recon.py)."""
+    stats = cached_stats(ctx, activation_spaces(ctx.analysis, ctx.groups), cov=True)
+    out, fallback = {}, []
+    for g in ctx.groups:
+        terms = group_terms(ctx.analysis, g, stats)
+        if terms:
+            out[g.id] = greedy_scores(terms, g.size, g.frozen)
+        else:
+            fallback.append(g)
+    if fallback:
+        var = vbp_scores(ctx)[0]
+        out.update({g.id: var[g.id] for g in fallback})
+        ctx.notes.append(f"recon: {len(fallback)} prunable group(s) have no group-1 Conv/Gemm/MatMul consumer with "
+                         f"a covariance (grouped or depthwise consumers, or inputs wider than the covariance limit): "
+                         f"scored with vbp instead ({', '.join(g.name for g in fallback[:5])})")
     return out
 
 

@@ -51,6 +51,7 @@ from onnxprune.errors import InternalError, OnnxPruneError, first_line
 from onnxprune.model.runtime import ort_session
 from onnxprune.model.shapes import check_model_light
 from onnxprune.scoring.calibration import SpaceStats, activation_spaces, cached_stats
+from onnxprune.scoring.recon import consumer_weight
 from onnxprune.transform.rewrite import kept_positions
 from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, run_model, verify_tolerance
 from onnxprune.verify.rounding import accumulations
@@ -190,25 +191,19 @@ def _merge_delta(out: BiasDeltas, view, k: int, d: ConsumerDelta | None) -> None
         prev.approximate = prev.approximate or d.approximate
 
 
-def _weight_matrix(view, node, target: CompensationTarget) -> np.ndarray:
-    """The consumer's weight as [out, in, taps...] in float64."""
-    W = view.consts[node.input[target.weight_input]].astype(np.float64)
-    return np.moveaxis(W, (target.out_axis, target.in_axis), (0, 1))
-
-
 def refit_weight(view, node, target: CompensationTarget | None, keep, removed, A):
     """The consumer's weight with A folded into its kept input columns (original output channels,
     kept inputs only; the node's own layout), or None where lstsq does not apply (grouped convs)."""
     if target is None or target.groups != 1:
         return None
-    W = _weight_matrix(view, node, target)
+    W = consumer_weight(view, node, target)
     new = W[:, keep] + np.einsum("mr...,rk->mk...", W[:, removed], A)
     return np.moveaxis(new, (0, 1), (target.out_axis, target.in_axis))
 
 
 def channel_delta(view, node, target: CompensationTarget, cin: int, removed, m) -> np.ndarray:
     """scale x sum over removed c of m_c x (kernel sum of W[:, c]), over the outputs of c's group."""
-    ksum = _weight_matrix(view, node, target)
+    ksum = consumer_weight(view, node, target)
     ksum = ksum.reshape(ksum.shape[0], ksum.shape[1], -1).sum(2)  # (M, C/g)
     M = ksum.shape[0]
     cg, mg = cin // target.groups, M // target.groups

@@ -123,6 +123,18 @@ class WeightRole:
 
 
 @dataclass(frozen=True)
+class ChannelAffine:
+    """The per-channel map ``y = scale * x + shift`` a node computes at inference (BatchNormalization
+    with its running statistics): scoring folds it into the producer's weights. ``learned_scale`` /
+    ``learned_shift``: the input slots of its trained gamma (OCSPruner's saliency scores it) and beta;
+    every constant input is folded, so running statistics are never scored as weights."""
+    scale: np.ndarray
+    shift: np.ndarray
+    learned_scale: int
+    learned_shift: int
+
+
+@dataclass(frozen=True)
 class CompensationTarget:
     """How a removed input channel's constant folds into a weighted consumer (see transform/compensate):
     ``y = scale * sum_c W[out, c, taps...] x_c (+ bias)``.
@@ -197,6 +209,10 @@ class OpRule:
     def weight_roles(self, node: onnx.NodeProto, view: GraphView) -> list[WeightRole]:
         """The node's constant weight inputs and their channel axes, main weight first."""
         return []
+
+    def channel_affine(self, node: onnx.NodeProto, view: GraphView) -> ChannelAffine | None:
+        """The per-channel affine map of input 0's axis 1 this node computes at inference, or None."""
+        return None
 
     def attention(self, node: onnx.NodeProto, view: GraphView) -> AttentionAxes | None:
         """Spaces of an attention node (two activations multiplied, or a fused attention op), or None."""

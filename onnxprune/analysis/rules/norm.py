@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from onnxprune.analysis.graph import attr
-from .base import PER_CHANNEL_PARAMS, Opaque, OpRule, RuleResult, WeightRole, norm_axis, read_ints, register
+from .base import PER_CHANNEL_PARAMS, ChannelAffine, Opaque, OpRule, RuleResult, WeightRole, norm_axis, read_ints, register
 
 
 def _identity_live(res, ctx, x, y, skip=()):
@@ -25,6 +25,16 @@ class BatchNorm(OpRule):
 
     def weight_roles(self, node, view):
         return [WeightRole(i, 0, None) for i, p in enumerate(node.input) if i and p in view.consts]
+
+    def channel_affine(self, node, view):
+        """Inference BN: scale = gamma / sqrt(var + eps), shift = beta - mean * scale (InstanceNorm
+        normalizes with run-time statistics: not a fixed map)."""
+        ins = list(node.input) + [""] * 5
+        if node.op_type != "BatchNormalization" or not all(ins[i] in view.consts for i in range(1, 5)):
+            return None
+        gamma, beta, mean, var = (view.consts[ins[i]].astype(np.float64).reshape(-1) for i in range(1, 5))
+        scale = gamma / np.sqrt(var + float(attr(node, "epsilon", 1e-5)))
+        return ChannelAffine(scale, beta - mean * scale, learned_scale=1, learned_shift=2)
 
     def relate(self, node, ctx):
         if node.op_type == "BatchNormalization" and any(o for o in node.output[1:]):
