@@ -7,11 +7,11 @@ each executed node its dims and median time in the designs where it ran. Three s
   width in every design (equal, a multiple, or padded to a block: all monotone) belongs to that
   group. This needs no knowledge of fusions, layouts or exporters: it reads what the runtime ran.
 * **presence**: ORT picks layouts by channel alignment (NCHWc needs channels in blocks of 8/16), so
-  some nodes run only when a group's width is (or is not) a multiple of a block. A rule
-  "present iff the widths of S are all multiples of B" (or its negation) that explains every design
-  exactly is kept; otherwise the node counts with the fraction of designs it ran in.
+  some nodes run only when a group's width is (or is not) a multiple of a block. A rule over one
+  or two groups' alignment (AND / OR, negated or not) that explains every design exactly is kept;
+  otherwise the node counts with the fraction of designs it ran in.
 * **time**: ``t = a + sum_g b_g p_g + sum_{g<h} c_gh p_g p_h`` with ``p_g = ceil(w_g / B_g) * B_g``,
-  coefficients non-negative, the block ``B_g`` per group chosen from :data:`BLOCKS` by least
+  coefficients non-negative and fitted on relative error, the block ``B_g`` per group chosen from :data:`BLOCKS` by least
   squares: this is the kernels' step structure (MLAS / oneDNN channel blocks), found from data.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BLOCKS = (1, 4, 8, 16, 32)
-PRESENCE_BLOCKS = (4, 8, 16, 32)
+PRESENCE_BLOCKS = (32, 16, 8, 4)  # the largest block that explains the data wins
 MIN_ASSOC_DESIGNS = 5
 # a larger block must fit this much better than the previous choice to be picked (noise guard)
 BLOCK_GAIN = 0.995
@@ -74,39 +74,70 @@ def node_groups(dims: np.ndarray, widths: np.ndarray) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Presence:
-    """When a node runs: always; iff all ``groups`` are multiples of ``block`` (``aligned``) or
-    iff not; or, with no rule found, in a ``fraction`` of cases (its expected contribution)."""
+    """When a node runs. With ``groups``: compute per group the indicator "width is a multiple of
+    ``block``" (``or_small``: "... or below ``block``", ORT's NCHWc accepts both), negated if
+    ``negate_each``; the node runs iff all indicators hold, negated if ``negate_all``. Without
+    groups, no rule explained the design and the node counts with the ``fraction`` of designs it
+    ran in (its expected contribution)."""
     groups: tuple[int, ...] = ()
     block: int = 0
-    aligned: bool = True
+    or_small: bool = False
+    negate_each: bool = False
+    negate_all: bool = False
     fraction: float = 1.0
 
     def mask(self, widths: np.ndarray) -> np.ndarray:
         """Presence (0..1) per row of ``widths`` (columns indexed like the groups)."""
+        w = np.asarray(widths)
         if not self.groups:
-            return np.full(widths.shape[0], self.fraction)
-        al = np.all(np.asarray(widths)[:, list(self.groups)] % self.block == 0, axis=1)
-        return (al if self.aligned else ~al).astype(np.float64)
+            return np.full(w.shape[0], self.fraction)
+        ind = alignment(w[:, list(self.groups)], self.block, self.or_small)
+        run = np.all(~ind if self.negate_each else ind, axis=1)
+        return (~run if self.negate_all else run).astype(np.float64)
 
 
-def fit_presence(present: np.ndarray, widths: np.ndarray, candidates: tuple[int, ...]) -> Presence:
-    """An alignment rule that explains ``present`` in every design, else the presence fraction.
-    Single groups are tried over all groups, pairs over the node's own ``candidates``."""
+def alignment(widths: np.ndarray, block: int, or_small: bool) -> np.ndarray:
+    """Bool per entry: width is a multiple of ``block`` (or, with ``or_small``, below it)."""
+    al = np.asarray(widths) % block == 0
+    return al | (np.asarray(widths) < block) if or_small else al
+
+
+def and_rule(target: np.ndarray, ind: np.ndarray, prefer: tuple[int, ...]) -> tuple[int, ...] | None:
+    """One group or a pair whose indicators, ANDed, equal ``target`` in every design (prefer the
+    node's own groups); None if there is none."""
+    pos = np.flatnonzero(ind[target].all(axis=0))
+    if pos.size == 0:
+        return None
+    neg = ind[~target][:, pos].astype(np.int64)
+    single = [int(g) for g in pos[~neg.any(axis=0)]]
+    if single:
+        return (next((g for g in single if g in prefer), single[0]),)
+    both = neg.T @ neg
+    i, j = np.nonzero(np.triu(both == 0, 1))
+    pairs = [(int(pos[a]), int(pos[b])) for a, b in zip(i, j)]
+    if not pairs:
+        return None
+    return next((p for p in pairs if set(p) <= set(prefer)), pairs[0])
+
+
+def fit_presence(present: np.ndarray, widths: np.ndarray, candidates: tuple[int, ...],
+                 typical: np.ndarray | None = None) -> Presence:
+    """An alignment rule (see :class:`Presence`) that explains ``present`` in every design, else
+    the presence fraction over the ``typical`` designs (the random, unaligned ones: what a plan
+    mostly looks like), all designs without it. Rules need >= 2 designs on each side."""
     if present.all():
         return Presence()
-    for block in PRESENCE_BLOCKS:
-        aligned = widths % block == 0
-        for flag in (True, False):
-            hit = np.all((aligned if flag else ~aligned) == present[:, None], axis=0)
-            if hit.any():
-                single = [g for g in candidates if hit[g]] or list(np.flatnonzero(hit))
-                return Presence((int(single[0]),), block, flag)
-        for g, h in itertools.combinations(candidates, 2):
-            both = aligned[:, g] & aligned[:, h]
-            for flag in (True, False):
-                if np.array_equal(both if flag else ~both, present):
-                    return Presence((g, h), block, flag)
-    return Presence(fraction=float(present.mean()))
+    if min(present.sum(), (~present).sum()) >= 2:
+        for block in PRESENCE_BLOCKS:
+            for or_small in (False, True):
+                ind = alignment(widths, block, or_small)
+                for negate_each, negate_all in itertools.product((False, True), repeat=2):
+                    target = ~present if negate_all else present
+                    rule = and_rule(target, ~ind if negate_each else ind, candidates)
+                    if rule is not None:
+                        return Presence(rule, block, or_small, negate_each, negate_all)
+    rows = present if typical is None or not typical.any() else present[typical]
+    return Presence(fraction=float(rows.mean()))
 
 
 def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool) -> np.ndarray:
@@ -118,23 +149,25 @@ def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool) -> np.nda
     return np.stack(cols, axis=1)
 
 
-def nonneg_lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least squares with every coefficient but the intercept >= 0 (active set: drop the most
-    negative, refit); returns coefficients and the sum of squared errors."""
+def nonneg_lstsq(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Weighted least squares with every coefficient >= 0 (active set: drop the most negative,
+    refit): a kernel never gets faster with more channels, and a negative intercept would make
+    small widths predict below zero. Returns coefficients and the weighted sum of squared errors."""
+    wts = np.ones_like(y) if weights is None else weights
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
-    xs = x / scale
+    xs = x / scale * wts[:, None]
+    ys = y * wts
     active = list(range(x.shape[1]))
-    while True:
-        c, *_ = np.linalg.lstsq(xs[:, active], y, rcond=None)
-        neg = [(v, k) for v, k in zip(c[1:], active[1:])]
-        worst = min(neg, default=(0.0, -1))
-        if worst[0] >= 0:
+    c = np.zeros(0)
+    while active:
+        c, *_ = np.linalg.lstsq(xs[:, active], ys, rcond=None)
+        if c.min() >= 0:
             break
-        active.remove(worst[1])
+        active.pop(int(np.argmin(c)))
     coef = np.zeros(x.shape[1])
-    coef[active] = c
+    coef[active] = c if active else 0.0
     coef /= scale
-    return coef, float(np.sum((x @ coef - y) ** 2))
+    return coef, float(np.sum(((x @ coef - y) * wts) ** 2))
 
 
 @dataclass(frozen=True)
@@ -166,9 +199,11 @@ def fit_time(times: np.ndarray, widths: np.ndarray) -> TimeFit:
     if k == 0 or times.size < 3:
         return TimeFit((), (float(np.median(times)) if times.size else 0.0,), False)
     pairs = 2 <= k <= 3 and times.size >= 2 * (1 + k + k * (k - 1) // 2)
+    # relative errors: a 10 us node at a small width matters as much, in ratio, as a 1 ms one
+    rel = 1.0 / np.sqrt(np.maximum(times, 1e-3 * max(float(times.max()), 1e-9)))
     best: tuple[float, TimeFit] | None = None
     for blocks in block_choices(k):
-        coef, sse = nonneg_lstsq(features(widths, blocks, pairs), times)
+        coef, sse = nonneg_lstsq(features(widths, blocks, pairs), times, rel)
         if best is None or sse < BLOCK_GAIN * best[0]:
             best = (sse, TimeFit(tuple(blocks), tuple(float(c) for c in coef), pairs))
     return best[1]
@@ -191,12 +226,12 @@ class NodeModel:
 
 
 def fit_node(key: str, op: str, present: np.ndarray, dims: np.ndarray, times: np.ndarray,
-             widths: np.ndarray) -> NodeModel:
+             widths: np.ndarray, typical: np.ndarray | None = None) -> NodeModel:
     """Fit one node. ``present``: bool per design; ``dims``/``times``: rows for the designs where it
-    ran; ``widths``: all designs x all groups."""
+    ran; ``widths``: all designs x all groups; ``typical``: see :func:`fit_presence`."""
     w_present = widths[present]
     groups = node_groups(dims, w_present)
-    presence = fit_presence(present, widths, groups)
+    presence = fit_presence(present, widths, groups, typical)
     return NodeModel(key, op, groups, presence, fit_time(times, w_present[:, list(groups)]))
 
 

@@ -6,7 +6,7 @@ kernel steps, and is dominated by noise. Here a small design of random width ass
 with ORT's per-node profiling, every group at a random width in every run, so one run measures
 every node at once. Each executed node (after ORT's fusions and layout changes) is tied to the
 groups its dims follow, and fitted as a step function of those widths (profiling/latency_fit.py).
-The plain wall clock of each design fits the fixed part (per-run overhead outside kernels).
+The whole-run time of the same profiled runs fits the fixed part (overhead outside kernels).
 
 Use: ``m = build_latency_model(analysis, analysis.prunable_groups)``; ``m.predict({gid: width})``
 in ms; ``m.terms()`` for a solver (T(w) = fixed_ms + sum of terms); ``m.check(analysis, k)`` for
@@ -27,10 +27,10 @@ import numpy as np
 from onnxprune.analysis.graph import random_feeds
 from onnxprune.analysis.groups import Analysis, ChannelGroup
 from onnxprune.planning.ratio import keep_every_member
-from onnxprune.profiling.latency_fit import NodeModel, Presence, TimeFit, fit_node, fit_total
+from onnxprune.profiling.latency_fit import NodeModel, Presence, TimeFit, fit_node, fit_time, fit_total
 from onnxprune.profiling.latency_table import default_cache_dir, keep_order, top_width_kept
-from onnxprune.profiling.node_profile import ProfiledRun, profile_candidate
-from onnxprune.profiling.timing import measure_latencies
+from onnxprune.profiling.node_profile import ProfiledRun, profile_nodes, side_by_side, wall_clock
+from onnxprune.profiling.segments import SegmentMap, segment_groups, segment_map
 from onnxprune.transform.rewrite import rewrite
 
 MODEL_VERSION = 1
@@ -57,6 +57,8 @@ class CheckPoint:
     predicted_ms: float
     measured_ms: float
     baseline_ms: float
+    measured_lo_ms: float = float("nan")  # the measured median's 95% confidence interval
+    measured_hi_ms: float = float("nan")
 
     @property
     def rel_error(self) -> float:
@@ -75,7 +77,8 @@ class OpLatencyModel:
     nodes: list[NodeModel]
     fixed_ms: float
     scale: float
-    baseline_ms: float
+    baseline_ms: float  # the unpruned model, plain session (no profiling)
+    baseline_ci_ms: tuple[float, float] = (float("nan"), float("nan"))  # its median's 95% CI
     n_designs: int = 0
     build_s: float = 0.0
     fit_rel_errors: list[float] = field(default_factory=list)  # in-sample, per design
@@ -118,9 +121,10 @@ class OpLatencyModel:
             return (self.scale * sum(n.predict(w) for n in nodes)).reshape(shape)
         return fn
 
-    def check(self, analysis: Analysis, k: int = 20, seed: int = 1, time_budget_s: float = 4.0) -> list[CheckPoint]:
+    def check(self, analysis: Analysis, k: int = 20, seed: int = 1, time_cap_s: float = 4.0) -> list[CheckPoint]:
         """Measure ``k`` held-out random assignments (widths uniform in 0.3..1.0 of each group), each
-        side by side with the unpruned model, and pair them with the model's predictions."""
+        side by side with the unpruned model until the medians' 95% CIs are within 2% (or
+        ``time_cap_s``), and pair them with the model's predictions."""
         by_id = {g.id: g for g in analysis.groups}
         groups = [by_id[g] for g in self.group_ids]
         rng = np.random.default_rng(seed)
@@ -131,9 +135,9 @@ class OpLatencyModel:
             kept = design_kept(analysis, groups, random_widths(groups, rng, *HELD_OUT_RANGE))
             widths = {g: len(v) for g, v in kept.items()}
             model = rewrite(analysis, kept).SerializeToString()
-            stats = measure_latencies([base, model], feeds, provider=self.provider, threads=self.threads,
-                                      warmup=3, time_budget_s=time_budget_s, min_time_s=min(1.0, time_budget_s))
-            out.append(CheckPoint(widths, self.predict(widths), stats[1].median_ms, stats[0].median_ms))
+            b, m = side_by_side([base, model], feeds, provider=self.provider, threads=self.threads,
+                                time_cap_s=time_cap_s)
+            out.append(CheckPoint(widths, self.predict(widths), m.median_ms, b.median_ms, m.lo_ms, m.hi_ms))
         return out
 
     def to_json(self) -> dict:
@@ -145,9 +149,9 @@ class OpLatencyModel:
     def from_json(cls, d: dict) -> "OpLatencyModel":
         d = dict(d)
         d["group_sizes"] = {int(k): v for k, v in d["group_sizes"].items()}
+        d["baseline_ci_ms"] = tuple(d["baseline_ci_ms"])
         d["nodes"] = [NodeModel(n["key"], n["op"], tuple(n["groups"]),
-                                Presence(tuple(n["presence"]["groups"]), n["presence"]["block"],
-                                         n["presence"]["aligned"], n["presence"]["fraction"]),
+                                Presence(**{**n["presence"], "groups": tuple(n["presence"]["groups"])}),
                                 TimeFit(tuple(n["time"]["blocks"]), tuple(n["time"]["coef"]), n["time"]["pairs"]))
                       for n in d["nodes"]]
         return cls(**d, from_cache=True)
@@ -182,8 +186,13 @@ def design_widths(groups: list[ChannelGroup], n: int, seed: int) -> list[dict[in
     for i in range(1, n):
         lo, hi = (0.05, 0.4) if i % 5 == 4 else HELD_OUT_RANGE
         w = random_widths(groups, rng, lo, hi)
-        out.append(aligned_widths(w, groups, rng) if i % 3 == 2 else w)
+        out.append(w if is_typical_design(i) else aligned_widths(w, groups, rng))
     return out
+
+
+def is_typical_design(i: int) -> bool:
+    """Design point i > 0 keeps its random widths (a third are rounded to blocks instead)."""
+    return i % 3 != 2
 
 
 def design_kept(analysis: Analysis, groups: list[ChannelGroup], widths: dict[int, int]) -> dict[int, np.ndarray]:
@@ -203,9 +212,11 @@ def model_key(analysis: Analysis, groups: list[ChannelGroup], provider: str, thr
 
 @dataclass
 class DesignData:
-    """What the design measured: widths (designs x groups) and one ProfiledRun per design."""
+    """What the design measured: widths (designs x groups), one ProfiledRun per design, and which
+    designs are typical (random widths, not rounded to blocks)."""
     widths: np.ndarray
     runs: list[ProfiledRun]
+    typical: np.ndarray
 
 
 def measure_design(analysis: Analysis, groups: list[ChannelGroup], n_designs: int, *, provider: str,
@@ -220,33 +231,47 @@ def measure_design(analysis: Analysis, groups: list[ChannelGroup], n_designs: in
             progress.update(i, n_designs)
         kept = design_kept(analysis, groups, widths)
         model = analysis.view.model if i == 0 else rewrite(analysis, kept)
-        runs.append(profile_candidate(model, feeds, provider=provider, threads=threads, time_cap_s=per_design))
+        runs.append(profile_nodes(model, feeds, provider=provider, threads=threads, time_cap_s=per_design))
         rows.append([len(kept[g.id]) for g in groups])
         if i >= 8 and time.perf_counter() - t0 > time_cap_s:
             break
-    return DesignData(np.array(rows, dtype=np.float64), runs)
+    typical = np.array([i > 0 and is_typical_design(i) for i in range(len(runs))])
+    return DesignData(np.array(rows, dtype=np.float64), runs, typical)
 
 
-def fit_nodes(data: DesignData) -> list[NodeModel]:
-    """One NodeModel per node key seen in any design."""
-    keys: dict[str, str] = {}
-    for r in data.runs:
-        for k, n in r.nodes.items():
-            keys.setdefault(k, n.op)
-    out = []
-    for key, op in keys.items():
-        present = np.array([key in r.nodes for r in data.runs])
-        ran = [r.nodes[key] for r in data.runs if key in r.nodes]
-        ndim = min(len(n.dims) for n in ran)
-        dims = np.array([n.dims[:ndim] for n in ran], dtype=np.float64).reshape(len(ran), ndim)
-        times = np.array([n.ms for n in ran])
-        out.append(fit_node(key, op, present, dims, times, data.widths))
+def segment_times(data: DesignData, smap: SegmentMap) -> dict[str, np.ndarray]:
+    """ms per segment per design (0 where none of its kernels ran); executed nodes that resolve to
+    no original node keep their own key."""
+    out: dict[str, np.ndarray] = {}
+    for d, run in enumerate(data.runs):
+        for key, n in run.nodes.items():
+            seg = smap.resolve(key) or key
+            out.setdefault(seg, np.zeros(len(data.runs)))[d] += n.ms
     return out
 
 
-def fit_model(data: DesignData, groups: list[ChannelGroup], **meta) -> OpLatencyModel:
-    """Fit the node models, then the fixed part and scale against the designs' wall clocks."""
-    nodes = fit_nodes(data)
+def fit_segments(data: DesignData, analysis: Analysis, groups: list[ChannelGroup]) -> list[NodeModel]:
+    """One model per segment: its time as a step function of the widths of its groups."""
+    view = analysis.view
+    smap = segment_map(view.model, {k for k, v in view.consts.items() if np.ndim(v) >= 2})
+    cols = segment_groups(analysis, smap, {g.id: c for c, g in enumerate(groups)})
+    out = []
+    for key, times in segment_times(data, smap).items():
+        present = times > 0
+        if not present.all():  # unresolved node that does not always run: its presence is learned
+            ran = [r.nodes[key] for r in data.runs if key in r.nodes]
+            ndim = min(len(n.dims) for n in ran)
+            dims = np.array([n.dims[:ndim] for n in ran], dtype=np.float64).reshape(len(ran), ndim)
+            out.append(fit_node(key, ran[0].op, present, dims, times[present], data.widths, data.typical))
+            continue
+        g = cols.get(key, ())
+        out.append(NodeModel(key, "segment", g, Presence(), fit_time(times, data.widths[:, list(g)])))
+    return out
+
+
+def fit_model(data: DesignData, analysis: Analysis, groups: list[ChannelGroup], **meta) -> OpLatencyModel:
+    """Fit the node models, then the fixed part and scale against the designs' whole-run times."""
+    nodes = fit_segments(data, analysis, groups)
     sums = np.array([r.node_sum_ms for r in data.runs])
     walls = np.array([r.wall.median_ms for r in data.runs])
     fixed, scale = fit_total(sums, walls)
@@ -280,8 +305,10 @@ def build_latency_model(analysis: Analysis, groups: list[ChannelGroup], *, provi
     t0 = time.perf_counter()
     data = measure_design(analysis, groups, n_designs, provider=provider, threads=threads,
                           time_cap_s=time_cap_s, seed=seed, progress=progress)
-    m = fit_model(data, groups, key=key, provider=provider, threads=threads,
+    m = fit_model(data, analysis, groups, key=key, provider=provider, threads=threads,
                   input_shapes=analysis.view.input_shapes)
+    base = wall_clock(analysis.view.model, random_feeds(analysis.view, seed=0), provider=provider, threads=threads)
+    m.baseline_ms, m.baseline_ci_ms = base.median_ms, (base.lo_ms, base.hi_ms)
     m.build_s = time.perf_counter() - t0
     if use_cache:
         save_model(m, path)

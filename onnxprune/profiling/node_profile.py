@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.model.runtime import SessionPurpose, ort_session, session_options
-from onnxprune.profiling.median_ci import MedianCI, measure_until_stable
+from onnxprune.profiling.median_ci import MedianCI, measure_until_stable, summarize
 from onnxprune.profiling.timing import LatencyError, resolve_providers
 
 GENERATED_NAME = re.compile(r"_token_\d+|^(ReorderInput|ReorderOutput)(_|$)|^$")
@@ -38,8 +38,8 @@ class NodeTiming:
 
 @dataclass
 class ProfiledRun:
-    """A candidate measured twice: per-node medians from a profiled session, and the plain
-    session's wall-clock median (profiling adds per-node overhead the plain number has not)."""
+    """A candidate's per-node medians and its whole-run median (``model_run`` of the same profiled
+    runs, so kernels and the overhead between them are measured at the same moment)."""
     nodes: dict[str, NodeTiming]
     wall: MedianCI
 
@@ -84,8 +84,9 @@ def node_events_by_run(events: list[dict]) -> list[list[dict]]:
     return out
 
 
-def parse_profile(events: list[dict], skip_runs: int = 0) -> dict[str, NodeTiming]:
-    """Per-node median time (ms) over the profiled runs after the first ``skip_runs`` (warm-up)."""
+def parse_profile(events: list[dict], skip_runs: int = 0) -> ProfiledRun:
+    """Per-node and whole-run median times (ms) over the profiled runs after the first ``skip_runs``
+    (warm-up)."""
     per_key: dict[str, list[float]] = {}
     meta: dict[str, tuple[str, tuple[int, ...]]] = {}
     for run in node_events_by_run(events)[skip_runs:]:
@@ -96,7 +97,9 @@ def parse_profile(events: list[dict], skip_runs: int = 0) -> dict[str, NodeTimin
             if key not in meta:
                 args = e.get("args", {})
                 meta[key] = (op, flat_dims(args.get("input_type_shape")) + flat_dims(args.get("output_type_shape")))
-    return {k: NodeTiming(k, meta[k][0], meta[k][1], float(np.median(v))) for k, v in per_key.items()}
+    nodes = {k: NodeTiming(k, meta[k][0], meta[k][1], float(np.median(v))) for k, v in per_key.items()}
+    runs = sorted((e["ts"], e["dur"] / 1e3) for e in events if e.get("name") == "model_run")[skip_runs:]
+    return ProfiledRun(nodes, summarize([d for _, d in runs] or [float("nan")]))
 
 
 def _checked_session(model_bytes: bytes, so: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
@@ -110,8 +113,9 @@ def _checked_session(model_bytes: bytes, so: ort.SessionOptions, providers: list
 
 
 def profile_nodes(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], *, provider: str = "cpu",
-                  threads: int | None = None, runs: int = 10, warmup: int = 2, time_cap_s: float = 2.0) -> dict[str, NodeTiming]:
-    """Run ``model`` in a profiled timing session and return its per-node median times."""
+                  threads: int | None = None, runs: int = 10, warmup: int = 2, time_cap_s: float = 2.0) -> ProfiledRun:
+    """Run ``model`` in a profiled timing session: per-node and whole-run medians. Runs until
+    ``runs`` are timed or ``time_cap_s`` is spent (at least 3 timed runs)."""
     model_bytes = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     so = session_options(SessionPurpose(timing=True, threads=threads))
     with tempfile.TemporaryDirectory(prefix="onnxprune-prof-") as tmp:
@@ -147,10 +151,28 @@ def wall_clock(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], *, 
     return measure_until_stable(once, rel_halfwidth=rel_halfwidth, time_cap_s=time_cap_s)
 
 
-def profile_candidate(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *, provider: str = "cpu",
-                      threads: int | None = None, runs: int = 10, time_cap_s: float = 2.0) -> ProfiledRun:
-    """Per-node times and the plain wall-clock median of one candidate."""
-    data = model.SerializeToString()
-    nodes = profile_nodes(data, feeds, provider=provider, threads=threads, runs=runs, time_cap_s=time_cap_s / 2)
-    wall = wall_clock(data, feeds, provider=provider, threads=threads, time_cap_s=time_cap_s / 2)
-    return ProfiledRun(nodes, wall)
+def side_by_side(models: list[bytes], feeds: dict[str, np.ndarray], *, provider: str = "cpu",
+                 threads: int | None = None, rel_halfwidth: float = 0.02, time_cap_s: float = 4.0,
+                 warmup: int = 3) -> list[MedianCI]:
+    """Time models in rounds (each runs once per round, order rotated, as profiling/timing.py does
+    so drift hits all alike) until every median's 95% CI is within ``rel_halfwidth`` or the cap."""
+    purpose = SessionPurpose(timing=True, threads=threads)
+    sessions = [ort_session(m, purpose, providers=resolve_providers(provider), what="model") for m in models]
+    run_feeds = [{i.name: feeds[i.name] for i in s.get_inputs()} for s in sessions]
+    for _ in range(warmup):
+        for s, f in zip(sessions, run_feeds):
+            s.run(None, f)
+    samples: list[list[float]] = [[] for _ in sessions]
+    t0, r = time.perf_counter(), 0
+    while True:
+        for j in range(len(sessions)):
+            k = (r + j) % len(sessions)
+            t = time.perf_counter()
+            sessions[k].run(None, run_feeds[k])
+            samples[k].append((time.perf_counter() - t) * 1e3)
+        r += 1
+        if r >= 7 and r % 4 == 0:
+            stats = [summarize(s, rel_halfwidth) for s in samples]
+            if all(s.converged for s in stats) or time.perf_counter() - t0 > time_cap_s:
+                return stats
+
