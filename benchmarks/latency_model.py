@@ -59,12 +59,14 @@ def run_one(name: str, args) -> dict:
     s = check_summary(points)
     print(f"{name:12s} groups {len(groups):3d}  build {build_s:6.1f} s ({model.n_designs} designs)  "
           f"base {model.baseline_ms:7.2f} ms  median |err| {100 * s['median_abs_rel_error']:5.1f}%  "
-          f"p90 {100 * s['p90_abs_rel_error']:5.1f}%", flush=True)
+          f"p90 {100 * s['p90_abs_rel_error']:5.1f}%  (speed-up vs unpruned: median {100 * s['median_abs_ratio_error']:5.1f}%"
+          f" p90 {100 * s['p90_abs_ratio_error']:5.1f}%)", flush=True)
     return dict(model=name, source=source, groups=len(groups), build_s=build_s, n_designs=model.n_designs,
                 baseline_ms=model.baseline_ms, fixed_ms=model.fixed_ms, scale=model.scale, **s,
                 in_sample_median_abs_rel_error=float(np.median(np.abs(model.fit_rel_errors))),
                 points=[dict(predicted_ms=p.predicted_ms, measured_ms=p.measured_ms, lo_ms=p.measured_lo_ms,
-                             hi_ms=p.measured_hi_ms, baseline_ms=p.baseline_ms) for p in points])
+                             hi_ms=p.measured_hi_ms, baseline_ms=p.baseline_ms,
+                             predicted_baseline_ms=p.predicted_baseline_ms) for p in points])
 
 
 def main() -> None:
