@@ -13,6 +13,8 @@ each executed node its dims and median time in the designs where it ran. Three s
 * **time**: ``t = a + sum_g b_g p_g + sum_{g<h} c_gh p_g p_h`` with ``p_g = ceil(w_g / B_g) * B_g``,
   coefficients non-negative and fitted on relative error, the block ``B_g`` per group chosen from :data:`BLOCKS` by least
   squares: this is the kernels' step structure (MLAS / oneDNN channel blocks), found from data.
+  Optionally plus, per group, a shift and a work factor when its width is a multiple of 8 or 16
+  (ORT switches layout there), when the design has seen such widths.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import numpy as np
 BLOCKS = (1, 4, 8, 16, 32)
 PRESENCE_BLOCKS = (32, 16, 8, 4)  # the largest block that explains the data wins
 MIN_ASSOC_DESIGNS = 5
+ALIGN_BLOCKS = (8, 16)  # MLAS NCHWc block sizes (AVX2 / AVX-512)
+MIN_ALIGNED = 3
 # a larger block must fit this much better than the previous choice to be picked (noise guard)
 BLOCK_GAIN = 0.995
 
@@ -140,20 +144,35 @@ def fit_presence(present: np.ndarray, widths: np.ndarray, candidates: tuple[int,
     return Presence(fraction=float(rows.mean()))
 
 
-def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool) -> np.ndarray:
-    """Design matrix [1, p_g..., p_g p_h...] for the node's groups (columns of ``widths``)."""
+def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool, align_block: int = 0) -> np.ndarray:
+    """Design matrix [1, p_g..., p_g p_h...] for the node's groups (columns of ``widths``), then,
+    with ``align_block``, per group a_g and a_g * prod(p) where a_g = "w_g is a multiple of
+    align_block": the layout ORT switches to at aligned widths (NCHWc) has its own cost."""
     p = [padded(widths[:, k], b) for k, b in enumerate(blocks)]
     cols = [np.ones(widths.shape[0])] + p
     if pairs:
         cols += [p[i] * p[j] for i, j in itertools.combinations(range(len(p)), 2)]
+    if align_block:
+        work = np.prod(np.stack(p, axis=1), axis=1)
+        for k in range(widths.shape[1]):
+            a = (widths[:, k] % align_block == 0).astype(np.float64)
+            cols += [a, a * work]
     return np.stack(cols, axis=1)
 
 
-def nonneg_lstsq(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Weighted least squares with every coefficient >= 0 (active set: drop the most negative,
-    refit): a kernel never gets faster with more channels, and a negative intercept would make
-    small widths predict below zero. Returns coefficients and the weighted sum of squared errors."""
+def n_base_features(k: int, pairs: bool) -> int:
+    """Columns of :func:`features` before the alignment ones (the non-negative ones)."""
+    return 1 + k + (k * (k - 1) // 2 if pairs else 0)
+
+
+def nonneg_lstsq(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None,
+                 n_nonneg: int | None = None) -> tuple[np.ndarray, float]:
+    """Weighted least squares with the first ``n_nonneg`` coefficients (default all) >= 0 (active
+    set: drop the most negative, refit): a kernel never gets faster with more channels, and a
+    negative intercept would make small widths predict below zero. Returns coefficients and the
+    weighted sum of squared errors."""
     wts = np.ones_like(y) if weights is None else weights
+    n_nonneg = x.shape[1] if n_nonneg is None else n_nonneg
     scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
     xs = x / scale * wts[:, None]
     ys = y * wts
@@ -161,9 +180,11 @@ def nonneg_lstsq(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
     c = np.zeros(0)
     while active:
         c, *_ = np.linalg.lstsq(xs[:, active], ys, rcond=None)
-        if c.min() >= 0:
+        constrained = [(v, i) for i, (v, col) in enumerate(zip(c, active)) if col < n_nonneg]
+        worst = min(constrained, default=(0.0, -1))
+        if worst[0] >= 0:
             break
-        active.pop(int(np.argmin(c)))
+        active.pop(worst[1])
     coef = np.zeros(x.shape[1])
     coef[active] = c if active else 0.0
     coef /= scale
@@ -177,12 +198,14 @@ class TimeFit:
     blocks: tuple[int, ...]
     coef: tuple[float, ...]
     pairs: bool
+    align_block: int = 0
 
     def predict(self, widths: np.ndarray) -> np.ndarray:
-        """ms per row of ``widths`` (columns: the node's groups in order)."""
+        """ms per row of ``widths`` (columns: the node's groups in order), never below 0."""
         if not self.blocks:
             return np.full(np.asarray(widths).shape[0], self.coef[0])
-        return features(np.asarray(widths, dtype=np.float64), self.blocks, self.pairs) @ np.asarray(self.coef)
+        x = features(np.asarray(widths, dtype=np.float64), self.blocks, self.pairs, self.align_block)
+        return np.maximum(x @ np.asarray(self.coef), 0.0)
 
 
 def block_choices(k: int):
@@ -199,14 +222,29 @@ def fit_time(times: np.ndarray, widths: np.ndarray) -> TimeFit:
     if k == 0 or times.size < 3:
         return TimeFit((), (float(np.median(times)) if times.size else 0.0,), False)
     pairs = 2 <= k <= 3 and times.size >= 2 * (1 + k + k * (k - 1) // 2)
-    # relative errors: a 10 us node at a small width matters as much, in ratio, as a 1 ms one
+    n_base = n_base_features(k, pairs)
+    # sqrt-relative errors: small widths count without letting the slowest designs dominate
     rel = 1.0 / np.sqrt(np.maximum(times, 1e-3 * max(float(times.max()), 1e-9)))
     best: tuple[float, TimeFit] | None = None
-    for blocks in block_choices(k):
-        coef, sse = nonneg_lstsq(features(widths, blocks, pairs), times, rel)
-        if best is None or sse < BLOCK_GAIN * best[0]:
-            best = (sse, TimeFit(tuple(blocks), tuple(float(c) for c in coef), pairs))
+    for align in align_choices(widths, times.size, n_base):
+        for blocks in block_choices(k):
+            coef, sse = nonneg_lstsq(features(widths, blocks, pairs, align), times, rel, n_base)
+            if best is None or sse < BLOCK_GAIN * best[0]:
+                best = (sse, TimeFit(tuple(blocks), tuple(float(c) for c in coef), pairs, align))
     return best[1]
+
+
+def align_choices(widths: np.ndarray, n: int, n_base: int) -> list[int]:
+    """Alignment blocks worth trying: none, and each block at which every group is aligned in at
+    least :data:`MIN_ALIGNED` designs and not in as many, with data for the extra coefficients."""
+    out = [0]
+    if n < 2 * (n_base + 2 * widths.shape[1]):
+        return out
+    for b in ALIGN_BLOCKS:
+        aligned = (widths % b == 0).sum(axis=0)
+        if np.all((aligned >= MIN_ALIGNED) & (n - aligned >= MIN_ALIGNED)):
+            out.append(b)
+    return out
 
 
 @dataclass(frozen=True)
@@ -238,10 +276,11 @@ def fit_node(key: str, op: str, present: np.ndarray, dims: np.ndarray, times: np
 def fit_total(node_sums: np.ndarray, walls: np.ndarray) -> tuple[float, float]:
     """``wall ~= fixed + scale * sum of node times`` over the designs: the fixed part is the
     per-run overhead outside kernels, the scale absorbs what profiling itself adds per kernel.
-    Falls back to scale 1 when the designs do not span enough range to separate the two."""
+    Falls back to scale 1 when the designs do not span enough range to separate the two. Also
+    maps profiled whole-run times onto unprofiled ones."""
     x = np.stack([np.ones_like(node_sums), node_sums], axis=1)
     (c0, c1), *_ = np.linalg.lstsq(x, walls, rcond=None)
-    if not (0.5 <= c1 <= 1.5) or np.ptp(node_sums) < 0.1 * np.median(node_sums):
+    if not (0.5 <= c1 <= 1.5) or np.ptp(node_sums) < 0.1 * np.median(node_sums) or len(walls) < 3:
         c1 = 1.0
         c0 = float(np.median(walls - node_sums))
     return float(c0), float(c1)

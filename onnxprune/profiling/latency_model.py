@@ -1,12 +1,16 @@
-"""Op-level latency model: the model's latency as a sum over executed nodes of t_node(widths).
+"""Op-level latency model: the model's latency as a sum over executed nodes of t(widths), plus a
+fixed part.
 
 Why not per-group whole-model deltas (profiling/latency_table.py): summing them double counts (a
 conv saves once through its input group and once through its output group), interpolates across
 kernel steps, and is dominated by noise. Here a small design of random width assignments is run
 with ORT's per-node profiling, every group at a random width in every run, so one run measures
-every node at once. Each executed node (after ORT's fusions and layout changes) is tied to the
-groups its dims follow, and fitted as a step function of those widths (profiling/latency_fit.py).
-The whole-run time of the same profiled runs fits the fixed part (overhead outside kernels).
+every node at once. The executed nodes (after ORT's fusions and layout changes) are summed per
+segment of the original graph (profiling/segments.py: a conv's NCHWc and NCHW variants and their
+reorders land in one place), and each segment is fitted as a step function of the widths of the
+groups its tensors belong to, block sizes learned from the data (profiling/latency_fit.py). The
+whole-run time of the same profiled runs gives the fixed part (overhead outside kernels). Each
+design's times are divided by a fitted load factor, since a busy machine slows whole runs.
 
 Use: ``m = build_latency_model(analysis, analysis.prunable_groups)``; ``m.predict({gid: width})``
 in ms; ``m.terms()`` for a solver (T(w) = fixed_ms + sum of terms); ``m.check(analysis, k)`` for
@@ -33,8 +37,9 @@ from onnxprune.profiling.node_profile import ProfiledRun, profile_nodes, side_by
 from onnxprune.profiling.segments import SegmentMap, segment_groups, segment_map
 from onnxprune.transform.rewrite import rewrite
 
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 HELD_OUT_RANGE = (0.3, 1.0)
+PLAIN_EVERY = 4  # every 4th design is also timed without profiling, to take profiling's overhead out
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ class OpLatencyModel:
     baseline_ci_ms: tuple[float, float] = (float("nan"), float("nan"))  # its median's 95% CI
     n_designs: int = 0
     build_s: float = 0.0
-    fit_rel_errors: list[float] = field(default_factory=list)  # in-sample, per design
+    fit_rel_errors: list[float] = field(default_factory=list)  # in-sample, designs timed unprofiled
     from_cache: bool = False
 
     def width_matrix(self, widths: dict[int, int] | list[dict[int, int]]) -> np.ndarray:
@@ -159,7 +164,8 @@ class OpLatencyModel:
         d["baseline_ci_ms"] = tuple(d["baseline_ci_ms"])
         d["nodes"] = [NodeModel(n["key"], n["op"], tuple(n["groups"]),
                                 Presence(**{**n["presence"], "groups": tuple(n["presence"]["groups"])}),
-                                TimeFit(tuple(n["time"]["blocks"]), tuple(n["time"]["coef"]), n["time"]["pairs"]))
+                                TimeFit(**{**n["time"], "blocks": tuple(n["time"]["blocks"]),
+                                           "coef": tuple(n["time"]["coef"])}))
                       for n in d["nodes"]]
         return cls(**d, from_cache=True)
 
@@ -224,6 +230,7 @@ class DesignData:
     widths: np.ndarray
     runs: list[ProfiledRun]
     typical: np.ndarray
+    plain_ms: dict[int, float] = field(default_factory=dict)  # design -> unprofiled median, some designs
 
 
 def measure_design(analysis: Analysis, groups: list[ChannelGroup], n_designs: int, *, provider: str,
@@ -231,7 +238,7 @@ def measure_design(analysis: Analysis, groups: list[ChannelGroup], n_designs: in
     """Rewrite and profile every design point; stops early (>= 8 designs) when ``time_cap_s`` is spent."""
     feeds = random_feeds(analysis.view, seed=0)
     t0 = time.perf_counter()
-    rows, runs = [], []
+    rows, runs, plain = [], [], {}
     per_design = max(0.4, 0.6 * time_cap_s / max(n_designs, 1))
     for i, widths in enumerate(design_widths(groups, n_designs, seed)):
         if progress is not None:
@@ -239,30 +246,35 @@ def measure_design(analysis: Analysis, groups: list[ChannelGroup], n_designs: in
         kept = design_kept(analysis, groups, widths)
         model = analysis.view.model if i == 0 else rewrite(analysis, kept)
         runs.append(profile_nodes(model, feeds, provider=provider, threads=threads, time_cap_s=per_design))
+        if i % PLAIN_EVERY == 1:
+            plain[i] = wall_clock(model, feeds, provider=provider, threads=threads, time_cap_s=per_design / 2).median_ms
         rows.append([len(kept[g.id]) for g in groups])
         if i >= 8 and time.perf_counter() - t0 > time_cap_s:
             break
     typical = np.array([i > 0 and is_typical_design(i) for i in range(len(runs))])
-    return DesignData(np.array(rows, dtype=np.float64), runs, typical)
+    return DesignData(np.array(rows, dtype=np.float64), runs, typical, plain)
 
 
 def segment_times(data: DesignData, smap: SegmentMap) -> dict[str, np.ndarray]:
-    """ms per segment per design (0 where none of its kernels ran); executed nodes that resolve to
-    no original node keep their own key."""
+    """ms per segment per design (0 where none of its kernels ran). An executed node that resolves
+    to no original node joins the segment of the node executed before it (nodes are in execution
+    order), or keeps its own key if it runs first."""
     out: dict[str, np.ndarray] = {}
     for d, run in enumerate(data.runs):
+        last = None
         for key, n in run.nodes.items():
-            seg = smap.resolve(key) or key
-            out.setdefault(seg, np.zeros(len(data.runs)))[d] += n.ms
+            last = smap.resolve(key) or last
+            out.setdefault(last or key, np.zeros(len(data.runs)))[d] += n.ms
     return out
 
 
-def fit_segment(key: str, times: np.ndarray, data: DesignData, cols: tuple[int, ...]) -> NodeModel:
-    """A segment's model; an unresolved node that does not run in every design gets its presence
-    rule learned (latency_fit.fit_node)."""
-    present = times > 0
-    if present.all():
+def fit_segment(key: str, times: np.ndarray, data: DesignData, cols: tuple[int, ...] | None) -> NodeModel:
+    """A segment's model (``cols``: its groups' columns). An executed node that resolved to no
+    segment (``cols`` None: a fused node ORT named itself) is fitted alone: its groups from the
+    dims it ran with, its presence rule learned (latency_fit.fit_node)."""
+    if cols is not None:
         return NodeModel(key, "segment", cols, Presence(), fit_time(times, data.widths[:, list(cols)]))
+    present = times > 0
     ran = [r.nodes[key] for r in data.runs if key in r.nodes]
     ndim = min(len(n.dims) for n in ran)
     dims = np.array([n.dims[:ndim] for n in ran], dtype=np.float64).reshape(len(ran), ndim)
@@ -292,7 +304,7 @@ def fit_segments(data: DesignData, analysis: Analysis, groups: list[ChannelGroup
     table = np.stack([seg[k] for k in keys])
     lam = np.ones(table.shape[1])
     for _ in range(rounds):
-        models = [fit_segment(k, t / lam, data, cols.get(k, ())) for k, t in zip(keys, table)]
+        models = [fit_segment(k, t / lam, data, cols.get(k)) for k, t in zip(keys, table)]
         predicted = np.stack([m.predict(data.widths) for m in models])
         lam = load_factors(table, predicted)
     return models, lam
@@ -304,9 +316,16 @@ def fit_model(data: DesignData, analysis: Analysis, groups: list[ChannelGroup], 
     sums = np.array([r.node_sum_ms for r in data.runs]) / lam
     walls = np.array([r.wall.median_ms for r in data.runs]) / lam
     fixed, scale = fit_total(sums, walls)
+    # profiled runs are slower (per-node events): map them onto the unprofiled times measured beside
+    idx = sorted(data.plain_ms)
+    if idx:  # a ratio, by median: robust to a design timed while the machine was busy
+        r = float(np.median([data.plain_ms[i] / data.runs[i].wall.median_ms for i in idx]))
+        fixed, scale = r * fixed, r * scale
     m = OpLatencyModel(group_ids=[g.id for g in groups], group_sizes={g.id: g.size for g in groups}, nodes=nodes,
                        fixed_ms=fixed, scale=scale, baseline_ms=float(walls[0]), n_designs=len(data.runs), **meta)
-    m.fit_rel_errors = [float(x) for x in m.predict_matrix(data.widths) / walls - 1.0]
+    if idx:
+        m.fit_rel_errors = [float(x) for x in m.predict_matrix(data.widths[idx]) / (np.array(
+            [data.plain_ms[i] for i in idx]) / lam[idx]) - 1.0]
     return m
 
 

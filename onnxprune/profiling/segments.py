@@ -6,7 +6,9 @@ the widths. So times are summed per *segment*: a weight-bearing node of the orig
 matmul, gemm, ...) and the weightless nodes after it up to the next one. Every variant of a
 segment's kernels lands in that segment, whatever layout ORT picked, and the segment exists in
 every design. An executed node is resolved by its name (a node name, or a tensor name, which fused
-and NCHWc nodes are named after, with ``_nchwc`` stripped), else by the stably named node before it.
+and NCHWc nodes are named after, with ``_nchwc`` stripped, or an original name with ORT's
+``/<Fusion>`` suffixes), else by the stably named node before it, else it joins the segment of the
+node executed before it.
 """
 from __future__ import annotations
 
@@ -29,10 +31,16 @@ class SegmentMap:
     names: list[str]  # original node names (segment keys)
 
     def resolve(self, executed: str) -> str | None:
-        """Segment key for an executed node's name (or a generated node's anchor), None if unknown."""
+        """Segment key for an executed node's name (or a generated node's anchor), None if unknown.
+        Fused nodes are named after an original node plus ``/<FusionName>`` suffixes (ORT's
+        ``/x/MatMul/MatMulAddFusion``): path components are stripped until a name is known."""
         base = NCHWC_SUFFIX.sub("", executed.split("@", 1)[1].rsplit("#", 1)[0] if "@" in executed else executed)
-        i = self.node_index.get(base)
-        return None if i is None else self.names[self.segment_of_index[i]]
+        while base:
+            i = self.node_index.get(base)
+            if i is not None:
+                return self.names[self.segment_of_index[i]]
+            base = base[:-1] if base.endswith("/") else (base.rsplit("/", 1)[0] if "/" in base[1:] else "")
+        return None
 
 
 def weight_bearing(node: onnx.NodeProto, consts: set[str]) -> bool:
