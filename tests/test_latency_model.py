@@ -159,3 +159,39 @@ def test_fixture_end_to_end_structure(tmp_path):
     assert isinstance(again, OpLatencyModel)
     points = m.check(analysis, k=2, seed=3, time_cap_s=0.3)
     assert len(points) == 2 and all(p.measured_ms > 0 and np.isfinite(p.predicted_ms) for p in points)
+
+
+def test_alignment_regime_is_learned():
+    """ORT runs a conv in NCHWc when its input width is a multiple of 8: a different cost there."""
+    rng = np.random.default_rng(8)
+    w = rng.integers(20, 129, size=(60, 2)).astype(float)
+    w[::3, 0] = w[::3, 0] // 8 * 8
+    aligned = w[:, 0] % 8 == 0
+    t = np.where(aligned, 0.6, 1.0) * step_conv_ms(w[:, 0], w[:, 1], 1, 1)
+    fit = fit_time(t, w)
+    assert fit.align_block == 8
+    held = rng.integers(20, 129, size=(100, 2)).astype(float)
+    held[::2, 0] = held[::2, 0] // 8 * 8
+    truth = np.where(held[:, 0] % 8 == 0, 0.6, 1.0) * step_conv_ms(held[:, 0], held[:, 1], 1, 1)
+    assert np.max(np.abs(fit.predict(held) / truth - 1)) < 0.05
+
+
+def test_segments_resolve_fused_and_layout_names():
+    import onnx
+    from onnx import helper
+
+    from onnxprune.profiling.segments import segment_map
+
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], name="/conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="/relu1"),
+             helper.make_node("MatMul", ["r1", "W2"], ["m2"], name="/blk/fc/MatMul"),
+             helper.make_node("Add", ["m2", "b2"], ["y"], name="/blk/fc/Add")]
+    g = helper.make_graph(nodes, "g", [], [])
+    smap = segment_map(helper.make_model(g), {"W1", "W2"})
+    assert smap.resolve("r1_nchwc") == "/conv1"  # NCHWc conv fused with its Relu, named after the tensor
+    assert smap.resolve("ReorderOutput@r1_nchwc#1") == "/conv1"
+    assert smap.resolve("/conv1") == "/conv1"
+    assert smap.resolve("/blk/fc/MatMul/MatMulAddFusion") == "/blk/fc/MatMul"
+    assert smap.resolve("/blk/fc/Add") == "/blk/fc/MatMul"
+    assert smap.resolve("gemm_input_reshape") is None
+    assert isinstance(g, onnx.GraphProto)
