@@ -59,7 +59,8 @@ def run_one(name: str, args) -> dict:
     s = check_summary(points)
     print(f"{name:12s} groups {len(groups):3d}  build {build_s:6.1f} s ({model.n_designs} designs)  "
           f"base {model.baseline_ms:7.2f} ms  median |err| {100 * s['median_abs_rel_error']:5.1f}%  "
-          f"p90 {100 * s['p90_abs_rel_error']:5.1f}%  (speed-up vs unpruned: median {100 * s['median_abs_ratio_error']:5.1f}%"
+          f"p90 {100 * s['p90_abs_rel_error']:5.1f}%  "
+          f"(speed-up vs unpruned: median {100 * s['median_abs_ratio_error']:5.1f}%"
           f" p90 {100 * s['p90_abs_ratio_error']:5.1f}%)", flush=True)
     return dict(model=name, source=source, groups=len(groups), build_s=build_s, n_designs=model.n_designs,
                 baseline_ms=model.baseline_ms, fixed_ms=model.fixed_ms, scale=model.scale, **s,

@@ -49,8 +49,8 @@ class Net:
                                self.const(np.zeros(cout, np.float32))])
 
     def layernorm(self, x, d) -> str:
-        return self.op("LayerNormalization", [x, self.const(np.ones(d, np.float32)), self.const(np.zeros(d, np.float32))],
-                       axis=-1, epsilon=1e-6)
+        scale, bias = self.const(np.ones(d, np.float32)), self.const(np.zeros(d, np.float32))
+        return self.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=1e-6)
 
     def gelu(self, x) -> str:
         e = self.op("Erf", [self.op("Div", [x, self.const(np.float32(math.sqrt(2)))])])

@@ -11,8 +11,9 @@ each executed node its dims and median time in the designs where it ran. Three s
   or two groups' alignment (AND / OR, negated or not) that explains every design exactly is kept;
   otherwise the node counts with the fraction of designs it ran in.
 * **time**: ``t = a + sum_g b_g p_g + sum_{g<h} c_gh p_g p_h`` with ``p_g = ceil(w_g / B_g) * B_g``,
-  coefficients non-negative and fitted on relative error, the block ``B_g`` per group chosen from :data:`BLOCKS` by least
-  squares: this is the kernels' step structure (MLAS / oneDNN channel blocks), found from data.
+  coefficients non-negative and fitted on (square-root) relative error, the block ``B_g`` per
+  group chosen from :data:`BLOCKS` by least squares: this is the kernels' step structure (MLAS /
+  oneDNN channel blocks), found from data.
   Optionally plus, per group, a shift and a work factor when its width is a multiple of 8 or 16
   (ORT switches layout there), when the design has seen such widths.
 """
