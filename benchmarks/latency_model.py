@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Accuracy and build time of the op-level latency model (issue #11).
+
+Per model: build the model (no cache), then measure 20 held-out random width assignments (each
+group uniform in 0.3..1.0 of its size) side by side with the unpruned model and print the median
+and 90th percentile of |predicted / measured - 1|. Target: <= 5% median, <= 10% p90; ResNet-50
+built in <= 120 s on the 2-core dev machine.
+
+Models: the torch exports in models/onnx/full/<name>.ts.onnx when present (models/export.py
+--full), else the same architectures built with onnx.helper (benchmarks/latency_model_nets.py).
+
+    python benchmarks/latency_model.py                      # all five, results/latency_model.json
+    python benchmarks/latency_model.py resnet50 --check 10  # a subset
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import FULL, ROOT  # noqa: E402
+from latency_model_nets import NETS  # noqa: E402
+
+from onnxprune.api import analyze_model  # noqa: E402
+from onnxprune.profiling.latency_model import build_latency_model, check_summary  # noqa: E402
+
+MODELS = ("resnet50", "mobilenetv2", "convnext", "vit", "bert")
+
+
+def model_path(name: str) -> tuple[Path, str]:
+    """The full-size model file and where it came from."""
+    exported = FULL / f"{name}.ts.onnx"
+    if exported.exists():
+        return exported, "torch export"
+    built = FULL / f"{name}.helper.onnx"
+    if not built.exists():
+        built.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(NETS[name](), built)
+    return built, "onnx.helper"
+
+
+def run_one(name: str, args) -> dict:
+    path, source = model_path(name)
+    analysis = analyze_model(str(path))
+    groups = analysis.prunable_groups
+    t0 = time.perf_counter()
+    model = build_latency_model(analysis, groups, threads=args.threads, n_designs=args.designs,
+                                time_cap_s=args.time_cap, use_cache=False)
+    build_s = time.perf_counter() - t0
+    points = model.check(analysis, k=args.check, seed=12345, time_cap_s=args.check_cap)
+    s = check_summary(points)
+    print(f"{name:12s} groups {len(groups):3d}  build {build_s:6.1f} s ({model.n_designs} designs)  "
+          f"base {model.baseline_ms:7.2f} ms  median |err| {100 * s['median_abs_rel_error']:5.1f}%  "
+          f"p90 {100 * s['p90_abs_rel_error']:5.1f}%  "
+          f"(speed-up vs unpruned: median {100 * s['median_abs_ratio_error']:5.1f}%"
+          f" p90 {100 * s['p90_abs_ratio_error']:5.1f}%)", flush=True)
+    return dict(model=name, source=source, groups=len(groups), build_s=build_s, n_designs=model.n_designs,
+                baseline_ms=model.baseline_ms, fixed_ms=model.fixed_ms, scale=model.scale, **s,
+                in_sample_median_abs_rel_error=float(np.median(np.abs(model.fit_rel_errors))),
+                points=[dict(predicted_ms=p.predicted_ms, measured_ms=p.measured_ms, lo_ms=p.measured_lo_ms,
+                             hi_ms=p.measured_hi_ms, baseline_ms=p.baseline_ms,
+                             predicted_baseline_ms=p.predicted_baseline_ms) for p in points])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all five)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--designs", type=int, default=40)
+    ap.add_argument("--time-cap", type=float, default=100.0, help="cap on the design's measurement (s)")
+    ap.add_argument("--check", type=int, default=20, help="held-out assignments")
+    ap.add_argument("--check-cap", type=float, default=3.0, help="time cap per held-out measurement (s)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_model.json")
+    args = ap.parse_args()
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
+    results = [run_one(m, args) for m in args.models or MODELS]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(dict(machine=platform.processor() or platform.machine(), threads=args.threads,
+                                        designs=args.designs, results=results), indent=1))
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Fitting per-node latency models to profiled designs: pure numpy, no runtime.
+
+Input: for each design d (a pruned candidate), the width of every group (``W[d, g]``), and for
+each executed node its dims and median time in the designs where it ran. Three steps per node:
+
+* **association**: a dim that varies across designs and is a nondecreasing function of one group's
+  width in every design (equal, a multiple, or padded to a block: all monotone) belongs to that
+  group. This needs no knowledge of fusions, layouts or exporters: it reads what the runtime ran.
+* **presence**: ORT picks layouts by channel alignment (NCHWc needs channels in blocks of 8/16), so
+  some nodes run only when a group's width is (or is not) a multiple of a block. A rule over one
+  or two groups' alignment (AND / OR, negated or not) that explains every design exactly is kept;
+  otherwise the node counts with the fraction of designs it ran in.
+* **time**: ``t = a + sum_g b_g p_g + sum_{g<h} c_gh p_g p_h`` with ``p_g = ceil(w_g / B_g) * B_g``,
+  coefficients non-negative and fitted on (square-root) relative error, the block ``B_g`` per
+  group chosen from :data:`BLOCKS` by least squares: this is the kernels' step structure (MLAS /
+  oneDNN channel blocks), found from data.
+  Optionally plus, per group, a shift and a work factor when its width is a multiple of 8 or 16
+  (ORT switches layout there), when the design has seen such widths.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCKS = (1, 4, 8, 16, 32)
+PRESENCE_BLOCKS = (32, 16, 8, 4)  # the largest block that explains the data wins
+MIN_ASSOC_DESIGNS = 5
+ALIGN_BLOCKS = (8, 16)  # MLAS NCHWc block sizes (AVX2 / AVX-512)
+MIN_ALIGNED = 3
+# a larger block must fit this much better than the previous choice to be picked (noise guard)
+BLOCK_GAIN = 0.995
+
+
+def padded(w: np.ndarray, block: int) -> np.ndarray:
+    """Width rounded up to a multiple of ``block``."""
+    w = np.asarray(w, dtype=np.float64)
+    return np.ceil(w / block) * block if block > 1 else w
+
+
+def monotone_groups(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Bool per group: ``values`` (per design) is a nondecreasing function of that group's width."""
+    order = np.argsort(widths, axis=0, kind="stable")
+    v = values[order]
+    w = np.take_along_axis(widths, order, axis=0)
+    dv, dw = np.diff(v, axis=0), np.diff(w, axis=0)
+    return np.all(dv >= 0, axis=0) & np.all((dw != 0) | (dv == 0), axis=0)
+
+
+def associate_dims(dims: np.ndarray, widths: np.ndarray) -> list[int]:
+    """Group index for each dim column: the monotone group most correlated with it; -1 for a
+    constant dim, -2 for a varying dim no single group explains."""
+    out = []
+    for col in dims.T.astype(np.float64):
+        if np.all(col == col[0]):
+            out.append(-1)
+            continue
+        ok = monotone_groups(col, widths)
+        if not ok.any():
+            out.append(-2)
+            continue
+        wc = widths - widths.mean(axis=0)
+        corr = (wc.T @ (col - col.mean())) / (np.linalg.norm(wc, axis=0) * np.linalg.norm(col - col.mean()) + 1e-12)
+        out.append(int(np.argmax(np.where(ok, corr, -np.inf))))
+    return out
+
+
+def node_groups(dims: np.ndarray, widths: np.ndarray) -> tuple[int, ...]:
+    """The distinct groups a node's dims depend on, in order of first appearance."""
+    if dims.shape[0] < MIN_ASSOC_DESIGNS:
+        return ()
+    seen: list[int] = []
+    for g in associate_dims(dims, widths):
+        if g >= 0 and g not in seen:
+            seen.append(g)
+    return tuple(seen)
+
+
+@dataclass(frozen=True)
+class Presence:
+    """When a node runs. With ``groups``: compute per group the indicator "width is a multiple of
+    ``block``" (``or_small``: "... or below ``block``", ORT's NCHWc accepts both), negated if
+    ``negate_each``; the node runs iff all indicators hold, negated if ``negate_all``. Without
+    groups, no rule explained the design and the node counts with the ``fraction`` of designs it
+    ran in (its expected contribution)."""
+    groups: tuple[int, ...] = ()
+    block: int = 0
+    or_small: bool = False
+    negate_each: bool = False
+    negate_all: bool = False
+    fraction: float = 1.0
+
+    def mask(self, widths: np.ndarray) -> np.ndarray:
+        """Presence (0..1) per row of ``widths`` (columns indexed like the groups)."""
+        w = np.asarray(widths)
+        if not self.groups:
+            return np.full(w.shape[0], self.fraction)
+        ind = alignment(w[:, list(self.groups)], self.block, self.or_small)
+        run = np.all(~ind if self.negate_each else ind, axis=1)
+        return (~run if self.negate_all else run).astype(np.float64)
+
+
+def alignment(widths: np.ndarray, block: int, or_small: bool) -> np.ndarray:
+    """Bool per entry: width is a multiple of ``block`` (or, with ``or_small``, below it)."""
+    al = np.asarray(widths) % block == 0
+    return al | (np.asarray(widths) < block) if or_small else al
+
+
+def and_rule(target: np.ndarray, ind: np.ndarray, prefer: tuple[int, ...]) -> tuple[int, ...] | None:
+    """One group or a pair whose indicators, ANDed, equal ``target`` in every design (prefer the
+    node's own groups); None if there is none."""
+    pos = np.flatnonzero(ind[target].all(axis=0))
+    if pos.size == 0:
+        return None
+    neg = ind[~target][:, pos].astype(np.int64)
+    single = [int(g) for g in pos[~neg.any(axis=0)]]
+    if single:
+        return (next((g for g in single if g in prefer), single[0]),)
+    both = neg.T @ neg
+    i, j = np.nonzero(np.triu(both == 0, 1))
+    pairs = [(int(pos[a]), int(pos[b])) for a, b in zip(i, j)]
+    if not pairs:
+        return None
+    return next((p for p in pairs if set(p) <= set(prefer)), pairs[0])
+
+
+def fit_presence(present: np.ndarray, widths: np.ndarray, candidates: tuple[int, ...],
+                 typical: np.ndarray | None = None) -> Presence:
+    """An alignment rule (see :class:`Presence`) that explains ``present`` in every design, else
+    the presence fraction over the ``typical`` designs (the random, unaligned ones: what a plan
+    mostly looks like), all designs without it. Rules need >= 2 designs on each side."""
+    if present.all():
+        return Presence()
+    if min(present.sum(), (~present).sum()) >= 2:
+        for block in PRESENCE_BLOCKS:
+            for or_small in (False, True):
+                ind = alignment(widths, block, or_small)
+                for negate_each, negate_all in itertools.product((False, True), repeat=2):
+                    target = ~present if negate_all else present
+                    rule = and_rule(target, ~ind if negate_each else ind, candidates)
+                    if rule is not None:
+                        return Presence(rule, block, or_small, negate_each, negate_all)
+    rows = present if typical is None or not typical.any() else present[typical]
+    return Presence(fraction=float(rows.mean()))
+
+
+def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool, align_block: int = 0) -> np.ndarray:
+    """Design matrix [1, p_g..., p_g p_h...] for the node's groups (columns of ``widths``), then,
+    with ``align_block``, per group a_g and a_g * prod(p) where a_g = "w_g is a multiple of
+    align_block": the layout ORT switches to at aligned widths (NCHWc) has its own cost."""
+    p = [padded(widths[:, k], b) for k, b in enumerate(blocks)]
+    cols = [np.ones(widths.shape[0])] + p
+    if pairs:
+        cols += [p[i] * p[j] for i, j in itertools.combinations(range(len(p)), 2)]
+    if align_block:
+        work = np.prod(np.stack(p, axis=1), axis=1)
+        for k in range(widths.shape[1]):
+            a = (widths[:, k] % align_block == 0).astype(np.float64)
+            cols += [a, a * work]
+    return np.stack(cols, axis=1)
+
+
+def n_base_features(k: int, pairs: bool) -> int:
+    """Columns of :func:`features` before the alignment ones (the non-negative ones)."""
+    return 1 + k + (k * (k - 1) // 2 if pairs else 0)
+
+
+def nonneg_lstsq(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None,
+                 n_nonneg: int | None = None) -> tuple[np.ndarray, float]:
+    """Weighted least squares with the first ``n_nonneg`` coefficients (default all) >= 0 (active
+    set: drop the most negative, refit): a kernel never gets faster with more channels, and a
+    negative intercept would make small widths predict below zero. Returns coefficients and the
+    weighted sum of squared errors."""
+    wts = np.ones_like(y) if weights is None else weights
+    n_nonneg = x.shape[1] if n_nonneg is None else n_nonneg
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+    xs = x / scale * wts[:, None]
+    ys = y * wts
+    active = list(range(x.shape[1]))
+    c = np.zeros(0)
+    while active:
+        c, *_ = np.linalg.lstsq(xs[:, active], ys, rcond=None)
+        constrained = [(v, i) for i, (v, col) in enumerate(zip(c, active)) if col < n_nonneg]
+        worst = min(constrained, default=(0.0, -1))
+        if worst[0] >= 0:
+            break
+        active.pop(worst[1])
+    coef = np.zeros(x.shape[1])
+    coef[active] = c if active else 0.0
+    coef /= scale
+    return coef, float(np.sum(((x @ coef - y) * wts) ** 2))
+
+
+@dataclass(frozen=True)
+class TimeFit:
+    """Fitted time of a node while it runs: blocks per group, and the coefficients of
+    :func:`features` (``pairs`` says whether the product terms are in)."""
+    blocks: tuple[int, ...]
+    coef: tuple[float, ...]
+    pairs: bool
+    align_block: int = 0
+
+    def predict(self, widths: np.ndarray) -> np.ndarray:
+        """ms per row of ``widths`` (columns: the node's groups in order), never below 0."""
+        if not self.blocks:
+            return np.full(np.asarray(widths).shape[0], self.coef[0])
+        x = features(np.asarray(widths, dtype=np.float64), self.blocks, self.pairs, self.align_block)
+        return np.maximum(x @ np.asarray(self.coef), 0.0)
+
+
+def block_choices(k: int):
+    """Block tuples tried for a node with ``k`` groups: all combinations up to two groups, one
+    shared block beyond (the search would grow as 5^k)."""
+    if k <= 2:
+        return list(itertools.product(BLOCKS, repeat=k))
+    return [(b,) * k for b in BLOCKS]
+
+
+def fit_time(times: np.ndarray, widths: np.ndarray) -> TimeFit:
+    """Fit a node's ms over the designs it ran in; ``widths`` holds only its own groups' columns."""
+    k = widths.shape[1]
+    if k == 0 or times.size < 3:
+        return TimeFit((), (float(np.median(times)) if times.size else 0.0,), False)
+    pairs = 2 <= k <= 3 and times.size >= 2 * (1 + k + k * (k - 1) // 2)
+    n_base = n_base_features(k, pairs)
+    # sqrt-relative errors: small widths count without letting the slowest designs dominate
+    rel = 1.0 / np.sqrt(np.maximum(times, 1e-3 * max(float(times.max()), 1e-9)))
+    best: tuple[float, TimeFit] | None = None
+    for align in align_choices(widths, times.size, n_base):
+        for blocks in block_choices(k):
+            coef, sse = nonneg_lstsq(features(widths, blocks, pairs, align), times, rel, n_base)
+            if best is None or sse < BLOCK_GAIN * best[0]:
+                best = (sse, TimeFit(tuple(blocks), tuple(float(c) for c in coef), pairs, align))
+    return best[1]
+
+
+def align_choices(widths: np.ndarray, n: int, n_base: int) -> list[int]:
+    """Alignment blocks worth trying: none, and each block at which every group is aligned in at
+    least :data:`MIN_ALIGNED` designs and not in as many, with data for the extra coefficients."""
+    out = [0]
+    if n < 2 * (n_base + 2 * widths.shape[1]):
+        return out
+    for b in ALIGN_BLOCKS:
+        aligned = (widths % b == 0).sum(axis=0)
+        if np.all((aligned >= MIN_ALIGNED) & (n - aligned >= MIN_ALIGNED)):
+            out.append(b)
+    return out
+
+
+@dataclass(frozen=True)
+class NodeModel:
+    """One executed node: its key and op, the group indices it depends on, when it runs, and how
+    long it takes when it does."""
+    key: str
+    op: str
+    groups: tuple[int, ...]
+    presence: Presence
+    time: TimeFit
+
+    def predict(self, widths: np.ndarray) -> np.ndarray:
+        """Expected ms per row of ``widths`` (all groups as columns)."""
+        w = np.asarray(widths, dtype=np.float64)
+        return self.presence.mask(w) * self.time.predict(w[:, list(self.groups)])
+
+
+def fit_node(key: str, op: str, present: np.ndarray, dims: np.ndarray, times: np.ndarray,
+             widths: np.ndarray, typical: np.ndarray | None = None) -> NodeModel:
+    """Fit one node. ``present``: bool per design; ``dims``/``times``: rows for the designs where it
+    ran; ``widths``: all designs x all groups; ``typical``: see :func:`fit_presence`."""
+    w_present = widths[present]
+    groups = node_groups(dims, w_present)
+    presence = fit_presence(present, widths, groups, typical)
+    return NodeModel(key, op, groups, presence, fit_time(times, w_present[:, list(groups)]))
+
+
+def fit_total(node_sums: np.ndarray, walls: np.ndarray) -> tuple[float, float]:
+    """``wall ~= fixed + scale * sum of node times`` over the designs: the fixed part is the
+    per-run overhead outside kernels, the scale absorbs what profiling itself adds per kernel.
+    Falls back to scale 1 when the designs do not span enough range to separate the two. Also
+    maps profiled whole-run times onto unprofiled ones."""
+    x = np.stack([np.ones_like(node_sums), node_sums], axis=1)
+    (c0, c1), *_ = np.linalg.lstsq(x, walls, rcond=None)
+    if not (0.5 <= c1 <= 1.5) or np.ptp(node_sums) < 0.1 * np.median(node_sums) or len(walls) < 3:
+        c1 = 1.0
+        c0 = float(np.median(walls - node_sums))
+    return float(c0), float(c1)

@@ -1,0 +1,382 @@
+"""Op-level latency model: the model's latency as a sum over executed nodes of t(widths), plus a
+fixed part.
+
+Why not per-group whole-model deltas (profiling/latency_table.py): summing them double counts (a
+conv saves once through its input group and once through its output group), interpolates across
+kernel steps, and is dominated by noise. Here a small design of random width assignments is run
+with ORT's per-node profiling, every group at a random width in every run, so one run measures
+every node at once. The executed nodes (after ORT's fusions and layout changes) are summed per
+segment of the original graph (profiling/segments.py: a conv's NCHWc and NCHW variants and their
+reorders land in one place), and each segment is fitted as a step function of the widths of the
+groups its tensors belong to, block sizes learned from the data (profiling/latency_fit.py). The
+whole-run time of the same profiled runs gives the fixed part (overhead outside kernels). Each
+design's times are divided by a fitted load factor, since a busy machine slows whole runs.
+
+Use: ``m = build_latency_model(analysis, analysis.prunable_groups)``; ``m.predict({gid: width})``
+in ms; ``m.terms()`` for a solver (T(w) = fixed_ms + sum of terms); ``m.check(analysis, k)`` for
+predicted vs measured on held-out random assignments.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from onnxprune.analysis.graph import random_feeds
+from onnxprune.analysis.groups import Analysis, ChannelGroup
+from onnxprune.planning.ratio import keep_every_member
+from onnxprune.profiling.latency_fit import NodeModel, Presence, TimeFit, fit_node, fit_time, fit_total
+from onnxprune.profiling.latency_table import default_cache_dir, keep_order, top_width_kept
+from onnxprune.profiling.node_profile import ProfiledRun, profile_nodes, side_by_side, wall_clock
+from onnxprune.profiling.segments import SegmentMap, segment_groups, segment_map
+from onnxprune.transform.rewrite import rewrite
+
+MODEL_VERSION = 2
+HELD_OUT_RANGE = (0.3, 1.0)
+PLAIN_EVERY = 4  # every 4th design is also timed without profiling, to take profiling's overhead out
+
+
+@dataclass(frozen=True)
+class LatencyTerm:
+    """Part of the latency that depends on ``groups`` (ids) only: ``fn(w_1, ..., w_k)`` in ms,
+    numpy-vectorized over width arrays."""
+    groups: tuple[int, ...]
+    fn: Callable[..., np.ndarray]
+
+    def table(self, sizes: dict[int, int]) -> np.ndarray:
+        """Dense table over every width 1..size of each group (k-dimensional array, ms)."""
+        grids = np.meshgrid(*[np.arange(1, sizes[g] + 1) for g in self.groups], indexing="ij")
+        return np.asarray(self.fn(*grids), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class CheckPoint:
+    """One held-out assignment: the model's prediction and the measured median (ms)."""
+    widths: dict[int, int]
+    predicted_ms: float
+    measured_ms: float
+    baseline_ms: float
+    measured_lo_ms: float = float("nan")  # the measured median's 95% confidence interval
+    measured_hi_ms: float = float("nan")
+    predicted_baseline_ms: float = float("nan")  # the model's prediction for the unpruned model
+
+    @property
+    def rel_error(self) -> float:
+        return self.predicted_ms / self.measured_ms - 1.0
+
+    @property
+    def ratio_error(self) -> float:
+        """Error of the predicted speed-up (pruned / unpruned) against the one measured side by side:
+        insensitive to load that slows the whole machine between the model's build and this check."""
+        return (self.predicted_ms / self.predicted_baseline_ms) / (self.measured_ms / self.baseline_ms) - 1.0
+
+
+@dataclass
+class OpLatencyModel:
+    """Predicts the latency (ms) of the model pruned to given group widths (kept channel counts)."""
+    key: str
+    provider: str
+    threads: int | None
+    input_shapes: dict
+    group_ids: list[int]
+    group_sizes: dict[int, int]
+    nodes: list[NodeModel]
+    fixed_ms: float
+    scale: float
+    baseline_ms: float  # the unpruned model, plain session (no profiling)
+    baseline_ci_ms: tuple[float, float] = (float("nan"), float("nan"))  # its median's 95% CI
+    n_designs: int = 0
+    build_s: float = 0.0
+    fit_rel_errors: list[float] = field(default_factory=list)  # in-sample, designs timed unprofiled
+    from_cache: bool = False
+
+    def width_matrix(self, widths: dict[int, int] | list[dict[int, int]]) -> np.ndarray:
+        """Rows of widths in ``group_ids`` order; a missing group is at full size."""
+        rows = [widths] if isinstance(widths, dict) else widths
+        return np.array([[float(w.get(g, self.group_sizes[g])) for g in self.group_ids] for w in rows])
+
+    def predict_matrix(self, w: np.ndarray) -> np.ndarray:
+        """ms for every row of a width matrix (columns in ``group_ids`` order)."""
+        total = np.zeros(w.shape[0])
+        for n in self.nodes:
+            total += n.predict(w)
+        return self.fixed_ms + self.scale * total
+
+    def predict(self, widths: dict[int, int]) -> float:
+        """Latency in ms at these widths ({group id: kept channels}; missing groups at full size)."""
+        return float(self.predict_matrix(self.width_matrix(widths))[0])
+
+    def terms(self) -> list[LatencyTerm]:
+        """T(w) = fixed_ms + sum(term.fn(w[g] for g in term.groups)): one term per group set
+        (nodes depending on the same groups merged; nodes on no group go into the constant term ())."""
+        by_groups: dict[tuple[int, ...], list[NodeModel]] = {}
+        for n in self.nodes:
+            cols = tuple(sorted(set(n.groups) | set(n.presence.groups)))
+            by_groups.setdefault(cols, []).append(n)
+        return [LatencyTerm(tuple(self.group_ids[c] for c in cols), self._term_fn(cols, nodes))
+                for cols, nodes in by_groups.items()]
+
+    def _term_fn(self, cols: tuple[int, ...], nodes: list[NodeModel]) -> Callable[..., np.ndarray]:
+        full = np.array([float(self.group_sizes[g]) for g in self.group_ids])
+
+        def fn(*ws):
+            shape = np.broadcast(*ws).shape if ws else ()
+            w = np.tile(full, (int(np.prod(shape)), 1))
+            for c, x in zip(cols, ws):
+                w[:, c] = np.broadcast_to(x, shape).ravel()
+            return (self.scale * sum(n.predict(w) for n in nodes)).reshape(shape)
+        return fn
+
+    def check(self, analysis: Analysis, k: int = 20, seed: int = 1, time_cap_s: float = 4.0) -> list[CheckPoint]:
+        """Measure ``k`` held-out random assignments (widths uniform in 0.3..1.0 of each group), each
+        side by side with the unpruned model until the medians' 95% CIs are within 2% (or
+        ``time_cap_s``), and pair them with the model's predictions."""
+        by_id = {g.id: g for g in analysis.groups}
+        groups = [by_id[g] for g in self.group_ids]
+        rng = np.random.default_rng(seed)
+        feeds = random_feeds(analysis.view, seed=0)
+        base = analysis.view.model.SerializeToString()
+        out, full = [], self.predict({})
+        for _ in range(k):
+            kept = design_kept(analysis, groups, random_widths(groups, rng, *HELD_OUT_RANGE))
+            widths = {g: len(v) for g, v in kept.items()}
+            model = rewrite(analysis, kept).SerializeToString()
+            b, m = side_by_side([base, model], feeds, provider=self.provider, threads=self.threads,
+                                time_cap_s=time_cap_s)
+            out.append(CheckPoint(widths, self.predict(widths), m.median_ms, b.median_ms, m.lo_ms, m.hi_ms, full))
+        return out
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("from_cache")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "OpLatencyModel":
+        d = dict(d)
+        d["group_sizes"] = {int(k): v for k, v in d["group_sizes"].items()}
+        d["baseline_ci_ms"] = tuple(d["baseline_ci_ms"])
+        d["nodes"] = [NodeModel(n["key"], n["op"], tuple(n["groups"]),
+                                Presence(**{**n["presence"], "groups": tuple(n["presence"]["groups"])}),
+                                TimeFit(**{**n["time"], "blocks": tuple(n["time"]["blocks"]),
+                                           "coef": tuple(n["time"]["coef"])}))
+                      for n in d["nodes"]]
+        return cls(**d, from_cache=True)
+
+
+def random_widths(groups: list[ChannelGroup], rng: np.random.Generator, lo: float, hi: float) -> dict[int, int]:
+    """Each group at a width uniform in [lo, hi] x size, at single-channel resolution."""
+    out = {}
+    for g in groups:
+        floor = max(1, int(g.frozen.sum()))
+        a, b = max(floor, int(np.ceil(lo * g.size))), max(floor, int(np.floor(hi * g.size)))
+        out[g.id] = int(rng.integers(min(a, b), max(a, b) + 1))
+    return out
+
+
+def aligned_widths(widths: dict[int, int], groups: list[ChannelGroup], rng: np.random.Generator) -> dict[int, int]:
+    """Half of the groups rounded down to a multiple of 8 or 16: layouts and kernels that need
+    aligned channels (ORT's NCHWc) must be seen for their rules to be learned."""
+    out = dict(widths)
+    for g in groups:
+        block = int(rng.choice([8, 16]))
+        if rng.random() < 0.5 and widths[g.id] >= block:
+            out[g.id] = max(int(g.frozen.sum()), widths[g.id] // block * block)
+    return out
+
+
+def design_widths(groups: list[ChannelGroup], n: int, seed: int) -> list[dict[int, int]]:
+    """The measured design: full width first, then random widths, mostly in the held-out range,
+    some lower (plans go there too), a third with aligned widths."""
+    rng = np.random.default_rng(seed)
+    out = [{g.id: g.size for g in groups}]
+    for i in range(1, n):
+        lo, hi = (0.05, 0.4) if i % 5 == 4 else HELD_OUT_RANGE
+        w = random_widths(groups, rng, lo, hi)
+        out.append(w if is_typical_design(i) else aligned_widths(w, groups, rng))
+    return out
+
+
+def is_typical_design(i: int) -> bool:
+    """Design point i > 0 keeps its random widths (a third are rounded to blocks instead)."""
+    return i % 3 != 2
+
+
+def design_kept(analysis: Analysis, groups: list[ChannelGroup], widths: dict[int, int]) -> dict[int, np.ndarray]:
+    """Kept channels for the widths (first channels in keep order), every member keeping one."""
+    kept = {g.id: top_width_kept(g, keep_order(g, None), widths[g.id]) for g in groups}
+    return keep_every_member(analysis.groups, kept, {})
+
+
+def model_key(analysis: Analysis, groups: list[ChannelGroup], provider: str, threads, n_designs: int) -> str:
+    h = hashlib.sha256()
+    h.update(analysis.view.model.SerializeToString(deterministic=True))
+    h.update(json.dumps(dict(v=MODEL_VERSION, provider=provider, threads=threads, n=n_designs,
+                             shapes=analysis.view.input_shapes, groups=[(g.id, g.size) for g in groups]),
+                        sort_keys=True).encode())
+    return "opmodel-" + h.hexdigest()[:32]
+
+
+@dataclass
+class DesignData:
+    """What the design measured: widths (designs x groups), one ProfiledRun per design, and which
+    designs are typical (random widths, not rounded to blocks)."""
+    widths: np.ndarray
+    runs: list[ProfiledRun]
+    typical: np.ndarray
+    plain_ms: dict[int, float] = field(default_factory=dict)  # design -> unprofiled median, some designs
+
+
+def measure_design(analysis: Analysis, groups: list[ChannelGroup], n_designs: int, *, provider: str,
+                   threads: int | None, time_cap_s: float, seed: int = 0, progress=None) -> DesignData:
+    """Rewrite and profile every design point; stops early (>= 8 designs) when ``time_cap_s`` is spent."""
+    feeds = random_feeds(analysis.view, seed=0)
+    t0 = time.perf_counter()
+    rows, runs, plain = [], [], {}
+    per_design = max(0.4, 0.6 * time_cap_s / max(n_designs, 1))
+    for i, widths in enumerate(design_widths(groups, n_designs, seed)):
+        if progress is not None:
+            progress.update(i, n_designs)
+        kept = design_kept(analysis, groups, widths)
+        model = analysis.view.model if i == 0 else rewrite(analysis, kept)
+        runs.append(profile_nodes(model, feeds, provider=provider, threads=threads, time_cap_s=per_design))
+        if i % PLAIN_EVERY == 1:
+            plain[i] = wall_clock(model, feeds, provider=provider, threads=threads, time_cap_s=per_design / 2).median_ms
+        rows.append([len(kept[g.id]) for g in groups])
+        if i >= 8 and time.perf_counter() - t0 > time_cap_s:
+            break
+    typical = np.array([i > 0 and is_typical_design(i) for i in range(len(runs))])
+    return DesignData(np.array(rows, dtype=np.float64), runs, typical, plain)
+
+
+def segment_times(data: DesignData, smap: SegmentMap) -> dict[str, np.ndarray]:
+    """ms per segment per design (0 where none of its kernels ran). An executed node that resolves
+    to no original node joins the segment of the node executed before it (nodes are in execution
+    order), or keeps its own key if it runs first."""
+    out: dict[str, np.ndarray] = {}
+    for d, run in enumerate(data.runs):
+        last = None
+        for key, n in run.nodes.items():
+            last = smap.resolve(key) or last
+            out.setdefault(last or key, np.zeros(len(data.runs)))[d] += n.ms
+    return out
+
+
+def fit_segment(key: str, times: np.ndarray, data: DesignData, cols: tuple[int, ...] | None) -> NodeModel:
+    """A segment's model (``cols``: its groups' columns). An executed node that resolved to no
+    segment (``cols`` None: a fused node ORT named itself) is fitted alone: its groups from the
+    dims it ran with, its presence rule learned (latency_fit.fit_node)."""
+    if cols is not None:
+        return NodeModel(key, "segment", cols, Presence(), fit_time(times, data.widths[:, list(cols)]))
+    present = times > 0
+    ran = [r.nodes[key] for r in data.runs if key in r.nodes]
+    ndim = min(len(n.dims) for n in ran)
+    dims = np.array([n.dims[:ndim] for n in ran], dtype=np.float64).reshape(len(ran), ndim)
+    return fit_node(key, ran[0].op, present, dims, times[present], data.widths, data.typical)
+
+
+def load_factors(table: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Per design, how much slower than the model every segment ran (median over segments),
+    normalized to median 1: load from other processes slows a whole run, not one kernel."""
+    ok = predicted > 0
+    ratio = np.where(ok, table / np.where(ok, predicted, 1.0), np.nan)
+    lam = np.nanmedian(ratio, axis=0)
+    lam = np.where(np.isfinite(lam) & (lam > 0), lam, 1.0)
+    return lam / np.median(lam)
+
+
+def fit_segments(data: DesignData, analysis: Analysis, groups: list[ChannelGroup],
+                 rounds: int = 3) -> tuple[list[NodeModel], np.ndarray]:
+    """One model per segment: its time as a step function of the widths of its groups. Fitted in
+    ``rounds``, dividing each design's times by its load factor (:func:`load_factors`) before the
+    next; returns the models and the final load factors."""
+    view = analysis.view
+    smap = segment_map(view.model, {k for k, v in view.consts.items() if np.ndim(v) >= 2})
+    cols = segment_groups(analysis, smap, {g.id: c for c, g in enumerate(groups)})
+    seg = segment_times(data, smap)
+    keys = list(seg)
+    table = np.stack([seg[k] for k in keys])
+    lam = np.ones(table.shape[1])
+    for _ in range(rounds):
+        models = [fit_segment(k, t / lam, data, cols.get(k)) for k, t in zip(keys, table)]
+        predicted = np.stack([m.predict(data.widths) for m in models])
+        lam = load_factors(table, predicted)
+    return models, lam
+
+
+def fit_model(data: DesignData, analysis: Analysis, groups: list[ChannelGroup], **meta) -> OpLatencyModel:
+    """Fit the node models, then the fixed part and scale against the designs' whole-run times."""
+    nodes, lam = fit_segments(data, analysis, groups)
+    sums = np.array([r.node_sum_ms for r in data.runs]) / lam
+    walls = np.array([r.wall.median_ms for r in data.runs]) / lam
+    fixed, scale = fit_total(sums, walls)
+    # profiled runs are slower (per-node events): map them onto the unprofiled times measured beside
+    idx = sorted(data.plain_ms)
+    if idx:  # a ratio, by median: robust to a design timed while the machine was busy
+        r = float(np.median([data.plain_ms[i] / data.runs[i].wall.median_ms for i in idx]))
+        fixed, scale = r * fixed, r * scale
+    m = OpLatencyModel(group_ids=[g.id for g in groups], group_sizes={g.id: g.size for g in groups}, nodes=nodes,
+                       fixed_ms=fixed, scale=scale, baseline_ms=float(walls[0]), n_designs=len(data.runs), **meta)
+    if idx:
+        m.fit_rel_errors = [float(x) for x in m.predict_matrix(data.widths[idx]) / (np.array(
+            [data.plain_ms[i] for i in idx]) / lam[idx]) - 1.0]
+    return m
+
+
+def load_cached(path: Path, groups: list[ChannelGroup]) -> OpLatencyModel | None:
+    try:
+        m = OpLatencyModel.from_json(json.loads(path.read_text()))
+    except Exception:
+        return None  # a corrupt or older cache entry is rebuilt
+    ok = m.group_sizes == {g.id: g.size for g in groups} and np.isfinite(m.fixed_ms) and m.baseline_ms > 0
+    return m if ok else None
+
+
+def build_latency_model(analysis: Analysis, groups: list[ChannelGroup], *, provider: str = "cpu",
+                        threads: int | None = None, n_designs: int = 40, time_cap_s: float = 100.0,
+                        cache_dir: Path | None = None, use_cache: bool = True, progress=None,
+                        seed: int = 0) -> OpLatencyModel:
+    """Measure (or load from the cache) and fit the op-level latency model of ``groups``."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = model_key(analysis, groups, provider, threads, n_designs)
+    path = cache_dir / f"{key}.json"
+    if use_cache and path.exists():
+        cached = load_cached(path, groups)
+        if cached is not None:
+            return cached
+    t0 = time.perf_counter()
+    data = measure_design(analysis, groups, n_designs, provider=provider, threads=threads,
+                          time_cap_s=time_cap_s, seed=seed, progress=progress)
+    m = fit_model(data, analysis, groups, key=key, provider=provider, threads=threads,
+                  input_shapes=analysis.view.input_shapes)
+    base = wall_clock(analysis.view.model, random_feeds(analysis.view, seed=0), provider=provider, threads=threads)
+    m.baseline_ms, m.baseline_ci_ms = base.median_ms, (base.lo_ms, base.hi_ms)
+    m.build_s = time.perf_counter() - t0
+    if use_cache:
+        save_model(m, path)
+    return m
+
+
+def save_model(m: OpLatencyModel, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(m.to_json()))
+    os.replace(tmp, path)
+
+
+def check_summary(points: list[CheckPoint]) -> dict:
+    """Median and 90th percentile of |predicted / measured - 1| (what issue #11 asks to bound), and
+    the same for the speed-up relative to the unpruned model measured beside each point."""
+    def stats(errs) -> tuple[float, float]:
+        a = np.abs(np.asarray(errs, dtype=np.float64))
+        return (float(np.median(a)), float(np.percentile(a, 90))) if a.size else (float("nan"), float("nan"))
+    med, p90 = stats([p.rel_error for p in points])
+    rmed, rp90 = stats([p.ratio_error for p in points])
+    return dict(k=len(points), median_abs_rel_error=med, p90_abs_rel_error=p90,
+                median_abs_ratio_error=rmed, p90_abs_ratio_error=rp90)
