@@ -186,6 +186,7 @@ def plan(loaded: LoadedModel, scored: Scored, config: PruneConfig, progress: Pro
         return Plan(keep_every_member(analysis.groups, kept, scored.scores))
     plan_kw = dict(original=loaded.original, provider=rt.provider, threads=rt.threads, round_to=t.round_to,
                    knapsack_value=t.knapsack_value, latency_model=rt.latency_model, cache_dir=rt.cache_dir,
+                   min_macs=t.min_macs,
                    use_cache=rt.use_cache, latency_cmd=rt.latency_cmd, progress=progress)
     if t.stages > 1:
         res = plan_in_stages(analysis, _stage_scorer(scored, config), spec, t.stages,

@@ -99,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "latency budget, keep the widest width of each measured latency step")
     p.add_argument("--stages", type=int, default=1, metavar="K",
                    help="reach the budget in K stages, re-scoring and re-profiling the model pruned so far")
-    p.add_argument("--latency-model", choices=["measured", "macs"], default="measured",
-                   help="latency costs: measured per-group table (default) or analytic MACs share")
+    p.add_argument("--latency-model", choices=["op", "table", "macs"], default=None,
+                   help="latency costs: op (default): an op-level model fitted to ONNX Runtime's per-node profile of "
+                        "random width assignments, solved by a coupled knapsack; table: per-group whole-model "
+                        "deltas (the default with --latency-cmd); macs: analytic MACs share")
+    p.add_argument("--min-macs", type=float, default=0.2, metavar="F",
+                   help="a latency budget refuses a result with less than F of the MACs (default 0.2)")
     _latency_table_args(p)
     p.add_argument("--report", metavar="JSON", help="write the full report as JSON")
     p.add_argument("--plot", metavar="PNG", help="draw the report: kept width per group, cost ratios, budget "
@@ -113,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     _latency_table_args(pr)
     pr.add_argument("--rebuild", action="store_true", help="measure the table afresh even if cached, and store it")
     pr.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    pr.add_argument("--check", type=int, default=None, metavar="K",
+                    help="build the op-level latency model and measure K held-out random width assignments "
+                         "(0.3-1.0 of each group), printing predicted next to measured")
     _common(pr)
     a = sub.add_parser("analyze", help="print channel groups, MACs, params and baseline latency")
     a.add_argument("input")

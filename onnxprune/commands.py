@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from onnxprune.profiling.latency_model import build_latency_model, check_summary
 from onnxprune.analysis.groups import check_something_to_prune
 from onnxprune.api import analyze_model, prune, unused_flag_notes
 from onnxprune.config import PruneConfig, config_from_keywords
@@ -50,6 +51,7 @@ def config_from_args(args) -> PruneConfig:
         compensate=args.compensate, per_position=args.per_position, seed=args.seed, budget=args.budget,
         macs=args.macs, params=args.params, peak_memory=args.peak_memory, round_to=args.round_to,
         latency_model=args.latency_model, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+        min_macs=args.min_macs,
         latency_cmd=args.latency_cmd, batch=args.batch, stages=args.stages, knapsack_value=args.knapsack_value)
 
 
@@ -159,6 +161,34 @@ def group_lines(groups, verbose: bool) -> list[str]:
     return lines
 
 
+def check_latency_model(args, a, groups, cache: Path, rt) -> int:
+    """`profile --check K`: build (or load) the op-level latency model, then measure K held-out random
+    width assignments side by side with the unpruned model and print predicted next to measured."""
+    if args.check < 1:
+        raise OnnxPruneError(f"--check needs a number of assignments >= 1, got {args.check}")
+    args.progress.start("profile", f"(op-level model, {len(groups)} groups, {rt.provider})")
+    model = build_latency_model(a, groups, provider=rt.provider, threads=rt.threads, cache_dir=cache,
+                                use_cache=not (args.no_cache or args.rebuild), progress=args.progress)
+    args.progress.start("check", f"({args.check} random assignments)")
+    points = model.check(a, args.check)
+    args.progress.done()
+    summary = check_summary(points)
+    src = "from cache" if model.from_cache else f"built in {model.build_s:.1f}s from {model.n_designs} designs"
+    lines = [f"{args.input}: op-level latency model ({src}), {rt.provider}, inputs {a.view.input_shapes}",
+             f"  {'#':>3}  {'predicted ms':>12}  {'measured ms':>11}  {'95% CI':>17}  {'error':>7}  "
+             f"{'speed-up pred/meas':>18}"]
+    for i, p in enumerate(points):
+        lines.append(f"  {i:>3}  {p.predicted_ms:>12.3f}  {p.measured_ms:>11.3f}  "
+                     f"[{p.measured_lo_ms:7.3f},{p.measured_hi_ms:8.3f}]  {100 * p.rel_error:>+6.1f}%  "
+                     f"{p.predicted_ms / p.predicted_baseline_ms:>8.3f} / {p.measured_ms / p.baseline_ms:.3f}")
+    lines.append("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    if args.json:  # before printing: a closed pipe must not lose the file
+        write_json_output(args.json, dict(summary=summary, points=[asdict(p) for p in points],
+                                          run=run_info(args.command_line).to_dict()))
+    print("\n".join(lines))
+    return 0
+
+
 def profile_command(args) -> int:
     """Build (or show the cached) latency table. --no-cache: neither read nor store it, as under
     `prune`; --rebuild: measure afresh and store it."""
@@ -174,6 +204,8 @@ def profile_command(args) -> int:
     a = analyze_model(args.input, input_shapes=ac.input_shapes, exclude=ac.exclude, heads=ac.heads,
                       embed_dim=ac.embed_dim, batch=ac.batch, progress=args.progress)
     groups = a.prunable_groups
+    if args.check is not None:
+        return check_latency_model(args, a, groups, cache, rt)
     args.progress.start("profile", f"({len(groups)} groups, {rt.provider})")
     t0 = time.perf_counter()
     table = build_latency_table(a, groups, provider=rt.provider, threads=rt.threads, cache_dir=cache,

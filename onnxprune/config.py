@@ -17,7 +17,7 @@ from onnxprune.planning.choices import KNAPSACK_VALUES
 from onnxprune.scoring.calibration import COMPENSATE_CHOICES, parse_preprocess
 from onnxprune.scoring.registry import NEEDS_CALIB, SCORERS
 
-LATENCY_MODELS = ("measured", "macs")
+LATENCY_MODELS = ("op", "table", "macs")  # planning/budget.resolve_latency_model: None = op (table with --latency-cmd)
 DEFAULT_RATIO = 0.3  # the Python API's ratio when neither a ratio nor a budget is given
 BUDGET_KEYWORDS = {"budget": "latency", "macs": "macs", "params": "params", "peak_memory": "peak_memory"}
 
@@ -32,6 +32,7 @@ class TargetConfig:
     round_to: int | str | None = None
     stages: int = 1
     knapsack_value: str = "lamp"
+    min_macs: float = 0.2  # a latency budget refuses a result with fewer MACs than this share (issue #11)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class CompensationConfig:
 class RuntimeConfig:
     provider: str = "cpu"
     threads: int | None = None
-    latency_model: str = "measured"
+    latency_model: str | None = None
     latency_cmd: str | None = None
     cache_dir: object = None
     use_cache: bool = True
@@ -146,16 +147,20 @@ def _check_target(t: TargetConfig) -> None:
         raise OnnxPruneError(f"knapsack value must be one of {', '.join(KNAPSACK_VALUES)}, got {t.knapsack_value!r}")
     if t.knapsack_value != "lamp" and t.budget is None:
         raise OnnxPruneError("--knapsack-value applies to budgets (--budget, --macs, --params, --peak-memory)")
+    if not (isinstance(t.min_macs, (int, float)) and 0.0 <= t.min_macs <= 1.0):
+        raise OnnxPruneError(f"--min-macs must be a share in [0, 1], got {t.min_macs!r}")
 
 
 def _is_latency(spec: BudgetSpec | None) -> bool:
     return spec is not None and spec.metric == "latency"
 
 
-def _check_latency_model(latency_model: str, spec: BudgetSpec | None) -> None:
+def _check_latency_model(latency_model: str | None, spec: BudgetSpec | None) -> None:
+    if latency_model is None:
+        return
     if latency_model not in LATENCY_MODELS:
         raise OnnxPruneError(f"latency model must be one of {', '.join(LATENCY_MODELS)}, got {latency_model!r}")
-    if latency_model != "measured" and not _is_latency(spec):
+    if not _is_latency(spec):
         raise OnnxPruneError("--latency-model applies to latency budgets (--budget)")
 
 
@@ -202,9 +207,9 @@ def config_from_keywords(*, ratio: float | None = None, ratio_dw: float | None =
                          threads: int | None = None, calib=None, calib_batch: int | None = None,
                          calib_limit: int | None = None, preprocess=None, compensate: str | None = None,
                          per_position: bool = False, seed: int = 0, budget=None, macs=None, params=None,
-                         peak_memory=None, round_to=None, latency_model: str = "measured", cache_dir=None,
+                         peak_memory=None, round_to=None, latency_model: str | None = None, cache_dir=None,
                          use_cache: bool = True, latency_cmd: str | None = None, batch: int | None = None,
-                         stages: int = 1, knapsack_value: str = "lamp") -> PruneConfig:
+                         stages: int = 1, knapsack_value: str = "lamp", min_macs: float = 0.2) -> PruneConfig:
     """The keyword options of ``onnxprune.prune`` as a validated PruneConfig (a ratio of 0.3 when
     neither a ratio nor a budget is given)."""
     spec = budget_spec(budget, macs, params, peak_memory)
@@ -212,7 +217,7 @@ def config_from_keywords(*, ratio: float | None = None, ratio_dw: float | None =
         ratio = DEFAULT_RATIO
     return PruneConfig(
         target=TargetConfig(ratio=ratio, ratio_dw=ratio_dw, global_rank=global_rank, budget=spec, round_to=round_to,
-                            stages=stages, knapsack_value=knapsack_value),
+                            stages=stages, knapsack_value=knapsack_value, min_macs=min_macs),
         analysis=AnalysisConfig(input_shapes=input_shapes_from(input_shapes), batch=batch,
                                 exclude=split_patterns(exclude), heads=heads, embed_dim=embed_dim),
         scoring=ScoringConfig(scorer=scorer, seed=seed, calib=calib, calib_batch=calib_batch,

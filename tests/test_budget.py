@@ -100,7 +100,7 @@ def test_config_refuses_flags_that_would_be_ignored():
     from onnxprune.config import config_from_keywords
 
     ok = dict(ratio=None, ratio_dw=None, budget="0.8x", round_to=None, stages=1,
-              latency_model="measured", seed=0, calib_batch=None, calib_limit=None, threads=None, batch=None)
+              latency_model="table", seed=0, calib_batch=None, calib_limit=None, threads=None, batch=None)
     config_from_keywords(**ok)
     for bad, msg in [(dict(ratio=0.3), "not both"), (dict(ratio_dw=0.5), "ratio-dw"), (dict(stages=0), "stages"),
                      (dict(round_to=0), "round_to"), (dict(latency_model="bogus"), "latency model"),
@@ -127,7 +127,8 @@ def test_analytic_budget_met_and_used(kind, text, frac):
 def test_latency_budget_with_the_macs_latency_model():
     """--budget with --latency-model macs: analytic costs, measured closed loop; the report says
     which model priced the choices (this combination used to crash building the report)."""
-    res = prune(R18, budget="0.7x", latency_model="macs", latency=False)
+    # the tiny fixture is overhead-bound: 0.7x needs about a tenth of the MACs, which is asked for here
+    res = prune(R18, budget="0.7x", latency_model="macs", latency=False, min_macs=0.0)
     b = res.report.budget
     assert b["latency_model"] == "macs" and b["metric"] == "latency"
     # whether the budget is met depends on timing (the benchmarks measure that): here, that the loop
@@ -221,7 +222,37 @@ def test_knapsack_value_members_weights_groups_by_their_weight_members():
     assert len({len(p.group.weights) for p in plain}) > 1  # streams and in-block groups differ
     with pytest.raises(OnnxPruneError, match="knapsack value must be one of"):
         group_choices(a.prunable_groups, scores, value="size")
-    kw = dict(ratio_dw=None, round_to=None, stages=1, latency_model="measured", seed=0, calib_batch=None,
+    kw = dict(ratio_dw=None, round_to=None, stages=1, latency_model="table", seed=0, calib_batch=None,
               calib_limit=None, threads=None, batch=None)
     with pytest.raises(OnnxPruneError, match="applies to budgets"):
         config_from_keywords(ratio=0.3, knapsack_value="members", **kw)
+
+
+def test_latency_budget_refuses_a_model_under_the_macs_floor():
+    """Issue #11: a latency budget never returns a model with less than x0.2 of the MACs unless the
+    user asks for that little. The 64x64 fixture is overhead-bound, so 0.5x needs far less."""
+    with pytest.raises(OnnxPruneError, match=r"needs MACs x0\.\d+.*below x0\.2.*--min-macs"):
+        prune(R18, budget="0.5x", latency_model="macs", latency=False)
+
+
+def test_a_budget_within_measurement_noise_says_so():
+    """Issue #11: a budget that cannot be told apart from the unpruned model within the timing noise
+    (medians are measured to +-2% at best) is refused with that reason, not pruned for noise."""
+    with pytest.raises(OnnxPruneError, match="within the measurement noise of the unpruned model"):
+        prune(R18, budget="0.99x", latency_model="macs", latency=False)
+
+
+def test_op_latency_model_budget_reports_each_solve(tmp_path):
+    """The default latency model: the op-level model (built once, cached), the coupled knapsack, and
+    a report with predicted next to measured for every solve, the model's record and the MACs kept.
+    Whether the first solve lands in band is timing (benchmarks/latency_budget.py measures it)."""
+    res = prune(R18, budget="0.85x", latency=False, min_macs=0.0, cache_dir=str(tmp_path))
+    b = res.report.budget
+    assert b.latency_model == "op"
+    info = b.latency_model_info
+    assert info["designs"] >= 10 and info["scale"] > 0 and info["baseline_ci_ms"][0] <= b.baseline <= \
+        info["baseline_ci_ms"][1]
+    assert all(it.predicted is not None and it.measured > 0 for it in b.iterations)
+    assert 0.0 < b.macs_fraction <= 1.0
+    assert res.report.verification["passed"]
+    assert list(tmp_path.glob("opmodel-*.json"))  # cached for the next run

@@ -12,10 +12,14 @@ import numpy as np
 
 from onnxprune.analysis.groups import Analysis
 from onnxprune.errors import OnnxPruneError
-from onnxprune.planning.choices import GroupChoices, format_metric, group_choices, kept_for, solve_budget
+from onnxprune.planning.choices import (GroupChoices, align_widths, format_metric, group_choices, kept_for,
+                                        kept_fractions, solve_budget)
+from onnxprune.planning.coupled import CoupledInstance, solve_coupled_knapsack
 from onnxprune.planning.objectives import (LatencyObjective, MacsShareLatencyCosts, MeasuredLatencyCosts, Objective,
-                                           PeakMemoryObjective, latency_meter, macs_objective, params_objective)
-from onnxprune.planning.knapsack import solve_group_knapsack
+                                           OpModelLatencyCosts, PeakMemoryObjective, latency_meter, macs_objective,
+                                           params_objective)
+from onnxprune.profiling.cost import macs_terms, scaled_total
+from onnxprune.planning.knapsack import KnapsackSolution, solve_group_knapsack
 from onnxprune.planning.ratio import keep_every_member
 from onnxprune.profiling.timing import parse_budget
 from onnxprune.report.records import BudgetIteration
@@ -106,22 +110,41 @@ def next_target(pts: list[tuple[float, float]], baseline: float, aim: float) -> 
     return predicted - 2 * (measured - aim)
 
 
+def separable_solver(choices: list[GroupChoices], baseline: float):
+    """solve(target) with additive per-group costs: the group knapsack (planning/knapsack.py)."""
+    return lambda target: solve_budget(choices, baseline, target)
+
+
+def coupled_solver(instance: CoupledInstance, baseline: float):
+    """solve(target) where a cost term couples groups (a conv reads one group and writes another):
+    planning/coupled.py. Costs come back as the change from the baseline, as the separable solve's."""
+    def solve(target: float) -> KnapsackSolution:
+        sol = solve_coupled_knapsack(instance, target)
+        return KnapsackSolution(sol.choice, sol.value, sol.cost - baseline, sol.feasible, exact=False)
+    return solve
+
+
 def meet_budget(choices: list[GroupChoices], baseline: float, budget: float, evaluate, *, metric: str,
-                max_iter: int = 7, low: float = 0.9, high: float = 1.0) -> BudgetResult:
+                max_iter: int = 7, low: float = 0.9, high: float = 1.0, solve=None) -> BudgetResult:
     """The closed loop every additive objective runs: solve for a target, evaluate the real metric of
     the written model, and move the target so the next measurement lands just under the budget.
     Per-group costs are measured one group at a time, so their sum misjudges joint pruning (fixed
     per-op overheads do not shrink): :func:`next_target` corrects for that. Keeps the most valuable
-    solution that meets the budget; `evaluate(kept) -> measured value`."""
+    solution that meets the budget; `evaluate(kept) -> measured value`; `solve(target)` picks the
+    items (default: the separable group knapsack over the items' costs)."""
+    if solve is None:
+        solve, floor = separable_solver(choices, baseline), sum(float(np.min(c.costs)) for c in choices)
+    else:
+        floor = solve(-math.inf).cost  # the cheapest choice the solver finds
     aim = budget * (high + max(low, 0.5)) / 2 if low < high else budget
-    sol = solve_budget(choices, baseline, budget)
+    sol = solve(budget)
     if not sol.feasible:
         raise OnnxPruneError(
             f"{BUDGET_FLAGS[metric]} budget {format_metric(metric, budget, baseline)} cannot be met: keeping one "
             f"channel in every prunable group still gives about {format_metric(metric, baseline + sol.cost, baseline)} (unpruned "
             f"{format_metric(metric, baseline)})")
     target, best, iters, pts = budget, _Best(), [], []
-    min_target = baseline + sum(float(np.min(c.costs)) for c in choices)
+    min_target = baseline + floor
     for _ in range(max_iter):
         kept = kept_for(choices, sol.choice)
         it = BudgetIteration(target=target, predicted=baseline + sol.cost, measured=float(evaluate(kept)),
@@ -139,10 +162,10 @@ def meet_budget(choices: list[GroupChoices], baseline: float, budget: float, eva
         target = float(np.clip(next_target(pts, baseline, aim), min_target, baseline))
         if target == it.target:
             target = max(min_target, target - abs(it.measured - aim))
-        sol = solve_budget(choices, baseline, target)
+        sol = solve(target)
         if not sol.feasible:
             target = min_target
-            sol = solve_budget(choices, baseline, target)
+            sol = solve(target)
     if best.kept is None:
         return _unmet(choices, sol, iters, metric, budget, baseline, target, min_target)
     return BudgetResult(best.kept, metric, budget, baseline, best.predicted, best.measured, iters, met=True)
@@ -254,15 +277,61 @@ def _uniform_fraction(choices, budget, evaluate, iters, steps: int = 12):
 
 def meet_objective(choices: list[GroupChoices], objective: Objective, baseline: float,
                    budget: float) -> BudgetResult:
-    """Run the closed loop for `objective` (relinearizing where its cost is not a sum)."""
+    """Run the closed loop for `objective` (relinearizing where its cost is not a sum; with the
+    coupled knapsack where the latency model's terms couple groups)."""
     if isinstance(objective, PeakMemoryObjective):
         return meet_relinearized(choices, objective, baseline, budget)
+    solve = None
+    if isinstance(objective, LatencyObjective) and isinstance(objective.costs, OpModelLatencyCosts):
+        solve = coupled_solver(objective.costs.instance(choices), baseline)
     return meet_budget(choices, baseline, budget, objective.evaluate, metric=objective.metric,
-                       low=objective.band_low)
+                       low=objective.band_low, solve=solve)
+
+
+LATENCY_MODELS = ("op", "table", "macs")
+ALIGN_BLOCK, ALIGN_MIN_SIZE = 8, 32
+NOISE_FLOOR = 0.02  # medians are measured to a 95% CI of +-2% at best (profiling/median_ci.py)
+
+
+def resolve_latency_model(latency_model: str | None, latency_cmd: str | None) -> str:
+    """`None` (the default): the op-level model, which profiles nodes in ONNX Runtime, or the
+    per-group table when a --latency-cmd times candidates elsewhere (nothing to profile there)."""
+    if latency_model is None:
+        return "table" if latency_cmd else "op"
+    if latency_model == "op" and latency_cmd:
+        raise OnnxPruneError("--latency-model op profiles nodes in ONNX Runtime: with --latency-cmd use "
+                             "--latency-model table or macs")
+    return latency_model
+
+
+def check_distinguishable(budget: float, baseline: float, objective) -> None:
+    """A latency budget within the measurement noise of the unpruned model cannot be told apart
+    from not pruning: say so rather than prune for noise."""
+    ci = getattr(getattr(objective, "costs", None), "baseline_ci", None)
+    noise = max(NOISE_FLOOR, ci.rel_halfwidth if ci is not None else 0.0)
+    if budget >= baseline * (1.0 - noise):
+        raise OnnxPruneError(
+            f"latency budget {format_metric('latency', budget)} is within the measurement noise of the unpruned "
+            f"model ({format_metric('latency', baseline)}, +-{100 * noise:.1f}%): it cannot be told apart from not "
+            f"pruning; give a budget below {format_metric('latency', baseline * (1.0 - noise))}")
+
+
+def check_min_macs(analysis: Analysis, choices: list[GroupChoices], res: BudgetResult, min_macs: float) -> None:
+    """A latency budget never returns a model with less than `min_macs` of the MACs unless asked:
+    a latency model that misjudges can otherwise empty the model (every detection lost)."""
+    terms = macs_terms(analysis)
+    full = scaled_total(terms, {})
+    frac = scaled_total(terms, kept_fractions(choices, res.kept)) / full if full else 1.0
+    res.info["macs_fraction"] = round(frac, 4)
+    if frac < min_macs:
+        raise OnnxPruneError(
+            f"latency budget {format_metric('latency', res.budget)} needs MACs x{frac:.3f} (measured "
+            f"{format_metric('latency', res.measured)}), below x{min_macs:g}: refused as a likely destroyed model; "
+            f"give --min-macs {max(0.01, round(frac * 0.9, 2)):g} to allow that little")
 
 
 def make_objective(analysis: Analysis, spec: BudgetSpec, *, original=None, provider: str = "cpu",
-                   threads: int | None = None, auto_steps: bool = False, latency_model: str = "measured",
+                   threads: int | None = None, auto_steps: bool = False, latency_model: str | None = None,
                    cache_dir=None, use_cache: bool = True, latency_cmd: str | None = None,
                    progress=None) -> Objective:
     """The objective a budget spec constrains, with the latency-cost source `latency_model` names."""
@@ -273,7 +342,10 @@ def make_objective(analysis: Analysis, spec: BudgetSpec, *, original=None, provi
     if spec.metric == "peak_memory":
         return PeakMemoryObjective(analysis)
     meter = latency_meter(analysis, original, provider=provider, threads=threads, latency_cmd=latency_cmd)
-    if latency_model == "measured":
+    latency_model = resolve_latency_model(latency_model, latency_cmd)
+    if latency_model == "op":
+        costs = OpModelLatencyCosts(analysis, meter, cache_dir, use_cache, progress)
+    elif latency_model == "table":
         costs = MeasuredLatencyCosts(analysis, provider, threads, cache_dir, use_cache, latency_cmd, progress,
                                      auto_steps)
     else:
@@ -283,25 +355,35 @@ def make_objective(analysis: Analysis, spec: BudgetSpec, *, original=None, provi
 
 def plan_for_budget(analysis: Analysis, scores: dict[int, np.ndarray], spec: BudgetSpec, *,
                     original=None, provider: str = "cpu", threads: int | None = None,
-                    round_to: int | None = None, latency_model: str = "measured", cache_dir=None,
+                    round_to: int | None = None, latency_model: str | None = None, cache_dir=None,
                     use_cache: bool = True, latency_cmd: str | None = None, progress=None,
-                    target_fn=None, knapsack_value: str = "lamp") -> BudgetResult:
+                    target_fn=None, knapsack_value: str = "lamp", min_macs: float = 0.2) -> BudgetResult:
     """Choose kept channels for every prunable group so the written model meets `spec`
-    (`target_fn(baseline) -> target` overrides the spec's target: used by stages)."""
+    (`target_fn(baseline) -> target` overrides the spec's target: used by stages). A latency budget
+    refuses a result under `min_macs` of the MACs, and a budget within the noise of the unpruned model."""
     auto_steps = round_to == "auto"
     choices = group_choices(analysis.prunable_groups, scores, None if auto_steps else round_to,
                             value=knapsack_value)
     objective = make_objective(analysis, spec, original=original, provider=provider, threads=threads,
                                auto_steps=auto_steps, latency_model=latency_model, cache_dir=cache_dir,
                                use_cache=use_cache, latency_cmd=latency_cmd, progress=progress)
+    op_model = isinstance(getattr(objective, "costs", None), OpModelLatencyCosts)
+    if op_model and round_to is None:
+        align_widths(choices, ALIGN_BLOCK, ALIGN_MIN_SIZE)
     baseline = objective.price(choices)
     budget = target_fn(baseline) if target_fn is not None else spec.target(baseline)
+    if spec.metric == "latency":
+        check_distinguishable(budget, baseline, objective)
     if progress is not None:
         progress.start("solve", f"{BUDGET_FLAGS[spec.metric]} <= {format_metric(spec.metric, budget, baseline)}")
     res = meet_objective(choices, objective, baseline, budget)
     if res.iterations:
         res.iterations[0].info = dict(objective.info)
     res.info = {**objective.info, **res.info}
+    if op_model and round_to is None:
+        res.info["widths"] = f"multiples of {ALIGN_BLOCK} in groups of >= {ALIGN_MIN_SIZE} channels (ORT CPU channel blocks)"
+    if spec.metric == "latency" and res.met:
+        check_min_macs(analysis, choices, res, min_macs)
     return res
 
 

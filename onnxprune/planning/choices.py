@@ -67,6 +67,20 @@ def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], rou
     return out
 
 
+def align_widths(choices: list[GroupChoices], block: int, min_size: int) -> None:
+    """Keep only widths that are multiples of ``block`` (plus the narrowest and the full width) in
+    groups of at least ``min_size`` channels. ONNX Runtime's CPU kernels run channels in blocks of
+    8 (NCHWc); an unaligned width falls off that path and can be slower than a wider aligned one
+    (MobileNetV2 at random widths measured 6 ms against 4.5 ms unpruned), and the latency model's
+    tables shrink by block^2 per coupled pair."""
+    for c in choices:
+        if c.group.size >= min_size and len(c.widths) > 1:
+            keep = (c.widths % block == 0) | (c.widths == c.widths[0]) | (c.widths == c.group.size)
+            c.widths, c.values = c.widths[keep], c.values[keep]
+            if c.costs is not None:
+                c.costs = c.costs[keep]
+
+
 def kept_for(choices: list[GroupChoices], pick: list[int]) -> dict[int, np.ndarray]:
     kept = {}
     for c, i in zip(choices, pick):

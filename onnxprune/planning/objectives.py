@@ -3,8 +3,10 @@ change of the metric at every width it may keep, returning the unpruned model's 
 evaluates a choice of kept channels exactly (``evaluate``: the written model's value), so one
 closed loop (planning/budget.py) serves latency, MACs, params and peak memory alike.
 
-Latency costs come from a replaceable source (``LatencyCosts``): today the measured
-position-aware table or the MACs share of the measured baseline."""
+Latency costs come from a replaceable source (``LatencyCosts``): the op-level latency model
+(default: profiling/latency_model.py, whose costs couple the groups a node reads and writes, so it
+also hands the solver a :class:`CoupledInstance`), the per-group position-aware table, or the MACs
+share of the measured baseline."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,8 +18,12 @@ import onnx
 from onnxprune.analysis.graph import random_feeds
 from onnxprune.analysis.groups import Analysis
 from onnxprune.planning.choices import GroupChoices, snap_to_steps
+from onnxprune.planning.coupled import CostTerm, CoupledInstance
 from onnxprune.profiling.cost import macs_terms, params_terms, peak_memory, peak_terms, scaled_total
+from onnxprune.profiling.latency_model import OpLatencyModel, build_latency_model
 from onnxprune.profiling.latency_table import build_latency_table, measure_medians
+from onnxprune.profiling.median_ci import MedianCI
+from onnxprune.profiling.node_profile import side_by_side
 from onnxprune.report.stats import model_stats
 from onnxprune.transform.rewrite import rewrite
 
@@ -160,6 +166,60 @@ class MeasuredLatencyCosts:
         if table.skipped:  # candidates ONNX Runtime crashed on: their widths are interpolated
             self.info["table_skipped"] = [f"group {d['group']} width {d['width']}: {d['reason']}" for d in table.skipped]
         return table.baseline_ms
+
+
+@dataclass
+class OpModelLatencyCosts:
+    """Costs from the op-level latency model (profiling/latency_model.py): T(w) = fixed + a sum of
+    terms, each over the widths of the groups one executed node reads and writes.
+
+    The model is scaled so its prediction for the unpruned model equals the baseline measured now
+    (``baseline_ci``: a median with its 95% confidence interval): what it must get right is the
+    ratio pruned/unpruned, and a load change between its build and this run cancels out.
+    ``price`` also fills separable per-group costs (each group alone, the others at full width)
+    for what needs one number per item; the solver uses :meth:`instance`, the coupled costs."""
+    analysis: Analysis
+    meter: LatencyMeter
+    cache_dir: object = None
+    use_cache: bool = True
+    progress: object = None
+    info: dict = field(default_factory=dict)
+    model: OpLatencyModel | None = None
+    scale: float = 1.0
+    baseline_ci: MedianCI | None = None
+
+    def price(self, choices: list[GroupChoices]) -> float:
+        groups = [c.group for c in choices]
+        if self.progress is not None:
+            self.progress.start("profile", f"(op-level model, {len(groups)} groups, {self.meter.provider})")
+        self.model = build_latency_model(self.analysis, groups, provider=self.meter.provider,
+                                         threads=self.meter.threads, cache_dir=self.cache_dir,
+                                         use_cache=self.use_cache, progress=self.progress)
+        self.baseline_ci = side_by_side([self.meter.reference.SerializeToString()], self.meter.feeds,
+                                        provider=self.meter.provider, threads=self.meter.threads)[0]
+        full = self.model.predict({})
+        self.scale = self.baseline_ci.median_ms / full
+        for c in choices:
+            rows = [{c.group.id: int(w)} for w in c.widths]
+            c.costs = self.scale * (self.model.predict_matrix(self.model.width_matrix(rows)) - full)
+        self.info = dict(latency_model="op", latency_model_info=dict(
+            key=self.model.key, cached=self.model.from_cache, build_s=round(self.model.build_s, 2),
+            designs=self.model.n_designs, predicted_unpruned_ms=round(full, 4), scale=round(self.scale, 4),
+            baseline_ci_ms=[round(self.baseline_ci.lo_ms, 4), round(self.baseline_ci.hi_ms, 4)]))
+        return self.baseline_ci.median_ms
+
+    def instance(self, choices: list[GroupChoices]) -> CoupledInstance:
+        """The coupled knapsack over ``choices``' items: one dense table per model term, indexed
+        by the item index of each group it touches (absolute ms, scaled like :meth:`price`)."""
+        index = {c.group.id: k for k, c in enumerate(choices)}
+        fixed, terms = self.scale * self.model.fixed_ms, []
+        for t in self.model.terms():
+            if not t.groups:
+                fixed += self.scale * float(np.sum(t.fn()))
+                continue
+            grids = np.meshgrid(*[choices[index[g]].widths.astype(np.float64) for g in t.groups], indexing="ij")
+            terms.append(CostTerm(tuple(index[g] for g in t.groups), self.scale * np.asarray(t.fn(*grids))))
+        return CoupledInstance([c.values for c in choices], terms, fixed)
 
 
 @dataclass

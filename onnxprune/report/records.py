@@ -143,11 +143,15 @@ class BudgetReport(Record):
     table_build_s: float | None = None
     table_skipped: list[str] | None = None  # latency candidates not timed (ONNX Runtime crashed on them)
     method: str | None = None  # set when the plan fell back from the knapsack
+    latency_model_info: dict | None = None  # the op-level model: key, build time, designs, scale, baseline CI
+    macs_fraction: float | None = None  # MACs kept by a latency budget (refused under --min-macs)
+    widths: str | None = None  # which widths the knapsack could choose, where restricted by default
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["iterations"] = [it.to_dict() for it in self.iterations]
-        return without_none(d, ("table_key", "table_cached", "table_build_s", "table_skipped", "method"))
+        return without_none(d, ("table_key", "table_cached", "table_build_s", "table_skipped", "method",
+                                "latency_model_info", "macs_fraction", "widths"))
 
 
 @dataclass

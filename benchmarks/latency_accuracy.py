@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Accuracy at equal measured latency (issue #11): does a latency budget keep more test accuracy
+than uniform `--ratio` pruning and than a `--macs` budget tuned to the same measured latency?
+
+Models: the trained digits classifiers of models/trained/ that take 9-12 ms on this machine
+(resnet 224 px, mobilenetv2 / convnext / vit 160 px; torch is needed only to rebuild the test
+split: models/trained/vision.load_eval). Same scorer and compensation everywhere:
+`--scorer vbp --compensate lstsq` with the calibration split.
+
+Per model and latency budget b in 0.7x / 0.5x:
+1. latency budget: `prune(budget="bx")` (op-level latency model, coupled knapsack, closed loop);
+2. uniform ratio: the ratio r whose uniformly pruned model (rewrite only) measures the same latency
+   as (1), side by side, found by bisection; then `prune(ratio=r)` with the same scorer/compensation;
+3. MACs budget: likewise the MACs budget m whose knapsack model measures the same latency;
+4. one final side-by-side timing of the three pruned models, and test accuracy of each in ONNX Runtime.
+
+    python benchmarks/latency_accuracy.py
+    python benchmarks/latency_accuracy.py --models resnet --budgets 0.7
+
+Writes benchmarks/results/latency_accuracy.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "models" / "trained"))
+
+import onnxprune  # noqa: E402
+from onnxprune.api import analyze_model  # noqa: E402
+from onnxprune.planning.budget import parse_budget_spec, plan_for_budget  # noqa: E402
+from onnxprune.planning.ratio import keep_every_member, select_by_ratio  # noqa: E402
+from onnxprune.profiling.timing import measure_latencies  # noqa: E402
+from onnxprune.scoring.registry import ScoreContext, score_groups  # noqa: E402
+from onnxprune.transform.rewrite import rewrite  # noqa: E402
+
+MODELS = ("resnet", "mobilenetv2", "convnext", "vit")
+
+
+def accuracy(model, x, y) -> float:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    pred = np.concatenate([sess.run(None, {name: x[i:i + 64]})[0].argmax(1) for i in range(0, len(x), 64)])
+    return float((pred == y).mean())
+
+
+def latency_ratio(a, b, feed) -> float:
+    """Median latency of b over a, measured side by side."""
+    st = measure_latencies([a.SerializeToString(), b.SerializeToString()], feed, warmup=3, time_budget_s=3.0)
+    return st[1].median_ms / st[0].median_ms
+
+
+def matched(make, lo: float, hi: float, target, feed, steps: int = 7) -> float:
+    """The parameter p in [lo, hi] whose model `make(p)` measures as fast as `target`; latency falls
+    as p falls (bisection on the side-by-side ratio)."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if latency_ratio(target, make(mid), feed) > 1.0:
+            hi = mid
+        else:
+            lo = mid
+    return (lo + hi) / 2
+
+
+def run_case(name: str, b: float, calib: str, test, cache: str) -> dict:
+    path = str(ROOT / "models" / "trained" / f"{name}.ts.onnx")
+    kw = dict(scorer="vbp", compensate="lstsq", calib=calib, latency=False, cache_dir=cache)
+    lat = onnxprune.prune(path, budget=f"{b}x", **kw)
+    a = analyze_model(path)
+    scores = score_groups(a, "vbp", context=ScoreContext(a, calib=_calib_feeds(calib), seed=0))
+    feed = {a.view.model.graph.input[0].name: test[0][:1]}
+
+    def uniform(r):
+        return rewrite(a, keep_every_member(a.groups, select_by_ratio(a.groups, scores, r), scores))
+
+    def macs_model(m):
+        res = plan_for_budget(a, scores, parse_budget_spec("macs", f"{m:.4f}x"))
+        return rewrite(a, keep_every_member(a.groups, res.kept, scores))
+
+    r = 1.0 - matched(lambda keep: uniform(1.0 - keep), 0.05, 1.0, lat.model, feed)
+    m = matched(macs_model, 0.05, 1.0, lat.model, feed)
+    uni = onnxprune.prune(path, ratio=min(r, 0.99), **kw)
+    mac = onnxprune.prune(path, macs=f"{m:.4f}x", **kw)
+    orig = onnxprune.prune(path, ratio=0.0, verify=False, latency=False).model
+    st = measure_latencies([x.SerializeToString() for x in (orig, lat.model, uni.model, mac.model)], feed,
+                           warmup=5, time_budget_s=8.0)
+    ms = [s.median_ms for s in st]
+    acc = [accuracy(x, *test) for x in (orig, lat.model, uni.model, mac.model)]
+    return dict(model=name, budget=b, ratio=r, macs_budget=m, latency_ms=dict(zip(("original", "budget", "ratio", "macs"), ms)),
+                accuracy=dict(zip(("original", "budget", "ratio", "macs"), acc)),
+                macs_ratio=dict(budget=lat.report.pruned.macs / lat.report.baseline.macs,
+                                ratio=uni.report.pruned.macs / uni.report.baseline.macs,
+                                macs=mac.report.pruned.macs / mac.report.baseline.macs))
+
+
+def _calib_feeds(path: str):
+    d = np.load(path)
+    return [{"input": d["input"][i:i + 32]} for i in range(0, len(d["input"]), 32)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--budgets", nargs="*", type=float, default=[0.7, 0.5])
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_accuracy.json")
+    args = ap.parse_args()
+    import vision  # models/trained (torch): the calibration file and the test split
+
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            calib = str(Path(tmp) / f"{name}_calib.npz")
+            vision.write_npz(name, Path(calib))
+            test = vision.load_eval(vision.image_size(name))["test"]
+            for b in args.budgets:
+                c = run_case(name, b, calib, test, tmp)
+                cases.append(c)
+                acc, ms = c["accuracy"], c["latency_ms"]
+                print(f"{name:12s} {b:.1f}x  acc budget {acc['budget']:.4f}  ratio {acc['ratio']:.4f}  "
+                      f"macs {acc['macs']:.4f}  (orig {acc['original']:.4f})  ms budget {ms['budget']:.2f}  "
+                      f"ratio {ms['ratio']:.2f}  macs {ms['macs']:.2f}  (orig {ms['original']:.2f})")
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(dict(cases=cases), indent=1))
+    wins = sum(c["accuracy"]["budget"] >= max(c["accuracy"]["ratio"], c["accuracy"]["macs"]) for c in cases)
+    print(f"latency budget keeps the most accuracy in {wins} of {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    main()
