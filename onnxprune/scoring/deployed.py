@@ -111,8 +111,9 @@ def fold_one(analysis: Analysis, table: WeightTable, bn, aff: ChannelAffine) -> 
     table.consts[beta] = aff.scale * bias + aff.shift
 
 
-def deployed_weights(analysis: Analysis) -> WeightTable:
-    """Every weight tensor as the deployed model computes with it (BN folded where it can be)."""
+def _weight_table(analysis: Analysis, on_affine) -> WeightTable:
+    """The weights with the same layer axes; ``on_affine(table, node, affine)`` for every node whose
+    rule declares a channel affine (a BatchNormalization)."""
     view = analysis.view
     filters, inputs = layer_weight_axes(analysis)
     table = WeightTable(dict(view.consts), filters=filters, inputs=inputs)
@@ -120,18 +121,15 @@ def deployed_weights(analysis: Analysis) -> WeightTable:
         rule = rule_for(n)
         aff = rule.channel_affine(n, view) if rule is not None else None
         if aff is not None:
-            fold_one(analysis, table, n, aff)
+            on_affine(table, n, aff)
     return table
+
+
+def deployed_weights(analysis: Analysis) -> WeightTable:
+    """Every weight tensor as the deployed model computes with it (BN folded where it can be)."""
+    return _weight_table(analysis, lambda table, n, aff: fold_one(analysis, table, n, aff))
 
 
 def raw_weights(analysis: Analysis) -> WeightTable:
     """The weights as stored (the papers' forms), with the same layer axes and BN gammas."""
-    view = analysis.view
-    filters, inputs = layer_weight_axes(analysis)
-    table = WeightTable(dict(view.consts), filters=filters, inputs=inputs)
-    for n in view.nodes:
-        rule = rule_for(n)
-        aff = rule.channel_affine(n, view) if rule is not None else None
-        if aff is not None:
-            table.learned_scales.add(n.input[aff.learned_scale])
-    return table
+    return _weight_table(analysis, lambda table, n, aff: table.learned_scales.add(n.input[aff.learned_scale]))
