@@ -27,12 +27,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "models" / "trained"))
+sys.path[:0] = [str(ROOT), str(ROOT / "models" / "trained")]
+MODELS = ("resnet", "mobilenetv2", "convnext", "vit")
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--budgets", nargs="*", type=float, default=[0.7, 0.5])
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_accuracy.json")
+    return ap.parse_args()
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and argument errors answer before the heavy imports below
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
@@ -42,8 +55,6 @@ from onnxprune.planning.ratio import keep_every_member, select_by_ratio  # noqa:
 from onnxprune.profiling.timing import measure_latencies  # noqa: E402
 from onnxprune.scoring.registry import ScoreContext, score_groups  # noqa: E402
 from onnxprune.transform.rewrite import rewrite  # noqa: E402
-
-MODELS = ("resnet", "mobilenetv2", "convnext", "vit")
 
 
 def accuracy(model, x, y) -> float:
@@ -109,12 +120,7 @@ def _calib_feeds(path: str):
     return [{"input": d["input"][i:i + 32]} for i in range(0, len(d["input"]), 32)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=list(MODELS))
-    ap.add_argument("--budgets", nargs="*", type=float, default=[0.7, 0.5])
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_accuracy.json")
-    args = ap.parse_args()
+def main(args: argparse.Namespace) -> None:
     import vision  # models/trained (torch): the calibration file and the test split
 
     cases = []
@@ -143,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -21,16 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import FULL, ROOT  # noqa: E402
-from latency_model_nets import NETS  # noqa: E402
-
-from onnxprune.api import analyze_model  # noqa: E402
-from onnxprune.profiling.latency_model import build_latency_model, check_summary  # noqa: E402
 
 MODELS = ("resnet50", "mobilenetv2", "convnext", "vit", "bert")
 
@@ -42,12 +35,17 @@ def model_path(name: str) -> tuple[Path, str]:
         return exported, "torch export"
     built = FULL / f"{name}.helper.onnx"
     if not built.exists():
+        import onnx
+        from latency_model_nets import NETS
         built.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(NETS[name](), built)
     return built, "onnx.helper"
 
 
 def run_one(name: str, args) -> dict:
+    import numpy as np  # the heavy imports here, not at the top: --help stays fast
+    from onnxprune.api import analyze_model
+    from onnxprune.profiling.latency_model import build_latency_model, check_summary
     path, source = model_path(name)
     analysis = analyze_model(str(path))
     groups = analysis.prunable_groups

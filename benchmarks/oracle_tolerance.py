@@ -3,21 +3,24 @@ ill-conditioned conv stack move from the masked original (against the old fixed 
 and against the probed rounding floor), how far a planted wrong channel moves (against the
 tolerance), and what the probe costs.
 
-    python benchmarks/oracle_tolerance.py
+    python benchmarks/oracle_tolerance.py     (prints the figures; no options)
 
 Uses tests/test_oracle_tolerance.py's fixture and the committed ResNet-18 / ViT / ResNet-50 fixtures.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 
-import onnx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+if __name__ == "__main__":  # --help answers before the heavy imports below
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+
+import onnx  # noqa: E402
 from test_oracle_tolerance import SHAPE, deep_tanh_stack, planted  # noqa: E402
 
 from onnxprune import prune  # noqa: E402

@@ -24,8 +24,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxprune.planning.knapsack import DEFAULT_RESOLUTION, discretize, pareto_items, solve_group_knapsack  # noqa: E402
-from onnxprune.scoring.lamp import cumulative_keep_values, sp_lamp_scores  # noqa: E402
 
 
 def latency_curve(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -41,6 +39,7 @@ def latency_curve(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def instance(seed: int, groups: int, keep: float):
+    from onnxprune.scoring.lamp import cumulative_keep_values, sp_lamp_scores
     rng = np.random.default_rng(seed)
     values, costs = [], []
     for _ in range(groups):
@@ -55,6 +54,7 @@ def instance(seed: int, groups: int, keep: float):
 
 
 def bench(groups: int, resolution: int, repeats: int, keep: float, seed: int) -> dict:
+    from onnxprune.planning.knapsack import discretize, pareto_items, solve_group_knapsack
     values, costs, budget = instance(seed, groups, keep)
     times = []
     for _ in range(repeats):
@@ -74,12 +74,15 @@ def bench(groups: int, resolution: int, repeats: int, keep: float, seed: int) ->
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--groups", type=int, nargs="+", default=[50, 100, 200])
-    ap.add_argument("--resolution", type=int, nargs="+", default=[DEFAULT_RESOLUTION])
+    ap.add_argument("--resolution", type=int, nargs="+", default=None,
+                    help="knapsack resolutions (default: the solver's DEFAULT_RESOLUTION)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--keep", type=float, default=0.5, help="fraction of the prunable latency the budget keeps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "solver.json"))
     args = ap.parse_args()
+    from onnxprune.planning.knapsack import DEFAULT_RESOLUTION  # after parsing: --help stays fast
+    args.resolution = args.resolution or [DEFAULT_RESOLUTION]
 
     rows = [bench(g, r, args.repeats, args.keep, args.seed) for r in args.resolution for g in args.groups]
     print(f"{'groups':>6} {'items/grp':>9} {'pareto/grp':>10} {'resolution':>10} {'median s':>9} "

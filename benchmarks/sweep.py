@@ -12,6 +12,11 @@ Settings: --ratio 0.3, --ratio 0.7, --macs 50%, --budget 0.7x --latency-model ma
 typed like the model's inputs, in a .npz named like them). Runs other than the latency budget pass
 --no-latency: the sweep checks outcomes and verification, not speed. Writes
 benchmarks/results/sweep.json and prints a markdown table.
+
+The results file is rewritten after every run and `--resume` skips the (model, setting) pairs it
+already holds, so an interrupted sweep keeps what it measured and a later call completes it; runs
+of the committed fixtures and of the exports are merged in one file this way. Exports are made one
+at a time, just before their runs (a failed export is recorded, not fatal).
 """
 from __future__ import annotations
 
@@ -24,8 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 from common import FULL, ROOT, ensure_full_model
 
 SETTINGS = {
@@ -43,22 +46,31 @@ def committed_fixtures() -> list[Path]:
     return sorted((ROOT / "models" / "onnx").glob("*.onnx")) + sorted((ROOT / "models" / "digits").glob("*.onnx"))
 
 
-def exports() -> list[Path]:
-    """Full-size exports of every registered architecture with both exporters (torch, on demand)."""
+def export_names() -> list[str]:
+    """Every architecture registered in models/export.py (its --list; torch is imported there only)."""
     names = subprocess.run([sys.executable, str(ROOT / "models" / "export.py"), "--list"], capture_output=True,
                            text=True, check=True).stdout.split("\n")
-    out = []
-    for name in [line.split()[0] for line in names if line.strip()]:
-        for exporter in ("ts", "dynamo"):
-            try:
-                out.append(ensure_full_model(name, exporter))
-            except subprocess.CalledProcessError as e:
-                print(f"export of {name}.{exporter} failed ({e.returncode}); left out", file=sys.stderr)
-    return out
+    return [line.split()[0] for line in names if line.strip()]
 
 
-def input_dims(vi: onnx.ValueInfoProto) -> tuple[list[int], list[bool]]:
-    """Concrete dims for a graph input (batch 1, other symbolic dims OTHER_DIM), and which were symbolic."""
+def export_targets() -> list[Path]:
+    """Paths of the full-size exports, every registered architecture x both exporters (made on demand)."""
+    return [FULL / f"{name}.{exporter}.onnx" for name in export_names() for exporter in ("ts", "dynamo")]
+
+
+def ensure_export(path: Path) -> str | None:
+    """Export `path` (models/onnx/full/<name>.<exporter>.onnx) if missing; the failure, if any."""
+    name, exporter = path.name[:-len(".onnx")].rsplit(".", 1)
+    try:
+        ensure_full_model(name, exporter)
+    except subprocess.CalledProcessError as e:
+        return f"export failed (exit {e.returncode})"
+    return None
+
+
+def input_dims(vi) -> tuple[list[int], list[bool]]:
+    """Concrete dims for a graph input `vi` (an onnx.ValueInfoProto: batch 1, other symbolic dims OTHER_DIM), and
+    which were symbolic."""
     dims, symbolic = [], []
     for i, d in enumerate(vi.type.tensor_type.shape.dim):
         fixed = d.HasField("dim_value") and d.dim_value > 0
@@ -70,6 +82,8 @@ def input_dims(vi: onnx.ValueInfoProto) -> tuple[list[int], list[bool]]:
 def calibration_for(model_path: Path, folder: Path) -> tuple[Path, list[str]]:
     """A .npz of random samples named like the model's inputs, and the --input-shape flags that fix
     its symbolic non-batch dims (so analysis and calibration agree on them)."""
+    import numpy as np  # here, not at the top: --help stays fast
+    import onnx
     m = onnx.load(str(model_path), load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
     rng = np.random.default_rng(0)
@@ -138,6 +152,8 @@ def _ratio(report: dict, key: str) -> float | None:
 
 
 def cell(r: dict) -> str:
+    if r.get("export_failed"):
+        return "export failed"
     if r["exit"] is None:
         return "timeout"
     if r.get("signal"):
@@ -160,40 +176,78 @@ def summary(results: list[dict]) -> dict:
     return dict(runs=len(results), exit0=sum(r["exit"] == 0 for r in results),
                 verified=sum(bool(r.get("verified")) for r in results),
                 exit2=sum(r["exit"] == 2 for r in results), exit1=sum(r["exit"] == 1 for r in results),
-                signal=sum(bool(r.get("signal")) for r in results), timeout=sum(r["exit"] is None for r in results))
+                signal=sum(bool(r.get("signal")) for r in results),
+                timeout=sum(r["exit"] is None and not r.get("export_failed") for r in results),
+                export_failed=sum(bool(r.get("export_failed")) for r in results))
+
+
+def load_previous(path: Path) -> list[dict]:
+    """The runs a previous (possibly interrupted) sweep wrote to `path`, if any."""
+    if not path.exists():
+        return []
+    return json.loads(path.read_text()).get("results", [])
+
+
+def write_results(path: Path, results: list[dict]) -> None:
+    """Rewrite the results file (atomically: a kill mid-write keeps the previous version)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(summary=summary(results), settings=SETTINGS, results=results), indent=1) + "\n")
+    tmp.replace(path)
+
+
+def log_run(r: dict) -> None:
+    print(f"{r['model']:<40} {r['setting']:<11} exit {r['exit']} {r.get('signal', '')} {r['wall_s']:>6.1f}s "
+          f"{'verified' if r.get('verified') else ''} {r.get('message', '')}", file=sys.stderr, flush=True)
+
+
+def sweep(models: list[Path], settings: list[str], out: Path, results: list[dict], timeout_s: float) -> None:
+    """Run every missing (model, setting) pair, appending to `results` and rewriting `out` after each."""
+    done = {(r["model"], r["setting"]) for r in results}
+    with tempfile.TemporaryDirectory(prefix="onnxprune_sweep_") as tmp:
+        for model in models:
+            todo = [s for s in settings if (_label(model), s) not in done]
+            failure = ensure_export(model) if todo and model.is_relative_to(FULL) else None
+            for s in todo:
+                if failure:
+                    r = dict(model=_label(model), setting=s, exit=None, wall_s=0.0, export_failed=failure)
+                else:
+                    r = run_one(model, s, Path(tmp), timeout_s)
+                results.append(r)
+                write_results(out, results)
+                log_run(r)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exports", action="store_true", help=f"also full-size exports (torch; kept in {FULL})")
+    ap.add_argument("--only-exports", action="store_true", help="the full-size exports without the fixtures")
     ap.add_argument("--models", default=None, help="comma-separated substrings: only models whose path has one")
-    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ", ".join(SETTINGS))
+    ap.add_argument("--settings", default=",".join(SETTINGS),
+                    help="comma-separated subset of " + ", ".join(SETTINGS).replace("%", "%%"))
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run (default 600)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in --out and do only the missing ones")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
     args = ap.parse_args()
     settings = [s for s in args.settings.split(",") if s]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         sys.exit(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
-    models = committed_fixtures() + (exports() if args.exports else [])
+    models = ([] if args.only_exports else committed_fixtures()) + (
+        export_targets() if args.exports or args.only_exports else [])
     if args.models:
         models = [m for m in models if any(k in str(m) for k in args.models.split(","))]
-    results = []
-    with tempfile.TemporaryDirectory(prefix="onnxprune_sweep_") as tmp:
-        for model in models:
-            for s in settings:
-                r = run_one(model, s, Path(tmp), args.timeout)
-                results.append(r)
-                print(f"{r['model']:<40} {s:<11} exit {r['exit']} {r.get('signal', '')} {r['wall_s']:>6.1f}s "
-                      f"{'verified' if r.get('verified') else ''} {r.get('message', '')}", file=sys.stderr, flush=True)
-    Path(args.out).write_text(json.dumps(dict(summary=summary(results), settings=SETTINGS, results=results),
-                                         indent=1) + "\n")
+    out = Path(args.out)
+    results = load_previous(out) if args.resume else []
+    sweep(models, settings, out, results, args.timeout)
+    write_results(out, results)
     print(markdown(results, settings))
     print()
     print(" ".join(f"{k}={v}" for k, v in summary(results).items()))
     for r in results:
         if r["exit"] != 0:
-            print(f"- {r['model']} {r['setting']}: exit {r['exit']} {r.get('signal', '')} {r.get('message', '')}")
+            print(f"- {r['model']} {r['setting']}: exit {r['exit']} {r.get('signal', '')} "
+                  f"{r.get('message', r.get('export_failed', ''))}")
 
 
 if __name__ == "__main__":
