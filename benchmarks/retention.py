@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 DIGITS = ROOT / "models" / "digits"
 RESULTS = ROOT / "benchmarks" / "results"
 
-SCORERS = ["l1", "l2", "l2-filter", "sp-lamp", "sp-lamp-paper", "saliency", "bn-scale", "vbp", "recon", "random"]
-MAGNITUDE = ["l1", "l2", "l2-filter", "sp-lamp", "sp-lamp-paper", "saliency"]  # weight-norm scorers vbp is held against
+SCORERS = ["l1", "l2", "l2-filter", "sp-lamp", "sp-lamp-folded", "saliency", "bn-scale", "vbp", "recon", "random"]
+MAGNITUDE = ["l1", "l2", "l2-filter", "sp-lamp", "sp-lamp-folded", "saliency"]  # weight-norm scorers vbp is held against
 TARGETS = [0.10, 0.20, 0.30, 0.40, 0.50]
 
 

@@ -20,7 +20,7 @@ from onnxprune.report.progress import Progress
 
 COMMANDS = ("prune", "analyze", "profile")
 # the scorer registry's names, listed here so parsing needs no numpy (tests/test_cli.py checks them)
-SCORER_NAMES = ("bn-scale", "l1", "l2", "l2-filter", "random", "recon", "saliency", "sp-lamp", "sp-lamp-paper", "vbp")
+SCORER_NAMES = ("bn-scale", "l1", "l2", "l2-filter", "random", "recon", "saliency", "sp-lamp", "sp-lamp-folded", "vbp")
 
 
 def _common(p):

@@ -21,7 +21,7 @@ from onnxprune import analyze_model
 from onnxprune.planning.choices import group_choices
 from onnxprune.planning.ratio import select_by_ratio
 from onnxprune.scoring.calibration import CalibSet, cached_stats
-from onnxprune.scoring.registry import ScoreContext, score_groups
+from onnxprune.scoring.registry import SCORERS, ScoreContext, score_groups
 from onnxprune.transform.compensate import compensate, compensation_spaces
 from onnxprune.transform.rewrite import rewrite
 
@@ -78,7 +78,7 @@ def bn_affine():
     return scale, BETA - MEAN * scale
 
 
-def test_sp_lamp_eq2_on_the_deployed_filter():
+def test_sp_lamp_folded_eq2_on_the_deployed_filter():
     """Eq. 2: ||W_l,u||_F^2 x ||What_l+1,u||_F^2 over the surviving channels, with W_l the filter the
     deployed model computes with (conv1 with BN folded: W * gamma / sqrt(var + eps)); running
     statistics are not weights (issue #12, defect 1)."""
@@ -87,15 +87,18 @@ def test_sp_lamp_eq2_on_the_deployed_filter():
     prod = np.array([((W1[u].astype(np.float64) * scale[u]) ** 2).sum() for u in range(8)])
     cons = np.array([(W2[:, u].astype(np.float64) ** 2).sum() for u in range(8)])
     g, expect = canonical(a, "w1", 0, lamp_by_hand(prod * cons))
-    np.testing.assert_allclose(score_groups(a, "sp-lamp")[g.id], expect, rtol=1e-9)
+    np.testing.assert_allclose(score_groups(a, "sp-lamp-folded")[g.id], expect, rtol=1e-9)
 
 
-def test_sp_lamp_paper_form_uses_the_raw_filter():
+def test_sp_lamp_is_the_paper_form_on_the_raw_filter():
+    """The default sp-lamp is Eq. 2 as written: the stored conv1 filter, the BN after it (scale and
+    running statistics) ignored."""
     a = analyze_model(conv_bn_conv())
     prod = np.array([(W1[u].astype(np.float64) ** 2).sum() for u in range(8)])
     cons = np.array([(W2[:, u].astype(np.float64) ** 2).sum() for u in range(8)])
     g, expect = canonical(a, "w1", 0, lamp_by_hand(prod * cons))
-    np.testing.assert_allclose(score_groups(a, "sp-lamp-paper")[g.id], expect, rtol=1e-9)
+    np.testing.assert_allclose(score_groups(a, "sp-lamp")[g.id], expect, rtol=1e-9)
+    assert "sp-lamp-paper" not in SCORERS
 
 
 def last_layer_model():

@@ -20,7 +20,7 @@ from onnxprune.scoring.deployed import deployed_weights
 from onnxprune.scoring.scorers import magnitude_scores, sp_lamp_saliency
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL = ["l1", "l2", "l2-filter", "sp-lamp", "sp-lamp-paper", "saliency", "bn-scale", "vbp", "recon", "random"]
+ALL = ["l1", "l2", "l2-filter", "sp-lamp", "sp-lamp-folded", "saliency", "bn-scale", "vbp", "recon", "random"]
 
 
 def small_cnn(bn=True, seed=0):

@@ -209,11 +209,11 @@ def snapshot(enc, head):
             {k: v.detach().clone() for k, v in head.state_dict().items()})
 
 
-def run_mlm(out: Path, quick: bool, budget_s: float, seed: int = 0):
+def run_mlm(out: Path, quick: bool, budget_s: float, seed: int = 0, overrides: dict | None = None):
     """Masked-language modelling for about budget_s seconds: the step count is set after timing
     the first 50 steps, so that warm-up + cosine decay end inside the budget. The kept weights
     are those of the evaluation with the best validation masked-token accuracy."""
-    hp = dict(MLM_HP)
+    hp = dict(MLM_HP, **{k: v for k, v in (overrides or {}).items() if v is not None})
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     data = mlm_data(hp, quick)
@@ -278,6 +278,10 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--budget-s", type=float, default=300.0, help="mlm: training seconds")
     ap.add_argument("--models", nargs="*", default=list(vision.NAMES), help="vision: which nets")
+    ap.add_argument("--batch", type=int, help="mlm: batch size (default 256; a CPU run uses less)")
+    ap.add_argument("--lr", type=float, help="mlm: peak learning rate (default 5e-4)")
+    ap.add_argument("--warmup", type=int, help="mlm: warm-up steps (default 300)")
+    ap.add_argument("--eval-every", type=int, help="mlm: steps between evaluations (default 500)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TRAIN_THREADS", "4")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -289,7 +293,8 @@ def main():
     elif args.what == "textcls":
         run_textcls(args.out, args.quick)
     else:
-        run_mlm(args.out, args.quick, args.budget_s)
+        run_mlm(args.out, args.quick, args.budget_s,
+                overrides=dict(batch=args.batch, lr=args.lr, warmup=args.warmup, eval_every=args.eval_every))
     log(f"{args.what} done")
 
 

@@ -1,16 +1,18 @@
 """The scorers (``--scorer``); each registers itself in ``registry.SCORERS``, and importing the
 ``onnxprune.scoring`` package imports this module. Weight-based scorers read the weights the
 deployed model computes with (``deployed.py``: BatchNormalization folded into the layer before it;
-running statistics are never scored as weights) unless their name says ``-paper``/``-filter``.
+running statistics are never scored as weights), except ``sp-lamp``, ``l2-filter`` and ``saliency``,
+which keep their paper's form (stored weights); ``sp-lamp-folded`` is SP-LAMP on the folded weights.
 
 - ``l1``/``l2`` every weight slice a group owns, deployed: folded producer filters and biases, consumer
   input slices, other per-channel vectors (a standalone BN as its effective scale and shift).
 - ``l2-filter`` DEPrune's PW-conv criterion: ||W_u||_2 of the stored producer filter(s) alone.
 - ``sp-lamp``  SP-LAMP Eq. 2: s_u = ||W_l,u||_F^2 x ||What_l+1,u||_F^2 (producer filters: layer weight
   axes holding output channels; consumer slices: layer weight axes holding input channels, both per the
-  rules' ``weight_roles``), on the deployed weights; Eq. 3 (producer alone) where no weight reads the
+  rules' ``weight_roles``), on the stored weights as the paper writes it (a BN after the conv is not in
+  W_l, and its running statistics are never scored); Eq. 3 (producer alone) where no weight reads the
   channel; then ``lamp.sp_lamp_scores`` within the group (LAMP once: planning uses these as they are).
-- ``sp-lamp-paper`` the same on the stored weights (the paper's W_l: a BN after the conv is ignored).
+- ``sp-lamp-folded`` the same on the deployed weights (W_l with the BN folded in).
 - ``saliency`` OCSPruner's group saliency (the authors' GroupNormV2Importance, p = 2): per layer weight
   slice sum w^2 / sqrt(slice size), each BatchNormalization adds gamma^2, the sum divided by the number
   of these members (stored weights, as the paper trains them).
@@ -137,12 +139,14 @@ def sp_lamp_with(ctx: ScoreContext, table: WeightTable, name: str) -> dict[int, 
 
 @register_scorer("sp-lamp", lamp_normalized=True)
 def sp_lamp(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    return sp_lamp_with(ctx, deployed(ctx), "sp-lamp")
+    """SP-LAMP Eq. 2/3 as written: the stored layer weights (the paper's W_l)."""
+    return sp_lamp_with(ctx, stored(ctx), "sp-lamp")
 
 
-@register_scorer("sp-lamp-paper", lamp_normalized=True)
-def sp_lamp_paper(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    return sp_lamp_with(ctx, stored(ctx), "sp-lamp-paper")
+@register_scorer("sp-lamp-folded", lamp_normalized=True)
+def sp_lamp_folded(ctx: ScoreContext) -> dict[int, np.ndarray]:
+    """Eq. 2/3 on the deployed weights (BN folded into W_l)."""
+    return sp_lamp_with(ctx, deployed(ctx), "sp-lamp-folded")
 
 
 def elements_per_channel(analysis: Analysis, m: Member) -> np.ndarray:
