@@ -14,6 +14,7 @@ from onnxprune import prune
 from onnxprune.scoring.calibration import FeedList, activation_stats
 from onnxprune.transform.compensate import compensation_spaces, mean_substituted_model
 from onnxprune.errors import OnnxPruneError
+from onnxprune.model.load import validate_model
 from onnxprune.verify.oracle import masked_model
 
 
@@ -240,5 +241,11 @@ def test_every_fixture_compensates(fx):
         res = prune(fx["file"], ratio=0.4, scorer="vbp", calib=calib, compensate=comp, latency=False,
                     input_shapes=fx.get("input_shapes"), heads=heads)
         assert res.report.verification["passed"]
+        if fx["name"].endswith(".int4"):  # MatMulNBits: int4 blocks take no folded constant, and say so
+            assert any("compensation skipped" in n and "MatMulNBits" in n for n in res.report.notes)
+            continue
         assert res.report.verification[f"{comp}_compensation"] is not None
-        onnx.checker.check_model(res.model, full_check=True)
+        if fx.get("exporter") == "genai":  # SimplifiedLayerNormalization: ONNX Runtime's, unknown to the checker
+            validate_model(res.model, "the compensated model")
+        else:
+            onnx.checker.check_model(res.model, full_check=True)

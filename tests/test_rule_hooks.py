@@ -62,7 +62,8 @@ def test_the_check_catches_a_forgotten_hook():
 def test_norm_ops_come_from_the_rules():
     """bn-scale's normalizations (formerly scorers.NORM_OPS) are the rules with is_norm."""
     assert {k for k, r in RULES.items() if r.is_norm} == {
-        "BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization"}
+        "BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization",
+        "SimplifiedLayerNormalization"}
 
 
 def test_one_channelwise_list():
