@@ -49,6 +49,7 @@ class Config:
     max_seq: int = 64  # rows of the cos/sin caches
     rope: str = "gqa"  # gqa: do_rotary inside GroupQueryAttention; node: RotaryEmbedding ops
     packed: bool = False  # one qkv projection
+    cache: bool = True  # past/present KV cache as graph inputs/outputs (False: a prompt-only graph)
     eps: float = 1e-5
     theta: float = 10000.0
 
@@ -128,9 +129,10 @@ def _attention(g: _Graph, cfg: Config, i: int, x, seqlens, total, caches):
                        f"{p}/{n}_rotary/RotaryEmbedding", domain=MS, interleaved=0, num_heads=nh)
                 for t, n, nh in ((q, "q", cfg.heads), (k, "k", cfg.kv_heads)))
     rotary = list(caches) if cfg.rope == "gqa" else ["", ""]
-    out = g.node("GroupQueryAttention",
-                 [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, *rotary],
-                 [f"{p}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
+    past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"] if cfg.cache else ["", ""]
+    present = [f"present.{i}.key", f"present.{i}.value"] if cfg.cache else [f"{p}/present_key", f"{p}/present_value"]
+    out = g.node("GroupQueryAttention", [q, k, v, *past, seqlens, total, *rotary],
+                 [f"{p}/GroupQueryAttention/output_0", *present],
                  f"{p}/GroupQueryAttention", domain=MS, num_heads=cfg.heads, kv_num_heads=cfg.kv_heads,
                  do_rotary=int(cfg.rope == "gqa"), rotary_interleaved=0, local_window_size=-1,
                  scale=float(1.0 / np.sqrt(cfg.head_size)))
@@ -183,7 +185,7 @@ def build(cfg: Config, seed: int = 0) -> onnx.ModelProto:
     if cfg.rope == "node":
         inputs.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]))
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab])]
-    for i in range(cfg.layers):
+    for i in range(cfg.layers if cfg.cache else 0):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT,
                                                         ["batch_size", kvh, "past_sequence_length", hs]))
@@ -214,7 +216,7 @@ def feeds(cfg: Config, past: int = 0, seq: int = 4, batch: int = 1, seed: int = 
          "attention_mask": np.ones((batch, past + seq), np.int64)}
     if cfg.rope == "node":
         f["position_ids"] = np.tile(np.arange(past, past + seq, dtype=np.int64), (batch, 1))
-    for i in range(cfg.layers):
+    for i in range(cfg.layers if cfg.cache else 0):
         for kind in ("key", "value"):
             f[f"past_key_values.{i}.{kind}"] = rng.standard_normal((batch, cfg.kv_heads, past, cfg.head_size)).astype(np.float32)
     return f
@@ -231,10 +233,12 @@ def main(argv=None) -> int:
     ap.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     ap.add_argument("--int4", action="store_true", help="MatMulNBits int4 weights (block size 32)")
     ap.add_argument("--layers", type=int, help="override the number of layers")
+    ap.add_argument("--no-cache", action="store_true", help="no past/present KV cache inputs/outputs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     cfg = CONFIGS[args.config] if args.layers is None else replace(CONFIGS[args.config], layers=args.layers)
+    cfg = replace(cfg, cache=not args.no_cache)
     model = build(cfg, args.seed)
     if args.int4:
         model = quantize_int4(model)
@@ -242,9 +246,9 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
-    out = sess.run(None, feeds(cfg, past=3, seq=4))
+    out = sess.run(None, feeds(cfg, past=3 if cfg.cache else 0, seq=4))
     print(f"{args.out}: {_param_count(cfg) / 1e6:.2f}M parameters, {os.path.getsize(args.out) / 1e3:.0f} KB, "
-          f"logits {out[0].shape}, present {out[1].shape}", file=sys.stderr)
+          f"outputs {[o.shape for o in out[:2]]}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,203 @@
+"""Oracle tests of the ORT GenAI builder's operators (onnxprune/analysis/rules/genai.py):
+MatMulNBits, GroupQueryAttention, RotaryEmbedding, Skip/SimplifiedLayerNormalization.
+
+The decoders are written with onnx.helper by models/genai_decoder.py (no torch); the committed
+fixtures are models/onnx/genai_tiny.onnx and genai_tiny.int4.onnx. Every pruned model is checked
+against the masked original by prune() itself; the tests also assert what was removed, the rewritten
+attributes, and that the pruned model really differs from the unmasked original."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune import analyze_model, prune
+from onnxprune.analysis.graph import build_view
+from onnxprune.analysis.rules.genai import dequantize_nbits, pack_zero_points, unpack_zero_points
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "models"))
+import genai_decoder as gd  # noqa: E402  (onnx.helper only)
+
+FIXTURES = {e["name"]: e for e in json.loads((ROOT / "models" / "fixtures.json").read_text())
+            if e.get("exporter") == "genai"}
+
+
+def _shapes(feeds):
+    return {k: list(v.shape) for k, v in feeds.items()}
+
+
+def _run(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _attrs(model, op):
+    return [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in model.graph.node if n.op_type == op]
+
+
+def _init(model, suffix):
+    return {t.name: tuple(t.dims) for t in model.graph.initializer if t.name.endswith(suffix)}
+
+
+def _decoder(cfg, int4=False):
+    m = gd.build(cfg)
+    return gd.quantize_int4(m) if int4 else m
+
+
+def _assert_differs(original, pruned, feeds):
+    a, b = _run(original, feeds)[0], _run(pruned, feeds)[0]
+    assert a.shape == b.shape and np.abs(a - b).max() > 1e-3 * np.abs(a).max()
+
+
+# --- MatMulNBits ---------------------------------------------------------------------------------
+
+def test_zero_point_packing_round_trips():
+    rng = np.random.default_rng(0)
+    vals = rng.integers(0, 16, (5, 7))
+    packed = pack_zero_points(vals, 4, np.zeros((5, 4), np.uint8))
+    assert packed.shape == (5, 4)
+    assert packed[0, 0] == (vals[0, 0] | (vals[0, 1] << 4))  # low nibble first, as ONNX Runtime reads it
+    np.testing.assert_array_equal(unpack_zero_points(packed, 5, 7, 4), vals)
+    flat = pack_zero_points(vals, 4, np.zeros(20, np.uint8))
+    np.testing.assert_array_equal(unpack_zero_points(flat, 5, 7, 4), vals)
+
+
+def test_dequantized_weight_is_what_onnx_runtime_computes():
+    """dequantize_nbits (used by scoring and the requantize measurement) against ORT's MatMulNBits."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((80, 24)).astype(np.float32)  # K = 80: a partial last block of 16
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 80])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24])
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g", [x], [y],
+                          [numpy_helper.from_array(w, "w")])
+    m = gd.quantize_int4(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    node = next(n for n in m.graph.node if n.op_type == "MatMulNBits")
+    view = build_view(m, {"x": [2, 80]})
+    wq = dequantize_nbits(node, view)
+    assert wq.shape == (80, 24) and np.abs(wq - w).max() < 0.2 * np.abs(w).max()  # 4-bit rounding
+    xs = rng.standard_normal((2, 80)).astype(np.float32)
+    np.testing.assert_allclose(_run(m, {"x": xs})[0], xs @ wq, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_int4_mlp_prunes_whole_quantization_blocks(ratio):
+    fx = FIXTURES["genai_tiny.int4"]
+    model = onnx.load(str(ROOT / fx["file"]))
+    a = analyze_model(model, input_shapes=fx["input_shapes"])
+    mlp = [g for g in a.prunable_groups]
+    assert len(mlp) == 2 and all(g.size == 128 // 32 for g in mlp)  # 4 blocks of 32 neurons per layer
+    res = prune(model, ratio=ratio, input_shapes=fx["input_shapes"], latency=False)
+    assert res.report.verification["passed"]
+    kept_blocks = 4 - round(ratio * 4)
+    for n in res.model.graph.node:
+        if "gate_proj" in n.name or "up_proj" in n.name:  # N = kept neurons
+            assert {a.name: helper.get_attribute_value(a) for a in n.attribute}["N"] == 32 * kept_blocks
+    downs = [n for n in res.model.graph.node if "down_proj" in n.name]
+    for n in downs:
+        at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        assert at["K"] == 32 * kept_blocks and at["N"] == 64
+    shapes = {t.name: tuple(t.dims) for t in res.model.graph.initializer}
+    for n in downs:
+        assert shapes[n.input[1]] == (64, kept_blocks, 16)
+        assert shapes[n.input[2]] == (64, kept_blocks)
+        assert shapes[n.input[3]] == (64, (kept_blocks + 1) // 2)  # re-packed, two blocks a byte
+    feeds = gd.feeds(gd.CONFIGS["tiny"], past=3, seq=4)
+    _assert_differs(model, res.model, feeds)
+
+
+def test_int4_prune_keeps_the_kept_blocks_bit_exact():
+    """The kept blocks' packed bytes, scales and zero points are the original ones: nothing is
+    re-quantized, so a kept neuron computes with exactly the weights it had."""
+    fx = FIXTURES["genai_tiny.int4"]
+    model = onnx.load(str(ROOT / fx["file"]))
+    res = prune(model, ratio=0.5, input_shapes=fx["input_shapes"], latency=False)
+    g = next(gr for gr in res.report.groups if "layers.0/mlp" in gr.name)
+    kept = np.asarray(g.kept_indices)
+    orig = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    new = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    node = next(n for n in res.model.graph.node if n.name == "/model/layers.0/mlp/down_proj/MatMul_Q4")
+    b = "/model/layers.0/mlp/down_proj.weight_Q4"
+    np.testing.assert_array_equal(new[node.input[1]], orig[b][:, kept])
+    np.testing.assert_array_equal(new[node.input[2]], orig[b.replace("_Q4", "_scales")][:, kept])
+
+
+# --- Skip/SimplifiedLayerNormalization (the residual stream) ---------------------------------------
+
+@pytest.mark.parametrize("name", ["genai_tiny", "genai_tiny.int4"])
+def test_residual_stream_through_rms_norms(name):
+    """--embed-dim: the embedding table, every Skip/SimplifiedLayerNormalization (RMS over the kept
+    channels in the oracle), o_proj/down_proj columns and q/k/v/gate/up/lm_head rows shrink together;
+    in int4, in whole blocks."""
+    fx = FIXTURES[name]
+    model = onnx.load(str(ROOT / fx["file"]))
+    res = prune(model, ratio=0.5, input_shapes=fx["input_shapes"], latency=False, embed_dim=True)
+    assert res.report.verification["passed"]
+    emb = [gr for gr in res.report.groups if gr.kind == "embed"]
+    assert len(emb) == 1 and emb[0].kept < emb[0].channels
+    width = 32 if name == "genai_tiny" else 32  # 64 -> 32 channels, or 2 blocks -> 1 block of 32
+    assert _init(res.model, "embed_tokens.weight")["model.embed_tokens.weight"] == (128, width)
+    assert all(d == (width,) for d in _init(res.model, "layernorm.weight").values())
+    _assert_differs(model, res.model, gd.feeds(gd.CONFIGS["tiny"], past=3, seq=4))
+
+
+# --- GroupQueryAttention, RotaryEmbedding ----------------------------------------------------------
+
+def test_gqa_channels_frozen_without_heads():
+    fx = FIXTURES["genai_tiny"]
+    a = analyze_model(str(ROOT / fx["file"]), input_shapes=fx["input_shapes"])
+    heads = [g for g in a.groups if g.kind == "heads"]
+    assert len(heads) == 2 and all(not g.prunable for g in heads)
+    assert all(any("--heads" in r for r in g.reasons) for g in heads)
+
+
+def test_gqa_kv_groups_are_the_channels():
+    """With heads: one channel per KV head; its q heads, k, v, output and cache slots are members."""
+    fx = FIXTURES["genai_tiny"]
+    a = analyze_model(str(ROOT / fx["file"]), input_shapes=fx["input_shapes"], heads=True)
+    heads = [g for g in a.groups if g.kind == "heads"]
+    assert len(heads) == 2 and all(g.size == 2 for g in heads)  # kv_num_heads = 2
+    g = heads[0]
+    sizes = {(m.tensor, m.axis): m.size for m in g.members}
+    assert sizes[("/model/layers.0/attn/q_proj.weight", 1)] == 64
+    assert sizes[("/model/layers.0/attn/k_proj.weight", 1)] == 32
+    assert sizes[("/model/layers.0/attn/o_proj.weight", 0)] == 64
+    assert sizes[("past_key_values.0.key", 1)] == 2 and sizes[("present.0.value", 1)] == 2
+    q = next(m for m in g.members if m.tensor == "/model/layers.0/attn/q_proj.weight")
+    # query heads 0, 1 share KV head 0: channels 0..31 are canonical channel 0, 32..63 channel 1
+    np.testing.assert_array_equal(q.index_map, np.repeat(np.unique(q.index_map), 32))
+
+
+@pytest.mark.parametrize("variant", ["tiny", "tiny-rope", "tiny-packed"])
+@pytest.mark.parametrize("int4", [False, True], ids=["fp32", "int4"])
+def test_gqa_prunes_whole_kv_groups(variant, int4):
+    """No KV cache IO here (prompt-only graphs): whole KV groups go, num_heads / kv_num_heads (and
+    RotaryEmbedding's num_heads) are rewritten, and the result matches the masked original."""
+    cfg = replace(gd.CONFIGS[variant], cache=False, heads=8, kv_heads=2, hidden=128)
+    model = _decoder(cfg, int4)
+    feeds = gd.feeds(cfg, past=0, seq=5)
+    res = prune(model, ratio=0.5, heads=True, input_shapes=_shapes(feeds), latency=False)
+    assert res.report.verification["passed"]
+    kinds = {g.kind for g in res.report.groups if g.kept < g.channels}
+    assert kinds == {"heads", "channels"}
+    for at in _attrs(res.model, "GroupQueryAttention"):
+        assert (at["num_heads"], at["kv_num_heads"]) == (4, 1)
+    for at in _attrs(res.model, "RotaryEmbedding"):
+        assert at["num_heads"] in (4, 1)
+    assert len(_attrs(res.model, "RotaryEmbedding")) == (4 if variant == "tiny-rope" else 0)
+    _assert_differs(model, res.model, feeds)
+
+
+def test_rotary_embedding_refuses_without_heads():
+    cfg = replace(gd.CONFIGS["tiny-rope"], cache=False)
+    model = gd.build(cfg)
+    a = analyze_model(model, input_shapes=_shapes(gd.feeds(cfg, past=0, seq=5)))
+    q = a.group_of("/model/layers.0/attn/q_proj/output_0", 2)
+    assert q is not None and not q.prunable
+    assert any("RotaryEmbedding" in r or "--heads" in r for r in q.reasons)
