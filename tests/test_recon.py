@@ -45,19 +45,19 @@ def hidden(model, x):
     return s.run(["act_out"], {"x": x})[0].astype(np.float64)
 
 
-def refit_error(h, keep):
+def refit_error(h, keep, w2=W2):
     """min over B, c of mean ||W2 h - (B h_K + c)||^2 on the data: numpy lstsq, no covariance algebra."""
-    y = h @ W2.astype(np.float64).T
+    y = h @ np.asarray(w2, np.float64).T
     X = np.concatenate([h[:, keep], np.ones((len(h), 1))], axis=1)
     beta = np.linalg.lstsq(X, y, rcond=None)[0]
     return float(np.square(y - X @ beta).sum() / len(h))
 
 
-def brute_force_greedy(h, n_remove):
+def brute_force_greedy(h, n_remove, w2=W2):
     alive = list(range(h.shape[1]))
     order = []
     for _ in range(n_remove):
-        errs = {c: refit_error(h, [k for k in alive if k != c]) for c in alive}
+        errs = {c: refit_error(h, [k for k in alive if k != c], w2) for c in alive}
         best = min(errs, key=lambda c: (errs[c], c))
         order.append(best)
         alive.remove(best)
@@ -73,6 +73,38 @@ def test_greedy_order_matches_brute_force():
     s = score_groups(a, "recon", context=ctx)[g.id][pos]  # per hidden position
     expect = brute_force_greedy(hidden(model, x), 5)
     assert expect[0] in (2, 4)  # the exact duplicate goes first
+    assert list(np.argsort(s, kind="stable")[:5]) == expect
+
+
+GAMMA = np.array([0.02, 25.0, 0.3], np.float32)
+VAR = np.array([4.0, 0.25, 1.0], np.float32)
+
+
+def mlp_bn():
+    """mlp() with an inference BatchNormalization on fc2's 3 outputs: the deployed output is
+    s * (W2 h) + t with s = gamma / sqrt(var + eps), so output 1 weighs ~2500x output 0."""
+    b = GraphBuilder(seed=0)
+    x = b.input("x", [6])
+    h = b.op("Relu", [b.op("Gemm", [x, b.const(W1, "w1")], transB=1, name="fc1")], name="act")
+    y = b.op("Gemm", [h, b.const(W2, "w2")], transB=1, name="fc2")
+    bn = [b.const(GAMMA, "bn.scale"), b.const(np.array([0.1, -0.2, 0.3], np.float32), "bn.bias"),
+          b.const(np.array([0.5, -1.0, 2.0], np.float32), "bn.mean"), b.const(VAR, "bn.var")]
+    return b.model([b.op("BatchNormalization", [y, *bn], epsilon=1e-5, name="bn")])
+
+
+def test_recon_measures_the_error_after_the_consumers_batchnorm():
+    """The greedy order is brute-force lstsq on the BN's output (rows of W2 scaled by s), not on
+    fc2's output: the deployed model's error."""
+    model, x = mlp_bn(), calib()
+    a = analyze_model(model)
+    ctx = ScoreContext(a, calib=CalibSet({"x": x}, batch_size=64))
+    g = group_at(a, "act_out", 1)
+    pos = next(m for m in g.members if m.tensor == "act_out").index_map
+    s = score_groups(a, "recon", context=ctx)[g.id][pos]
+    h = hidden(model, x)
+    w2_bn = W2.astype(np.float64) * (GAMMA / np.sqrt(VAR + 1e-5)).astype(np.float64)[:, None]
+    expect = brute_force_greedy(h, 5, w2_bn)
+    assert expect != brute_force_greedy(h, 5)  # the BN changes which channels go
     assert list(np.argsort(s, kind="stable")[:5]) == expect
 
 

@@ -14,6 +14,11 @@ group's consumers, and W and H^-1 are updated as in optimal-brain-surgeon struct
 way): W <- W - W_:,R [(H^-1)_RR]^-1 (H^-1)_R,: and H^-1 <- H^-1 - (H^-1)_:,R [(H^-1)_RR]^-1 (H^-1)_R,:.
 Intercepts (lstsq's c, FLAP's bias compensation) are why H is the centered covariance.
 
+Where an inference BatchNormalization alone reads a consumer's output (Conv -> BN), the error is
+measured after it, as the deployed model sees it: row o of W is scaled by the BN's
+s_o = gamma_o / sqrt(var_o + eps) (``consumer_output_scales``). The lstsq refit of each row does not
+change with that scale, so only which channels are chosen does.
+
 The score of a channel is E after it (and every channel removed before it) is gone, over the
 consumers' output energy tr(W H W^T): it rises along the greedy order, so removing the k lowest
 scores removes the first k greedy choices. A kxk conv counts each kernel tap as rows of W (lstsq
@@ -29,6 +34,7 @@ import numpy as np
 
 from onnxprune.analysis.groups import Analysis, ChannelGroup
 from onnxprune.analysis.rules import CompensationTarget, rule_for
+from onnxprune.scoring.deployed import foldable_producer, layer_weight_axes
 
 RIDGE = 1e-3  # x mean input variance: as lstsq's affine_fit, keeps H invertible for dead or duplicate channels
 MAX_STEPS = 64  # greedy updates per group: wider groups remove ceil(size / MAX_STEPS) channels per step
@@ -49,8 +55,24 @@ class ReconTerm:
     energy: float          # tr(W H W^T) before any removal
 
 
-def consumer_rows(analysis: Analysis, space) -> np.ndarray | None:
-    """Rows (out x taps, P) of every group-1 consumer reading ``space``; None if there is none."""
+def consumer_output_scales(analysis: Analysis) -> dict[str, np.ndarray]:
+    """Layer weight tensor -> the per-output-channel scale of the inference BatchNormalization that
+    alone reads that layer's output (the BN a deployed model folds into it)."""
+    view = analysis.view
+    filters = layer_weight_axes(analysis)[0]
+    out = {}
+    for n in view.nodes:
+        rule = rule_for(n)
+        aff = rule.channel_affine(n, view) if rule is not None else None
+        prod = foldable_producer(analysis, n.input[0], filters) if aff is not None else None
+        if prod is not None:
+            out[prod[1]] = aff.scale
+    return out
+
+
+def consumer_rows(analysis: Analysis, space, out_scales: dict | None = None) -> np.ndarray | None:
+    """Rows (out x taps, P) of every group-1 consumer reading ``space``, each output row scaled by
+    the BN after the consumer where ``out_scales`` has one; None if there is none."""
     view = analysis.view
     t, a = space
     rows = []
@@ -63,6 +85,9 @@ def consumer_rows(analysis: Analysis, space) -> np.ndarray | None:
         if target is None or target.groups != 1:
             continue
         W = consumer_weight(view, node, target)
+        scale = (out_scales or {}).get(node.input[target.weight_input])
+        if scale is not None and len(scale) == W.shape[0]:
+            W = W * scale.reshape((-1,) + (1,) * (W.ndim - 1))
         rows.append(np.moveaxis(W, 1, -1).reshape(-1, W.shape[1]))
     return np.concatenate(rows) if rows else None
 
@@ -131,13 +156,13 @@ def greedy_scores(terms: list[ReconTerm], size: int, frozen: np.ndarray) -> np.n
     return scores
 
 
-def group_terms(analysis: Analysis, group: ChannelGroup, stats: dict) -> list[ReconTerm]:
+def group_terms(analysis: Analysis, group: ChannelGroup, stats: dict, out_scales: dict | None = None) -> list[ReconTerm]:
     members = {(m.tensor, m.axis): m for m in group.members}
     terms = []
     for sp, st in stats.items():
         if sp not in members or st.c2 is None or analysis.space_group.get(sp) != group.id:
             continue
-        w = consumer_rows(analysis, sp)
+        w = consumer_rows(analysis, sp, out_scales)
         if w is not None:
             terms.append(make_term(members[sp].index_map, st.cov, w))
     return terms

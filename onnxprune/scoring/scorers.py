@@ -23,7 +23,8 @@ which keep their paper's form (stored weights); ``sp-lamp-folded`` is SP-LAMP on
   (activations entering Conv/Gemm/MatMul), one streaming pass over the calibration data
   (``calibration.activation_stats``); the statistics stay in ``ctx.cache`` for mean compensation.
 - ``recon``    reconstruction-aware selection (``recon.py``): greedy removal by least least-squares
-  reconstruction error of the consumers' outputs.
+  reconstruction error of the consumers' outputs (after the consumer's BatchNormalization where one
+  follows it).
 - ``random``   seeded uniform scores (a baseline).
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from onnxprune.analysis.groups import Analysis, ChannelGroup, Member
 from onnxprune.analysis.rules import rule_for
 from onnxprune.scoring.calibration import activation_spaces, cached_stats
-from onnxprune.scoring.recon import greedy_scores, group_terms
+from onnxprune.scoring.recon import consumer_output_scales, greedy_scores, group_terms
 from onnxprune.scoring.deployed import WeightTable, deployed_weights, raw_weights
 from onnxprune.scoring.lamp import sp_lamp_scores
 from onnxprune.scoring.registry import ScoreContext, register_scorer
@@ -247,9 +248,10 @@ def vbp(ctx: ScoreContext) -> dict[int, np.ndarray]:
 def recon(ctx: ScoreContext) -> dict[int, np.ndarray]:
     """Greedy removal by least lstsq reconstruction error of the consumers' outputs (recon.py)."""
     stats = cached_stats(ctx, activation_spaces(ctx.analysis, ctx.groups), cov=True)
+    scales = consumer_output_scales(ctx.analysis)
     out, fallback = {}, []
     for g in ctx.groups:
-        terms = group_terms(ctx.analysis, g, stats)
+        terms = group_terms(ctx.analysis, g, stats, scales)
         if terms:
             out[g.id] = greedy_scores(terms, g.size, g.frozen)
         else:
