@@ -115,11 +115,22 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int | N
     named = _shared_dim_values(inputs, overrides)
     out = {}
     for i in inputs:
+        if not i.type.tensor_type.HasField("shape"):  # rank unknown (the checker rejects it, ORT runs it)
+            out[i.name] = _unranked_shape(i, overrides.get(i.name))
+            continue
         shape = _default_shape(i.type.tensor_type.shape.dim, named)
         if i.name in overrides:
             shape = [d if o is None else o for d, o in zip(shape, _checked_override(i, overrides[i.name]))]
         out[i.name] = shape
     return out
+
+
+def _unranked_shape(i: onnx.ValueInfoProto, override: list[int | None] | None) -> list[int]:
+    """An input that declares no shape at all: only --input-shape can say what it takes."""
+    if not override or any(d is None for d in override[1:]):
+        raise OnnxPruneError(f"input '{i.name}' declares no shape (not even its rank): give it with "
+                             f"--input-shape {i.name}=1x...")
+    return [1 if override[0] is None else override[0], *override[1:]]
 
 
 def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
