@@ -193,3 +193,30 @@ def test_segments_resolve_fused_and_layout_names():
     assert smap.resolve("/blk/fc/MatMul/MatMulAddFusion") == "/blk/fc/MatMul"
     assert smap.resolve("/blk/fc/Add") == "/blk/fc/MatMul"
     assert smap.resolve("gemm_input_reshape") is None
+
+
+def test_quadratic_width_term_chosen_by_cross_validation():
+    """A segment whose input and output widths are one group (a matmul from a group to itself, or a
+    block of kernels on one group) costs ~w^2: the cross-validated form takes the quadratic term,
+    and predicts unseen widths; a linear kernel keeps a fit that is linear in w."""
+    rng = np.random.default_rng(11)
+    w = rng.integers(30, 385, size=(40, 1)).astype(float)
+    quad = 0.02 + 2e-5 * padded(w[:, 0], 8) + 4e-7 * padded(w[:, 0], 8) ** 2
+    fit = fit_time(quad * (1 + 0.01 * rng.standard_normal(40)), w)
+    assert fit.quad and fit.blocks == (8,)
+    held = rng.integers(30, 385, size=(200, 1)).astype(float)
+    truth = 0.02 + 2e-5 * padded(held[:, 0], 8) + 4e-7 * padded(held[:, 0], 8) ** 2
+    assert np.max(np.abs(fit.predict(held) / truth - 1)) < 0.04
+    lin = fit_time(0.01 + 1e-4 * padded(w[:, 0], 4), w)
+    np.testing.assert_allclose(lin.predict(np.array([[61.0], [64.0], [100.0]])), 0.01 + 1e-4 * np.array([64, 64, 100]),
+                               rtol=2e-3)
+
+
+def test_refit_keeps_the_chosen_form():
+    rng = np.random.default_rng(12)
+    w = rng.integers(20, 129, size=(40, 2)).astype(float)
+    t = step_conv_ms(w[:, 0], w[:, 1])
+    first = fit_time(t, w)
+    again = fit_time(1.3 * t, w, like=first)
+    assert (again.blocks, again.quad, again.align_block) == (first.blocks, first.quad, first.align_block)
+    np.testing.assert_allclose(again.predict(w), 1.3 * first.predict(w), rtol=1e-6)

@@ -10,12 +10,14 @@ each executed node its dims and median time in the designs where it ran. Three s
   some nodes run only when a group's width is (or is not) a multiple of a block. A rule over one
   or two groups' alignment (AND / OR, negated or not) that explains every design exactly is kept;
   otherwise the node counts with the fraction of designs it ran in.
-* **time**: ``t = a + sum_g b_g p_g + sum_{g<h} c_gh p_g p_h`` with ``p_g = ceil(w_g / B_g) * B_g``,
-  coefficients non-negative and fitted on (square-root) relative error, the block ``B_g`` per
-  group chosen from :data:`BLOCKS` by least squares: this is the kernels' step structure (MLAS /
-  oneDNN channel blocks), found from data.
-  Optionally plus, per group, a shift and a work factor when its width is a multiple of 8 or 16
-  (ORT switches layout there), when the design has seen such widths.
+* **time**: ``t = a + sum_g b_g p_g + sum_{g<h} c_gh p_g p_h [+ sum_g q_g p_g^2]`` with
+  ``p_g = ceil(w_g / B_g) * B_g``, coefficients non-negative and fitted on (square-root) relative
+  error. The blocks ``B_g`` (the kernels' step structure: MLAS / oneDNN channel blocks; depthwise
+  and small-channel kernels step at other sizes than dense ones), whether the quadratic terms are
+  in, and whether an alignment regime is (per group, a shift and a work factor when its width is a
+  multiple of 8 or 16, where ORT switches layout) are chosen per node by K-fold cross-validation
+  over the designs: each candidate is fitted without a fold's designs and scored on them, so a
+  richer form is kept only where it predicts designs it was not fitted on better.
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ PRESENCE_BLOCKS = (32, 16, 8, 4)  # the largest block that explains the data win
 MIN_ASSOC_DESIGNS = 5
 ALIGN_BLOCKS = (8, 16)  # MLAS NCHWc block sizes (AVX2 / AVX-512)
 MIN_ALIGNED = 3
-# a larger block must fit this much better than the previous choice to be picked (noise guard)
+# a later candidate must predict held-out folds this much better than the best so far (noise guard)
 BLOCK_GAIN = 0.995
+CV_FOLDS = 5
+MIN_CV_DESIGNS = 10  # fewer designs: choose by the in-sample fit
 
 
 def padded(w: np.ndarray, block: int) -> np.ndarray:
@@ -145,14 +149,18 @@ def fit_presence(present: np.ndarray, widths: np.ndarray, candidates: tuple[int,
     return Presence(fraction=float(rows.mean()))
 
 
-def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool, align_block: int = 0) -> np.ndarray:
-    """Design matrix [1, p_g..., p_g p_h...] for the node's groups (columns of ``widths``), then,
-    with ``align_block``, per group a_g and a_g * prod(p) where a_g = "w_g is a multiple of
+def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool, align_block: int = 0,
+             quad: bool = False) -> np.ndarray:
+    """Design matrix [1, p_g..., p_g p_h..., p_g^2...] for the node's groups (columns of
+    ``widths``; the products with ``pairs``, the squares with ``quad``), then, with
+    ``align_block``, per group a_g and a_g * prod(p) where a_g = "w_g is a multiple of
     align_block": the layout ORT switches to at aligned widths (NCHWc) has its own cost."""
     p = [padded(widths[:, k], b) for k, b in enumerate(blocks)]
     cols = [np.ones(widths.shape[0])] + p
     if pairs:
         cols += [p[i] * p[j] for i, j in itertools.combinations(range(len(p)), 2)]
+    if quad:
+        cols += [x * x for x in p]
     if align_block:
         work = np.prod(np.stack(p, axis=1), axis=1)
         for k in range(widths.shape[1]):
@@ -161,9 +169,9 @@ def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool, align_blo
     return np.stack(cols, axis=1)
 
 
-def n_base_features(k: int, pairs: bool) -> int:
+def n_base_features(k: int, pairs: bool, quad: bool = False) -> int:
     """Columns of :func:`features` before the alignment ones (the non-negative ones)."""
-    return 1 + k + (k * (k - 1) // 2 if pairs else 0)
+    return 1 + k + (k * (k - 1) // 2 if pairs else 0) + (k if quad else 0)
 
 
 def nonneg_lstsq(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None,
@@ -200,12 +208,13 @@ class TimeFit:
     coef: tuple[float, ...]
     pairs: bool
     align_block: int = 0
+    quad: bool = False
 
     def predict(self, widths: np.ndarray) -> np.ndarray:
         """ms per row of ``widths`` (columns: the node's groups in order), never below 0."""
         if not self.blocks:
             return np.full(np.asarray(widths).shape[0], self.coef[0])
-        x = features(np.asarray(widths, dtype=np.float64), self.blocks, self.pairs, self.align_block)
+        x = features(np.asarray(widths, dtype=np.float64), self.blocks, self.pairs, self.align_block, self.quad)
         return np.maximum(x @ np.asarray(self.coef), 0.0)
 
 
@@ -217,22 +226,70 @@ def block_choices(k: int):
     return [(b,) * k for b in BLOCKS]
 
 
-def fit_time(times: np.ndarray, widths: np.ndarray) -> TimeFit:
-    """Fit a node's ms over the designs it ran in; ``widths`` holds only its own groups' columns."""
+def fit_time(times: np.ndarray, widths: np.ndarray, like: TimeFit | None = None) -> TimeFit:
+    """Fit a node's ms over the designs it ran in; ``widths`` holds only its own groups' columns.
+    The form (blocks, quadratic terms, alignment regime) is chosen by cross-validation
+    (:func:`select_form`), or taken from ``like`` (a refit of the same node), then fitted on every
+    design."""
     k = widths.shape[1]
     if k == 0 or times.size < 3:
         return TimeFit((), (float(np.median(times)) if times.size else 0.0,), False)
     pairs = 2 <= k <= 3 and times.size >= 2 * (1 + k + k * (k - 1) // 2)
-    n_base = n_base_features(k, pairs)
     # sqrt-relative errors: small widths count without letting the slowest designs dominate
     rel = 1.0 / np.sqrt(np.maximum(times, 1e-3 * max(float(times.max()), 1e-9)))
-    best: tuple[float, TimeFit] | None = None
-    for align in align_choices(widths, times.size, n_base):
-        for blocks in block_choices(k):
-            coef, sse = nonneg_lstsq(features(widths, blocks, pairs, align), times, rel, n_base)
-            if best is None or sse < BLOCK_GAIN * best[0]:
-                best = (sse, TimeFit(tuple(blocks), tuple(float(c) for c in coef), pairs, align))
+    if like is not None and len(like.blocks) == k and like.pairs == pairs:
+        blocks, align, quad = like.blocks, like.align_block, like.quad
+    else:
+        blocks, align, quad = select_form(times, widths, rel, pairs)
+    coef, _ = nonneg_lstsq(features(widths, blocks, pairs, align, quad), times, rel, n_base_features(k, pairs, quad))
+    return TimeFit(tuple(blocks), tuple(float(c) for c in coef), pairs, align, quad)
+
+
+def select_form(times: np.ndarray, widths: np.ndarray, rel: np.ndarray, pairs: bool) -> tuple[tuple[int, ...], int, bool]:
+    """(blocks, align block, quadratic terms) that predict designs left out of the fit best
+    (:func:`cv_error`). Per quadratic/alignment choice, the block candidates are one block shared by
+    the node's groups (each of :data:`BLOCKS`) and the per-group blocks that fit all designs best."""
+    k = widths.shape[1]
+    folds = cv_folds(times.size)
+    best: tuple[float, tuple] | None = None
+    for quad in quad_choices(k, times.size, pairs):
+        n_base = n_base_features(k, pairs, quad)
+        for align in align_choices(widths, times.size, n_base):
+            fits = {b: nonneg_lstsq(features(widths, b, pairs, align, quad), times, rel, n_base)[1]
+                    for b in block_choices(k)}
+            candidates = list(dict.fromkeys([min(fits, key=fits.get)] + [(b,) * k for b in BLOCKS]))
+            for blocks in candidates:
+                err = cv_error(features(widths, blocks, pairs, align, quad), times, rel, n_base, folds)
+                if best is None or err < BLOCK_GAIN * best[0]:
+                    best = (err, (tuple(blocks), align, quad))
     return best[1]
+
+
+def quad_choices(k: int, n: int, pairs: bool) -> tuple[bool, ...]:
+    """Whether to try the quadratic terms: for one or two groups, with data for them."""
+    return (False, True) if k <= 2 and n >= 2 * n_base_features(k, pairs, True) else (False,)
+
+
+def cv_folds(n: int) -> list[np.ndarray]:
+    """Held-out index sets: :data:`CV_FOLDS` interleaved folds (designs alternate kinds, so each
+    fold sees every kind), or none (score on the fit itself) below :data:`MIN_CV_DESIGNS`."""
+    if n < MIN_CV_DESIGNS:
+        return []
+    return [np.arange(f, n, CV_FOLDS) for f in range(CV_FOLDS)]
+
+
+def cv_error(x: np.ndarray, y: np.ndarray, weights: np.ndarray, n_nonneg: int, folds: list[np.ndarray]) -> float:
+    """Weighted sum of squared errors on designs left out of the fit (every fold once), or the
+    in-sample error without folds."""
+    if not folds:
+        return nonneg_lstsq(x, y, weights, n_nonneg)[1]
+    total = 0.0
+    for held in folds:
+        train = np.ones(y.size, dtype=bool)
+        train[held] = False
+        coef, _ = nonneg_lstsq(x[train], y[train], weights[train], n_nonneg)
+        total += float(np.sum(((np.maximum(x[held] @ coef, 0.0) - y[held]) * weights[held]) ** 2))
+    return total
 
 
 def align_choices(widths: np.ndarray, n: int, n_base: int) -> list[int]:

@@ -37,7 +37,7 @@ from onnxprune.profiling.node_profile import ProfiledRun, profile_nodes, side_by
 from onnxprune.profiling.segments import SegmentMap, segment_groups, segment_map
 from onnxprune.transform.rewrite import rewrite
 
-MODEL_VERSION = 2
+MODEL_VERSION = 3  # 3: segment forms (blocks, quadratic terms) chosen by cross-validation
 HELD_OUT_RANGE = (0.3, 1.0)
 PLAIN_EVERY = 4  # every 4th design is also timed without profiling, to take profiling's overhead out
 
@@ -268,12 +268,15 @@ def segment_times(data: DesignData, smap: SegmentMap) -> dict[str, np.ndarray]:
     return out
 
 
-def fit_segment(key: str, times: np.ndarray, data: DesignData, cols: tuple[int, ...] | None) -> NodeModel:
+def fit_segment(key: str, times: np.ndarray, data: DesignData, cols: tuple[int, ...] | None,
+                like: NodeModel | None = None) -> NodeModel:
     """A segment's model (``cols``: its groups' columns). An executed node that resolved to no
     segment (``cols`` None: a fused node ORT named itself) is fitted alone: its groups from the
-    dims it ran with, its presence rule learned (latency_fit.fit_node)."""
+    dims it ran with, its presence rule learned (latency_fit.fit_node). ``like``: the segment's
+    model from the previous round, whose form (blocks, terms) is kept."""
     if cols is not None:
-        return NodeModel(key, "segment", cols, Presence(), fit_time(times, data.widths[:, list(cols)]))
+        form = like.time if like is not None else None
+        return NodeModel(key, "segment", cols, Presence(), fit_time(times, data.widths[:, list(cols)], form))
     present = times > 0
     ran = [r.nodes[key] for r in data.runs if key in r.nodes]
     ndim = min(len(n.dims) for n in ran)
@@ -295,7 +298,8 @@ def fit_segments(data: DesignData, analysis: Analysis, groups: list[ChannelGroup
                  rounds: int = 3) -> tuple[list[NodeModel], np.ndarray]:
     """One model per segment: its time as a step function of the widths of its groups. Fitted in
     ``rounds``, dividing each design's times by its load factor (:func:`load_factors`) before the
-    next; returns the models and the final load factors."""
+    next (the form of each segment's fit is chosen in the first round and kept); returns the models
+    and the final load factors."""
     view = analysis.view
     smap = segment_map(view.model, {k for k, v in view.consts.items() if np.ndim(v) >= 2})
     cols = segment_groups(analysis, smap, {g.id: c for c, g in enumerate(groups)})
@@ -303,8 +307,9 @@ def fit_segments(data: DesignData, analysis: Analysis, groups: list[ChannelGroup
     keys = list(seg)
     table = np.stack([seg[k] for k in keys])
     lam = np.ones(table.shape[1])
+    models: list[NodeModel | None] = [None] * len(keys)
     for _ in range(rounds):
-        models = [fit_segment(k, t / lam, data, cols.get(k)) for k, t in zip(keys, table)]
+        models = [fit_segment(k, t / lam, data, cols.get(k), m) for k, t, m in zip(keys, table, models)]
         predicted = np.stack([m.predict(data.widths) for m in models])
         lam = load_factors(table, predicted)
     return models, lam
