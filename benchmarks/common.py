@@ -19,3 +19,19 @@ def ensure_full_model(name: str, exporter: str = "ts") -> Path:
         subprocess.run([sys.executable, str(ROOT / "models" / "export.py"), name, "--full", "--exporter", exporter,
                         "--out", str(FULL), "--no-manifest"], check=True)
     return path
+
+
+def load_avg() -> list[float]:
+    """The machine's 1/5/15-minute load averages: every timing figure is recorded with them (the
+    dev machine has 2 cores shared with other jobs; a load above 2 slows and scatters timings)."""
+    import os
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def read_results(path: Path, list_key: str) -> list[dict]:
+    """Entries already in a results file (``list_key``'s list), for resuming a run; [] if none."""
+    import json
+    try:
+        return list(json.loads(path.read_text()).get(list_key, []))
+    except (OSError, ValueError, AttributeError):
+        return []

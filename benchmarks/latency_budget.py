@@ -12,6 +12,11 @@ run for the second and third budgets).
 
     python benchmarks/latency_budget.py                       # 5 models x 3 budgets
     python benchmarks/latency_budget.py --models resnet50 --budgets 0.6
+    python benchmarks/latency_budget.py --resume              # only the cases not in the results file
+
+Each case is written as soon as it is measured (other cases' entries stay; a re-run case replaces
+its own), with the load averages before and after it (os.getloadavg()). The first solve of a
+latency budget aims at 0.95x (the middle of the [0.9, 1.0] band).
 
 Targets: first solve within [0.9, 1.0] x budget in >= 80% of cases; every final result within
 [0.9, 1.0] with a median of <= 2 solves; realized / MACs speed-up >= 0.9 on ResNet-50 and
@@ -31,6 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from common import load_avg, read_results  # noqa: E402
 from latency_model import MODELS, model_path  # noqa: E402
 
 import onnxprune  # noqa: E402
@@ -45,7 +51,7 @@ def run_case(path: Path, budget: float, cache: Path, threads, transformer: bool)
     """One budget. Transformers prune heads and the residual stream too (--heads --embed-dim: MLP
     neurons alone cannot reach 0.6x). A refusal under the default x0.2 MACs floor is recorded, and
     the case rerun as a user who asks for that little would (--min-macs 0.05)."""
-    t0 = time.perf_counter()
+    t0, load_before = time.perf_counter(), load_avg()
     kw = dict(budget=f"{budget}x", scorer="sp-lamp", latency=False, cache_dir=str(cache), threads=threads,
               heads=transformer, embed_dim=transformer)
     refused = None
@@ -58,14 +64,16 @@ def run_case(path: Path, budget: float, cache: Path, threads, transformer: bool)
             refused = str(e)
             res = onnxprune.prune(str(path), min_macs=OPT_IN_MIN_MACS, **kw)
     except OnnxPruneError as e:
-        return dict(budget=budget, error=str(e), refused_at_default_min_macs=refused, wall_s=time.perf_counter() - t0)
+        return dict(budget=budget, error=str(e), refused_at_default_min_macs=refused, wall_s=time.perf_counter() - t0,
+                    load_before=load_before, load_after=load_avg())
     wall = time.perf_counter() - t0
     b = res.report.budget
     its = [dict(target=i.target, predicted=i.predicted, measured=i.measured) for i in b.iterations]
     macs_ratio = res.report.pruned.macs / res.report.baseline.macs
     speedup = b.baseline / b.measured
     info = b.latency_model_info or {}
-    return dict(budget=budget, refused_at_default_min_macs=refused, budget_ms=b.budget, baseline_ms=b.baseline, iterations=its, solves=len(its),
+    return dict(budget=budget, load_before=load_before, load_after=load_avg(),
+                refused_at_default_min_macs=refused, budget_ms=b.budget, baseline_ms=b.baseline, iterations=its, solves=len(its),
                 first_measured_over_budget=its[0]["measured"] / b.budget,
                 first_predicted_over_measured=its[0]["predicted"] / its[0]["measured"],
                 final_measured_over_budget=b.measured / b.budget, macs_ratio=macs_ratio,
@@ -73,38 +81,57 @@ def run_case(path: Path, budget: float, cache: Path, threads, transformer: bool)
                 model_build_s=None if info.get("cached") else info.get("build_s"), model_cached=info.get("cached"))
 
 
+def report_case(c: dict) -> None:
+    name, b = c["model"], c["budget"]
+    if "error" in c:
+        print(f"{name:12s} {b:.1f}x  ERROR {c['error']}  load {c.get('load_after')}")
+        return
+    print(f"{name:12s} {b:.1f}x  base {c['baseline_ms']:7.2f} ms  first pred/meas "
+          f"{c['iterations'][0]['predicted']:7.2f}/{c['iterations'][0]['measured']:7.2f} ms "
+          f"(meas/budget {c['first_measured_over_budget']:.3f})  solves {c['solves']}  final "
+          f"meas/budget {c['final_measured_over_budget']:.3f}  MACs x{c['macs_ratio']:.3f}  "
+          f"realized/MACs speed-up {c['realized_over_macs_speedup']:.2f}  wall {c['wall_s']:.1f} s"
+          + (f" (model built in {c['model_build_s']:.1f} s)" if c['model_build_s'] else "")
+          + (" [--min-macs 0.05: refused at the default x0.2]" if c["refused_at_default_min_macs"] else "")
+          + f"  load {c['load_after']}", flush=True)
+
+
+def summarize(cases: list[dict]) -> dict:
+    ok = [c for c in cases if "error" not in c]
+    first_in = sum(0.9 <= c["first_measured_over_budget"] <= 1.0 for c in ok)
+    final_in = sum(0.9 <= c["final_measured_over_budget"] <= 1.0 for c in ok)
+    return dict(cases=len(cases), errors=len(cases) - len(ok), first_solve_in_band=first_in,
+                final_in_band=final_in, median_solves=statistics.median([c["solves"] for c in ok]) if ok else None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--budgets", nargs="*", type=float, default=[0.8, 0.6, 0.4])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--resume", action="store_true", help="skip cases already in --out; keep their entries")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="latency-model cache (default: a fresh temporary one, so each model's build is timed)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_budget.json")
     args = ap.parse_args()
-    cases = []
-    with tempfile.TemporaryDirectory() as cache:
-        for name in args.models:
-            path, source = model_path(name)
-            for b in args.budgets:
-                c = dict(model=name, source=source, **run_case(path, b, Path(cache), args.threads, name in TRANSFORMERS))
-                cases.append(c)
-                if "error" in c:
-                    print(f"{name:12s} {b:.1f}x  ERROR {c['error']}")
-                    continue
-                print(f"{name:12s} {b:.1f}x  base {c['baseline_ms']:7.2f} ms  first pred/meas "
-                      f"{c['iterations'][0]['predicted']:7.2f}/{c['iterations'][0]['measured']:7.2f} ms "
-                      f"(meas/budget {c['first_measured_over_budget']:.3f})  solves {c['solves']}  final "
-                      f"meas/budget {c['final_measured_over_budget']:.3f}  MACs x{c['macs_ratio']:.3f}  "
-                      f"realized/MACs speed-up {c['realized_over_macs_speedup']:.2f}  wall {c['wall_s']:.1f} s"
-                      + (f" (model built in {c['model_build_s']:.1f} s)" if c['model_build_s'] else "")
-                      + (" [--min-macs 0.05: refused at the default x0.2]" if c["refused_at_default_min_macs"] else ""))
-    ok = [c for c in cases if "error" not in c]
-    first_in = sum(0.9 <= c["first_measured_over_budget"] <= 1.0 for c in ok)
-    final_in = sum(0.9 <= c["final_measured_over_budget"] <= 1.0 for c in ok)
-    summary = dict(cases=len(cases), errors=len(cases) - len(ok), first_solve_in_band=first_in,
-                   final_in_band=final_in, median_solves=statistics.median([c["solves"] for c in ok]) if ok else None)
-    print(summary)
+    todo = [(m, b) for m in args.models for b in args.budgets]
+    cases = [c for c in read_results(args.out, "cases") if (c.get("model"), c.get("budget")) not in todo or args.resume]
+    done = {(c["model"], c["budget"]) for c in cases}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(machine=platform.machine(), summary=summary, cases=cases), indent=1))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache_dir or Path(tmp)
+        for name, b in todo:
+            if (name, b) in done:
+                print(f"{name} {b}x: in {args.out.name} already (--resume)")
+                continue
+            path, source = model_path(name)
+            c = dict(model=name, source=source, **run_case(path, b, cache, args.threads, name in TRANSFORMERS))
+            cases.append(c)
+            report_case(c)
+            cases.sort(key=lambda c: (MODELS.index(c["model"]) if c["model"] in MODELS else len(MODELS), -c["budget"]))
+            args.out.write_text(json.dumps(dict(machine=platform.machine(), summary=summarize(cases), cases=cases),
+                                           indent=1))
+    print(summarize(cases))
 
 
 if __name__ == "__main__":

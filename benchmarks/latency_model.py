@@ -10,7 +10,15 @@ Models: the torch exports in models/onnx/full/<name>.ts.onnx when present (model
 --full), else the same architectures built with onnx.helper (benchmarks/latency_model_nets.py).
 
     python benchmarks/latency_model.py                      # all five, results/latency_model.json
-    python benchmarks/latency_model.py resnet50 --check 10  # a subset
+    python benchmarks/latency_model.py --models resnet50 mobilenetv2   # a subset (or positional names)
+    python benchmarks/latency_model.py --resume             # only the models not in the results file yet
+
+Each model's entry is written as soon as it is measured (a later model replaces nothing else), with
+the load averages before and after it (os.getloadavg(): figures taken at a load above the 2 cores are
+not quiet-machine figures). ``median_abs_ratio_error`` is the error of the predicted speed-up over the
+unpruned model measured beside each point: what a budget uses, since the budget path scales the
+model to the baseline measured at solve time (planning/objectives.py), so load that changed since
+the build cancels.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import FULL, ROOT  # noqa: E402
+from common import FULL, ROOT, load_avg, read_results  # noqa: E402
 
 MODELS = ("resnet50", "mobilenetv2", "convnext", "vit", "bert")
 
@@ -47,6 +55,7 @@ def run_one(name: str, args) -> dict:
     from onnxprune.api import analyze_model
     from onnxprune.profiling.latency_model import build_latency_model, check_summary
     path, source = model_path(name)
+    load_before = load_avg()
     analysis = analyze_model(str(path))
     groups = analysis.prunable_groups
     t0 = time.perf_counter()
@@ -59,8 +68,9 @@ def run_one(name: str, args) -> dict:
           f"base {model.baseline_ms:7.2f} ms  median |err| {100 * s['median_abs_rel_error']:5.1f}%  "
           f"p90 {100 * s['p90_abs_rel_error']:5.1f}%  "
           f"(speed-up vs unpruned: median {100 * s['median_abs_ratio_error']:5.1f}%"
-          f" p90 {100 * s['p90_abs_ratio_error']:5.1f}%)", flush=True)
-    return dict(model=name, source=source, groups=len(groups), build_s=build_s, n_designs=model.n_designs,
+          f" p90 {100 * s['p90_abs_ratio_error']:5.1f}%)  load {load_avg()}", flush=True)
+    return dict(model=name, source=source, load_before=load_before, load_after=load_avg(),
+                groups=len(groups), build_s=build_s, n_designs=model.n_designs,
                 baseline_ms=model.baseline_ms, fixed_ms=model.fixed_ms, scale=model.scale, **s,
                 in_sample_median_abs_rel_error=float(np.median(np.abs(model.fit_rel_errors))),
                 points=[dict(predicted_ms=p.predicted_ms, measured_ms=p.measured_ms, lo_ms=p.measured_lo_ms,
@@ -71,6 +81,8 @@ def run_one(name: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all five)")
+    ap.add_argument("--models", dest="models_opt", nargs="*", default=[], help="the same, as an option")
+    ap.add_argument("--resume", action="store_true", help="skip models already in --out; keep their entries")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--designs", type=int, default=40)
     ap.add_argument("--time-cap", type=float, default=100.0, help="cap on the design's measurement (s)")
@@ -78,13 +90,22 @@ def main() -> None:
     ap.add_argument("--check-cap", type=float, default=3.0, help="time cap per held-out measurement (s)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_model.json")
     args = ap.parse_args()
-    unknown = set(args.models) - set(MODELS)
+    names = list(dict.fromkeys(args.models + args.models_opt)) or list(MODELS)
+    unknown = set(names) - set(MODELS)
     if unknown:
         ap.error(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
-    results = [run_one(m, args) for m in args.models or MODELS]
+    # entries of other models stay; a re-measured model replaces its own entry
+    results = [r for r in read_results(args.out, "results") if r.get("model") not in names or args.resume]
+    done = {r["model"] for r in results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(machine=platform.processor() or platform.machine(), threads=args.threads,
-                                        designs=args.designs, results=results), indent=1))
+    for m in names:
+        if m in done:
+            print(f"{m}: in {args.out.name} already (--resume)")
+            continue
+        results.append(run_one(m, args))
+        results.sort(key=lambda r: MODELS.index(r["model"]) if r["model"] in MODELS else len(MODELS))
+        args.out.write_text(json.dumps(dict(machine=platform.processor() or platform.machine(), threads=args.threads,
+                                            designs=args.designs, results=results), indent=1))
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 
 

@@ -71,6 +71,24 @@ def test_meet_budget_closed_loop_corrects_a_biased_cost_model():
     assert len(res.iterations) > 1
 
 
+def test_first_latency_solve_aims_inside_the_band():
+    """An exact cost model, and a measurement that reads 3% slow (noise, load): solving for the
+    budget itself lands the first try over it; aiming at the band's middle (0.95x) lands it inside."""
+    g = [_group(i, 64) for i in range(4)]
+    choices = group_choices(g, {i: np.linspace(1, 2, 64) for i in range(4)})
+    for c in choices:
+        c.costs = (c.widths - 64) * 0.1
+
+    def evaluate(kept):
+        return 1.03 * (100.0 - 0.1 * sum(64 - len(kept.get(c.group.id, np.arange(64))) for c in choices))
+
+    plain = meet_budget(choices, 100.0, 80.0, evaluate, metric="latency")
+    assert plain.iterations[0].target == 80.0 and plain.iterations[0].measured > 80.0
+    aimed = meet_budget(choices, 100.0, 80.0, evaluate, metric="latency", aim_first=True)
+    first = aimed.iterations[0]
+    assert first.target == pytest.approx(76.0) and 72.0 <= first.measured <= 80.0 and len(aimed.iterations) == 1
+
+
 def test_meet_budget_infeasible_says_so():
     g = [_group(0, 8)]
     choices = group_choices(g, {0: np.ones(8)})

@@ -125,13 +125,16 @@ def coupled_solver(instance: CoupledInstance, baseline: float):
 
 
 def meet_budget(choices: list[GroupChoices], baseline: float, budget: float, evaluate, *, metric: str,
-                max_iter: int = 7, low: float = 0.9, high: float = 1.0, solve=None) -> BudgetResult:
+                max_iter: int = 7, low: float = 0.9, high: float = 1.0, solve=None,
+                aim_first: bool = False) -> BudgetResult:
     """The closed loop every additive objective runs: solve for a target, evaluate the real metric of
     the written model, and move the target so the next measurement lands just under the budget.
     Per-group costs are measured one group at a time, so their sum misjudges joint pruning (fixed
     per-op overheads do not shrink): :func:`next_target` corrects for that. Keeps the most valuable
     solution that meets the budget; `evaluate(kept) -> measured value`; `solve(target)` picks the
-    items (default: the separable group knapsack over the items' costs)."""
+    items (default: the separable group knapsack over the items' costs). `aim_first`: the first
+    solve targets the middle of the band instead of the budget itself, so that a measurement noisier
+    than the prediction's error does not push a well-predicted first solve over (latency)."""
     if solve is None:
         solve, floor = separable_solver(choices, baseline), sum(float(np.min(c.costs)) for c in choices)
     else:
@@ -144,6 +147,10 @@ def meet_budget(choices: list[GroupChoices], baseline: float, budget: float, eva
             f"channel in every prunable group still gives about {format_metric(metric, baseline + sol.cost, baseline)} (unpruned "
             f"{format_metric(metric, baseline)})")
     target, best, iters, pts = budget, _Best(), [], []
+    if aim_first and aim < budget:
+        first = solve(aim)
+        if first.feasible:
+            target, sol = aim, first
     min_target = baseline + floor
     for _ in range(max_iter):
         kept = kept_for(choices, sol.choice)
@@ -285,7 +292,7 @@ def meet_objective(choices: list[GroupChoices], objective: Objective, baseline: 
     if isinstance(objective, LatencyObjective) and isinstance(objective.costs, OpModelLatencyCosts):
         solve = coupled_solver(objective.costs.instance(choices), baseline)
     return meet_budget(choices, baseline, budget, objective.evaluate, metric=objective.metric,
-                       low=objective.band_low, solve=solve)
+                       low=objective.band_low, solve=solve, aim_first=isinstance(objective, LatencyObjective))
 
 
 LATENCY_MODELS = ("op", "table", "macs")
