@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune import analyze_model, prune
 from onnxprune.analysis.graph import build_view
 from onnxprune.analysis.rules.genai import dequantize_nbits, pack_zero_points, unpack_zero_points
+from onnxprune.scoring.registry import ScoreContext, score_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "models"))
@@ -201,3 +202,17 @@ def test_rotary_embedding_refuses_without_heads():
     q = a.group_of("/model/layers.0/attn/q_proj/output_0", 2)
     assert q is not None and not q.prunable
     assert any("RotaryEmbedding" in r or "--heads" in r for r in q.reasons)
+
+
+def test_l2_scores_int4_blocks_by_their_dequantized_weights():
+    """Magnitude scorers read MatMulNBits weights as floats (the rule's float_weights), not packed
+    bytes: a block's l2 score is the norm of its dequantized gate/up columns and down rows."""
+    fx = FIXTURES["genai_tiny.int4"]
+    a = analyze_model(str(ROOT / fx["file"]), input_shapes=fx["input_shapes"])
+    scores = score_groups(a, "l2", context=ScoreContext(a, seed=0))
+    g = next(gr for gr in a.prunable_groups if "layers.0/mlp" in gr.name)
+    nodes = {n.name.split("/")[-2]: n for n in a.view.nodes if "layers.0/mlp" in n.name and n.op_type == "MatMulNBits"}
+    w = {k: dequantize_nbits(n, a.view) for k, n in nodes.items()}  # [K, N]
+    sq = np.square(w["gate_proj"]).sum(0) + np.square(w["up_proj"]).sum(0) + np.square(w["down_proj"]).sum(1)
+    expected = np.sqrt(sq.reshape(4, 32).sum(1))
+    np.testing.assert_allclose(scores[g.id], expected, rtol=1e-5)

@@ -111,12 +111,30 @@ def fold_one(analysis: Analysis, table: WeightTable, bn, aff: ChannelAffine) -> 
     table.consts[beta] = aff.scale * bias + aff.shift
 
 
+class FloatConsts(dict):
+    """The weight arrays, where packed ones (the rules' ``float_weights``) read as their float values,
+    expanded on each access and never kept."""
+
+    def __init__(self, consts: dict, expand: dict):
+        super().__init__(consts)
+        self.expand = expand
+
+    def __getitem__(self, key):
+        f = self.expand.get(key)
+        return f() if f is not None else super().__getitem__(key)
+
+
 def _weight_table(analysis: Analysis, on_affine) -> WeightTable:
     """The weights with the same layer axes; ``on_affine(table, node, affine)`` for every node whose
     rule declares a channel affine (a BatchNormalization)."""
     view = analysis.view
     filters, inputs = layer_weight_axes(analysis)
-    table = WeightTable(dict(view.consts), filters=filters, inputs=inputs)
+    expand = {}
+    for n in view.nodes:
+        rule = rule_for(n)
+        if rule is not None:
+            expand.update(rule.float_weights(n, view))
+    table = WeightTable(FloatConsts(view.consts, expand), filters=filters, inputs=inputs)
     for n in view.nodes:
         rule = rule_for(n)
         aff = rule.channel_affine(n, view) if rule is not None else None

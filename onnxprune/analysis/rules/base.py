@@ -210,6 +210,12 @@ class OpRule:
         """The node's constant weight inputs and their channel axes, main weight first."""
         return []
 
+    def float_weights(self, node: onnx.NodeProto, view: GraphView) -> dict[str, Callable[[], np.ndarray]]:
+        """Weights stored packed or quantized (MatMulNBits' int4 blocks): tensor -> a function that
+        gives the float values the node computes with, on the same channel axes. Magnitude scorers
+        read these, one tensor at a time (a large model's weights are never all expanded at once)."""
+        return {}
+
     def channel_affine(self, node: onnx.NodeProto, view: GraphView) -> ChannelAffine | None:
         """The per-channel affine map of input 0's axis 1 this node computes at inference, or None."""
         return None

@@ -65,7 +65,13 @@ def pack_zero_points(vals: np.ndarray, bits: int, like: np.ndarray) -> np.ndarra
 
 
 def dequantize_nbits(node, view) -> np.ndarray:
-    """The float weight [K, N] a MatMulNBits node computes with (for scoring and measurements)."""
+    """The float weight [K, N] a MatMulNBits node computes with (for measurements)."""
+    k, n = nbits_layout(node, view)[:2]
+    return dequantize_blocks(node, view).reshape(n, -1)[:, :k].T
+
+
+def dequantize_blocks(node, view, dtype=np.float64) -> np.ndarray:
+    """B's values as floats, block by block: [N, blocks, block_size] (B's channel axes)."""
     k, n, bits, bs = nbits_layout(node, view)
     b = view.consts[node.input[1]]
     blocks = b.shape[1]
@@ -77,8 +83,7 @@ def dequantize_nbits(node, view) -> np.ndarray:
         zp = unpack_zero_points(view.consts[zp_name], n, blocks, bits).astype(np.float64)
     else:
         zp = np.full((n, blocks), float(1 << (bits - 1)))
-    w = (q.astype(np.float64) - zp[:, :, None]) * scales[:, :, None]
-    return w.reshape(n, -1)[:, :k].T
+    return ((q.astype(np.float64) - zp[:, :, None]) * scales[:, :, None]).astype(dtype)
 
 
 @register
@@ -102,6 +107,12 @@ class MatMulNBits(OpRule):
     def projection_input(self, node, view):
         s = view.shape(node.input[0])
         return (node.input[0], len(s) - 1) if s else None
+
+    def float_weights(self, node, view):
+        """B as the dequantized blocks [N, blocks, block_size] (scorers see weights, not packed bytes)."""
+        if node.input[1] not in view.consts:
+            return {}
+        return {node.input[1]: lambda: dequantize_blocks(node, view, np.float32)}
 
     def relate(self, node, ctx):
         a, b, y = node.input[0], node.input[1], node.output[0]
