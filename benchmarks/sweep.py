@@ -6,6 +6,7 @@ error: a bug), a signal death (a native crash: a bug) or a timeout.
     nice -n 19 python benchmarks/sweep.py                      # committed fixtures
     nice -n 19 python benchmarks/sweep.py --exports            # + full-size exports (torch)
     python benchmarks/sweep.py --models resnet18 --settings ratio0.3,vbp-lstsq   # a subset
+    python benchmarks/sweep.py --merge a.json b.json            # combine results files, print the tables
 
 Settings: --ratio 0.3, --ratio 0.7, --macs 50%, --budget 0.7x --latency-model macs, and
 --scorer vbp --compensate lstsq --macs 50% with generated calibration (random samples shaped and
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -217,6 +219,26 @@ def sweep(models: list[Path], settings: list[str], out: Path, results: list[dict
                 log_run(r)
 
 
+def merged(files: list[str]) -> list[dict]:
+    """The runs of several results files, one per (model, setting): a later file's run replaces an
+    earlier one's."""
+    by: dict[tuple[str, str], dict] = {}
+    for f in files:
+        for r in load_previous(Path(f)):
+            by[r["model"], r["setting"]] = r
+    return list(by.values())
+
+
+def refusal_kinds(results: list[dict]) -> dict[str, int]:
+    """Exit-2 messages with their numbers taken out, and how many runs ended with each."""
+    kinds: dict[str, int] = {}
+    for r in results:
+        if r["exit"] == 2:
+            k = re.sub(r"\d+(\.\d+)?\s*(ms|[KMG]|x)?", "N", r.get("message", ""))
+            kinds[k] = kinds.get(k, 0) + 1
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exports", action="store_true", help=f"also full-size exports (torch; kept in {FULL})")
@@ -227,20 +249,27 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run (default 600)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the runs already in --out and do only the missing ones")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="run nothing: combine these results files into --out and print the tables")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
     args = ap.parse_args()
     settings = [s for s in args.settings.split(",") if s]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         sys.exit(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
-    models = ([] if args.only_exports else committed_fixtures()) + (
-        export_targets() if args.exports or args.only_exports else [])
-    if args.models:
-        models = [m for m in models if any(k in str(m) for k in args.models.split(","))]
     out = Path(args.out)
-    results = load_previous(out) if args.resume else []
-    sweep(models, settings, out, results, args.timeout)
+    keys = args.models.split(",") if args.models else None
+    if args.merge:
+        results = merged(args.merge)
+    else:
+        models = ([] if args.only_exports else committed_fixtures()) + (
+            export_targets() if args.exports or args.only_exports else [])
+        models = [m for m in models if not keys or any(k in str(m) for k in keys)]
+        results = load_previous(out) if args.resume else []
+        sweep(models, settings, out, results, args.timeout)
     write_results(out, results)
+    if keys:  # the tables of the models asked for
+        results = [r for r in results if any(k in r["model"] for k in keys)]
     print(markdown(results, settings))
     print()
     print(" ".join(f"{k}={v}" for k, v in summary(results).items()))
@@ -248,6 +277,9 @@ def main() -> None:
         if r["exit"] != 0:
             print(f"- {r['model']} {r['setting']}: exit {r['exit']} {r.get('signal', '')} "
                   f"{r.get('message', r.get('export_failed', ''))}")
+    print()
+    for kind, n in refusal_kinds(results).items():
+        print(f"- {n} x {kind}")
 
 
 if __name__ == "__main__":

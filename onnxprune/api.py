@@ -188,12 +188,26 @@ def plan(loaded: LoadedModel, scored: Scored, config: PruneConfig, progress: Pro
                    knapsack_value=t.knapsack_value, latency_model=rt.latency_model, cache_dir=rt.cache_dir,
                    min_macs=t.min_macs,
                    use_cache=rt.use_cache, latency_cmd=rt.latency_cmd, progress=progress)
-    if t.stages > 1:
-        res = plan_in_stages(analysis, _stage_scorer(scored, config), spec, t.stages,
-                             reanalyze=_stage_analyzer(loaded, config), **plan_kw)
-    else:
-        res = plan_for_budget(analysis, scored.scores, spec, **plan_kw)
+    try:
+        if t.stages > 1:
+            res = plan_in_stages(analysis, _stage_scorer(scored, config), spec, t.stages,
+                                 reanalyze=_stage_analyzer(loaded, config), **plan_kw)
+        else:
+            res = plan_for_budget(analysis, scored.scores, spec, **plan_kw)
+    except OnnxPruneError as e:
+        hint = unlock_hint(analysis, heads=config.analysis.heads, embed_dim=config.analysis.embed_dim)
+        if "cannot be met" not in str(e) or not hint or type(e) is not OnnxPruneError:
+            raise
+        raise OnnxPruneError(f"{e}; {hint}") from None
     return Plan(keep_every_member(analysis.groups, res.kept, scored.scores), res)
+
+
+def unlock_hint(analysis: Analysis, *, heads: bool, embed_dim: bool) -> str:
+    """For a budget out of reach: the flags that would let frozen transformer channels be pruned."""
+    kinds = {g.kind for g in analysis.groups}
+    flags = [f for f, off, kind in (("--heads (whole attention heads)", not heads, "head_dim"),
+                                    ("--embed-dim (the residual stream)", not embed_dim, "embed")) if off and kind in kinds]
+    return f"give {' and '.join(flags)} to prune more" if flags else ""
 
 
 def _stage_analyzer(loaded: LoadedModel, config: PruneConfig):

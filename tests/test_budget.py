@@ -289,3 +289,16 @@ def test_op_latency_model_budget_reports_each_solve(tmp_path):
     assert 0.0 < b.macs_fraction <= 1.0
     assert res.report.verification["passed"]
     assert list(tmp_path.glob("opmodel-*.json"))  # cached for the next run
+
+
+def test_an_unreachable_budget_names_the_flags_that_would_reach_further():
+    """A ViT pruned without --heads / --embed-dim keeps its heads and residual stream whole, so 50% of
+    its MACs is out of reach (15% even with --heads): the one-line refusal says which flags would prune more, and with them
+    the budget is met."""
+    vit = str(ROOT / "models" / "onnx" / "vit.ts.onnx")
+    with pytest.raises(OnnxPruneError, match=r"cannot be met.*give --heads .* and --embed-dim .* to prune more"):
+        prune(vit, macs="35%", latency=False)
+    with pytest.raises(OnnxPruneError, match=r"cannot be met.*give --embed-dim \(the residual stream\) to prune more"):
+        prune(vit, macs="15%", latency=False, heads=True)
+    res = prune(vit, macs="15%", latency=False, heads=True, embed_dim=True)
+    assert res.report.budget.met and res.report.verification["passed"]
