@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune import analyze_model, prune
 from onnxprune.analysis.graph import build_view
 from onnxprune.analysis.rules.genai import dequantize_nbits, pack_zero_points, unpack_zero_points
+from onnxprune.profiling.cost import total_params
 from onnxprune.scoring.registry import ScoreContext, score_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,3 +217,17 @@ def test_l2_scores_int4_blocks_by_their_dequantized_weights():
     sq = np.square(w["gate_proj"]).sum(0) + np.square(w["up_proj"]).sum(0) + np.square(w["down_proj"]).sum(1)
     expected = np.sqrt(sq.reshape(4, 32).sum(1))
     np.testing.assert_allclose(scores[g.id], expected, rtol=1e-5)
+
+
+def test_int4_weights_count_as_parameters():
+    """MatMulNBits' packed blocks count K x N parameters (the rule's packed_params): the int4 model has
+    the fp32 model's parameters plus its float scales, and pruning lowers the count as it does there."""
+    fx32, fx4 = FIXTURES["genai_tiny"], FIXTURES["genai_tiny.int4"]
+    m4 = onnx.load(str(ROOT / fx4["file"]))
+    v32 = build_view(onnx.load(str(ROOT / fx32["file"])), fx32["input_shapes"])
+    v4 = build_view(m4, fx4["input_shapes"])
+    scales = sum(a.size for t, a in v4.consts.items() if t.endswith("_scales"))
+    assert total_params(v4) == total_params(v32) + scales
+    res = prune(m4, ratio=0.5, input_shapes=fx4["input_shapes"], latency=False)
+    removed = 2 * 64 * 64 * 3  # two layers, 64 neurons of gate, up and down
+    assert res.report.baseline.params - res.report.pruned.params == removed + 2 * (64 * 2 * 2 + 64 * 2)

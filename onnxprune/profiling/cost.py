@@ -82,11 +82,21 @@ def uncounted_mac_nodes(view: GraphView) -> list[str]:
             if counts_macs(rule_for(n)) and any(view.shape(t) is None for t in (*n.input[:2], n.output[0]) if t)]
 
 
+def packed_params(view: GraphView) -> dict[str, int]:
+    """Integer-packed weights the rules count as parameters (MatMulNBits' int4 blocks: K x N each)."""
+    out: dict[str, int] = {}
+    for n in view.nodes:
+        rule = rule_for(n)
+        if rule is not None:
+            out.update(rule.packed_params(n, view))
+    return out
+
+
 def total_params(view: GraphView) -> int:
     """Elements of floating-point initializers (shape constants and indices are not parameters),
-    those inside subgraphs included."""
+    those inside subgraphs included, and the parameters packed into integer weights."""
     main = int(sum(a.size for a in view.consts.values() if np.issubdtype(a.dtype, np.floating)))
-    return main + sum(c.params for c in subgraph_costs(view))
+    return main + sum(packed_params(view).values()) + sum(c.params for c in subgraph_costs(view))
 
 
 # --- how costs scale when channel groups shrink ---------------------------------------------------
@@ -120,8 +130,9 @@ def macs_terms(analysis) -> list[tuple[int, list[int]]]:
 
 def params_terms(analysis) -> list[tuple[int, list[int]]]:
     view = analysis.view
-    return [(int(a.size), _space_groups(analysis, t)) for t, a in view.consts.items()
-            if np.issubdtype(a.dtype, np.floating)] + [(c.params, []) for c in subgraph_costs(view) if c.params]
+    return ([(int(a.size), _space_groups(analysis, t)) for t, a in view.consts.items()
+             if np.issubdtype(a.dtype, np.floating)] + [(c.params, []) for c in subgraph_costs(view) if c.params]
+            + [(p, _space_groups(analysis, t)) for t, p in packed_params(view).items()])
 
 
 def activation_terms(analysis) -> dict[str, tuple[int, list[int]]]:

@@ -216,6 +216,11 @@ class OpRule:
         read these, one tensor at a time (a large model's weights are never all expanded at once)."""
         return {}
 
+    def packed_params(self, node: onnx.NodeProto, view: GraphView) -> dict[str, int]:
+        """Integer-packed weights (no float initializer to count): tensor -> parameters it holds
+        (MatMulNBits: K x N). Costs count these as parameters."""
+        return {}
+
     def channel_affine(self, node: onnx.NodeProto, view: GraphView) -> ChannelAffine | None:
         """The per-channel affine map of input 0's axis 1 this node computes at inference, or None."""
         return None

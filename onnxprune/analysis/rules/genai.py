@@ -108,6 +108,9 @@ class MatMulNBits(OpRule):
         s = view.shape(node.input[0])
         return (node.input[0], len(s) - 1) if s else None
 
+    def packed_params(self, node, view):
+        return {node.input[1]: int(attr(node, "K")) * int(attr(node, "N"))} if node.input[1] in view.consts else {}
+
     def float_weights(self, node, view):
         """B as the dequantized blocks [N, blocks, block_size] (scorers see weights, not packed bytes)."""
         if node.input[1] not in view.consts:
