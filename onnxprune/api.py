@@ -38,7 +38,7 @@ from onnxprune.scoring.registry import ScoreContext, score_groups
 from onnxprune.transform.compensate import apply_compensation, check_static_positions
 from onnxprune.transform.requantize import requantize_weights
 from onnxprune.transform.rewrite import rewrite
-from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, verify_tolerance
+from onnxprune.verify.oracle import compare_models, io_positions, masked_model, needs_plain_execution, verify_tolerance
 from onnxprune.verify.rounding import accumulations
 
 __all__ = ["PruneConfig", "PruneResult", "analyze_model", "group_reports", "measure", "model_stats",
@@ -278,7 +278,7 @@ def verify(loaded: LoadedModel, plan_: Plan, pruned: onnx.ModelProto, progress: 
     plain = needs_plain_execution(loaded.normalized)
     rel_tol, half = verify_tolerance(loaded.normalized)
     res = compare_models(masked_model(loaded.analysis, plan_.kept), pruned, feeds, rel_tol=rel_tol, optimize=not plain,
-                         rounding=accumulations(loaded.analysis))
+                         rounding=accumulations(loaded.analysis), io=io_positions(loaded.analysis, plan_.kept))
     result = VerificationResult(
         passed=res.passed, max_abs_diff=res.max_abs_diff, tolerance=res.tolerance, rel_tol=rel_tol,
         output_scale=res.scale, inputs=len(feeds), per_output=res.per_output, rounding_floor=res.rounding_floor,

@@ -5,6 +5,12 @@ component of spaces is a ChannelGroup. Inside it, element-level relations (index
 with a vectorized union-find to find the group's canonical channels, and every member gets the map
 "position in this space -> canonical channel". Any space that some node touching it does not claim
 (unknown op, model input/output, excluded node) freezes the channels it carries, with the reason.
+
+Model inputs and outputs freeze their channels, except *state* (a KV cache): an input the model
+appends to and returns (``present = Concat(past, new)``), or a space a rule declares in
+``RuleResult.state_io`` (a fused attention op's past/present). Those axes follow their group
+(``Analysis.resized_io``): the rewrite changes the declared IO shape (rewrite.resize_io) and the
+oracle feeds the pruned model the kept slices (oracle.io_positions).
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from onnxprune.analysis.graph import GraphView
+from onnxprune.analysis.graph import GraphView, attr
 from onnxprune.errors import OnnxPruneError
 from onnxprune.analysis.rules import (CHANNELWISE, LAYOUT_OPS, AttentionAxes, Opaque, RuleContext, RuleResult, Space,
                                       rule_for)
@@ -59,6 +65,8 @@ class Analysis:
     node_results: dict[int, RuleResult]
     opaque: dict[int, str]  # node index -> reason
     space_group: dict[Space, int]
+    # graph input/output spaces that follow their channel group (state: KV caches) -> group id
+    resized_io: dict[Space, int] = field(default_factory=dict)
 
     def group_of(self, tensor: str, axis: int) -> ChannelGroup | None:
         g = self.space_group.get((tensor, axis))
@@ -98,10 +106,34 @@ def analyze(view: GraphView, exclude: list[str] | None = None, max_passes: int =
 
     spaces = sorted({sp for t, axes in live.items() for sp in ((t, a) for a in axes)
                      if view.shape(t) is not None and sp[1] < len(view.shape(t))})
-    freeze = _unclaimed(view, spaces, results, opaque, excluded)
+    state = state_spaces(view, results)
+    freeze = _unclaimed(view, spaces, results, opaque, excluded, state)
     groups, space_group = _build_groups(view, spaces, results, freeze)
     _classify(view, groups, space_group, embed_dim=embed_dim)
-    return Analysis(view, groups, results, opaque, space_group)
+    resized = {sp: space_group[sp] for sp in sorted(state) if sp in space_group}
+    return Analysis(view, groups, results, opaque, space_group, resized)
+
+
+def state_spaces(view: GraphView, results: dict[int, RuleResult]) -> set[Space]:
+    """Graph input/output spaces that carry recurrent state and may shrink with their group: those
+    rules declare (``RuleResult.state_io``, e.g. a fused attention op's past/present KV), and every
+    axis but the appended one of a graph output made by Concat from a graph input (the torch
+    exporters' KV cache: ``present = Concat(past, new_kv, axis=seq)``) and of that input."""
+    out = {sp for res in results.values() for sp in res.state_io}
+    inputs = set(view.inputs)
+    for o in view.outputs:
+        k = view.producer.get(o)
+        node = view.nodes[k] if k is not None else None
+        if node is None or node.op_type != "Concat" or view.shape(o) is None:
+            continue
+        past = [i for i in node.input if i in inputs]
+        if not past:
+            continue
+        rank = len(view.shape(o))
+        cat = attr(node, "axis")
+        cat = cat + rank if cat < 0 else cat
+        out.update((t, a) for t in past + [o] for a in range(rank) if a != cat)
+    return out
 
 
 def check_something_to_prune(analysis: Analysis) -> None:
@@ -139,17 +171,17 @@ def _run_rule(view, k, ctx, excluded, opaque) -> RuleResult:
         return RuleResult()
 
 
-def _unclaimed(view, spaces, results, opaque, excluded) -> dict[Space, str]:
-    """Spaces some touching node does not handle, with a reason."""
+def _unclaimed(view, spaces, results, opaque, excluded, state=frozenset()) -> dict[Space, str]:
+    """Spaces some touching node does not handle, with a reason (``state``: IO spaces that may resize)."""
     freeze: dict[Space, str] = {}
     touched = {k: r.touched() for k, r in results.items()}
     inputs, outputs = set(view.inputs), set(view.outputs)
     for sp in spaces:
         t, _ = sp
-        if t in inputs:
+        if t in inputs and sp not in state:
             freeze[sp] = f"model input '{t}'"
             continue
-        if t in outputs:
+        if t in outputs and sp not in state:
             freeze[sp] = f"model output '{t}'"
             continue
         inner = [k for k, slot in view.consumers.get(t, []) if slot == -1]

@@ -125,6 +125,24 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int | N
     return out
 
 
+def fit_to_declared(model: onnx.ModelProto, shapes: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
+    """Input shapes given for the original model, fitted to a pruned model whose inputs were resized
+    (a KV cache with fewer heads): where the model declares a static dim that differs from the given
+    one, the declared dim wins. Use only for models this tool wrote; user input goes through
+    graph_input_shapes, which refuses such a conflict."""
+    if not shapes:
+        return shapes
+    out = dict(shapes)
+    for i in model_inputs(model):
+        given = out.get(i.name)
+        dims = i.type.tensor_type.shape.dim
+        if given is None or len(given) != len(dims):
+            continue
+        out[i.name] = [d.dim_value if is_static_dim(d) and g is not None and d.dim_value != g else g
+                       for d, g in zip(dims, given)]
+    return out
+
+
 def _unranked_shape(i: onnx.ValueInfoProto, override: list[int | None] | None) -> list[int]:
     """An input that declares no shape at all: only --input-shape can say what it takes."""
     if not override or any(d is None for d in override[1:]):

@@ -113,7 +113,16 @@ def _session_feed(sess: ort.InferenceSession, feed: dict[str, np.ndarray], k: in
     missing = [n for n in names if n not in feed]
     if missing:
         raise LatencyError(f"model {k}: no feed for input(s) {', '.join(missing)}")
-    return {n: feed[n] for n in names}
+    return {i.name: fit_feed(feed[i.name], i.shape) for i in sess.get_inputs()}
+
+
+def fit_feed(arr: np.ndarray, declared) -> np.ndarray:
+    """A feed made for the original model, cut to a pruned model's smaller static dims (a KV cache
+    with fewer heads: the leading slices; for timing, which slices does not matter)."""
+    if not hasattr(arr, "shape") or len(declared) != arr.ndim:
+        return arr
+    cut = tuple(slice(0, d) if isinstance(d, int) and 0 < d < n else slice(None) for d, n in zip(declared, arr.shape))
+    return arr[cut] if any(c.stop is not None for c in cut) else arr
 
 
 def measure_latencies(models: list, feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]], *,

@@ -95,7 +95,23 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         out = gs.export_onnx(graph, do_type_check=False)
     copy_model_fields(view.model, out)
+    resize_io(out, analysis, pos)
     return out
+
+
+def resize_io(model: onnx.ModelProto, analysis: Analysis, pos: dict[Space, np.ndarray]) -> list[str]:
+    """Set the declared size of every graph input/output axis that follows a pruned group
+    (``analysis.resized_io``: KV caches) to its kept count, in place; returns the names changed.
+    Works on a model without its weights (only ``graph.input`` / ``graph.output`` are touched)."""
+    changed = []
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for (t, a), _gid in analysis.resized_io.items():
+            if t == vi.name and (t, a) in pos:
+                dim = vi.type.tensor_type.shape.dim[a]
+                dim.Clear()
+                dim.dim_value = len(pos[(t, a)])
+                changed.append(t)
+    return sorted(set(changed))
 
 
 def _private_chain(graph, consumer, owner, counter, clone_of: dict):

@@ -172,14 +172,60 @@ class VerifyResult:
     rounding_floor: float | None = None  # how far rounding alone moved the reference (see rounding.py)
 
 
+IoCuts = dict[str, list[tuple[int, np.ndarray]]]  # graph input/output name -> [(axis, kept positions)]
+
+
+def io_positions(analysis: Analysis, kept: dict[int, np.ndarray]) -> IoCuts:
+    """The kept positions of every resized graph input/output axis (``analysis.resized_io``: KV
+    caches that shrink with their group), for compare_models' ``io``."""
+    pos = kept_positions(analysis, kept)
+    out: IoCuts = {}
+    for (t, a) in analysis.resized_io:
+        if (t, a) in pos:
+            out.setdefault(t, []).append((a, pos[(t, a)]))
+    return out
+
+
+def take_kept(arr: np.ndarray, cuts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """The kept slices of a full-size input/output (the pruned model's view of it)."""
+    for a, p in cuts:
+        arr = np.take(arr, p, axis=a)
+    return arr
+
+
+def zero_removed(arr: np.ndarray, cuts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """A full-size input with its removed slices zeroed (what the masked original is fed)."""
+    arr = np.array(arr, copy=True)
+    for a, p in cuts:
+        drop = np.ones(arr.shape[a], dtype=bool)
+        drop[p] = False
+        idx = [slice(None)] * arr.ndim
+        idx[a] = drop
+        arr[tuple(idx)] = 0
+    return arr
+
+
+def split_feeds(feeds_list: list[dict], io: IoCuts | None) -> tuple[list[dict], list[dict]]:
+    """(reference feeds, candidate feeds): resized inputs zeroed at removed positions for the masked
+    original, cut to the kept positions for the pruned model."""
+    if not io:
+        return feeds_list, feeds_list
+    ref = [{k: zero_removed(v, io[k]) if k in io else v for k, v in f.items()} for f in feeds_list]
+    cand = [{k: take_kept(v, io[k]) if k in io else v for k, v in f.items()} for f in feeds_list]
+    return ref, cand
+
+
 def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds_list: list[dict],
                    rel_tol: float = 1e-4, optimize: bool = True,
-                   rounding: list[Accumulation] | None = None) -> VerifyResult:
+                   rounding: list[Accumulation] | None = None, io: IoCuts | None = None) -> VerifyResult:
     """Run both on the same inputs; pass when max |diff| <= rel_tol x max |reference output|, or,
     with ``rounding`` (the reference's accumulating nodes), within what float rounding alone moves
     the reference's outputs (rounding.tolerance). `optimize=False` runs both as written, op by op
-    (see needs_plain_execution)."""
+    (see needs_plain_execution). ``io`` (io_positions): graph inputs/outputs the candidate has cut to
+    kept positions (a pruned KV cache): the reference gets zeros there, its outputs are compared at
+    the kept positions."""
     names = [o.name for o in reference.graph.output]
+    feeds_list, cand_feeds = split_feeds(feeds_list, io)
     # one session at a time: a large model's weights are held once more by each
     purpose = SessionPurpose(optimize=optimize)
     try:
@@ -196,12 +242,14 @@ def compare_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
         except Exception:  # noqa: BLE001 (ORT's own types)
             floor = None  # no probe (a type RandomNormalLike lacks): the plain tolerance, reported as such
     try:
-        cands = _run_all(candidate, purpose, "pruned model", names, feeds_list)
+        cands = _run_all(candidate, purpose, "pruned model", names, cand_feeds)
     except OnnxPruneError:
         raise
     except Exception as e:
         raise InternalError(f"internal error: the pruned model does not run in ONNX Runtime: "
                             f"{first_line(e)}; nothing written") from None
+    if io:
+        refs = [[take_kept(o, io[n]) if n in io else o for n, o in zip(names, r)] for r in refs]
     worst, scale, per, mismatched = _differences(names, refs, cands)
     tol = rounding_tolerance(rel_tol, scale, floor or 0.0)
     return VerifyResult(worst, scale, tol, bool(worst <= tol and not mismatched), per, mismatched, floor)

@@ -41,6 +41,9 @@ class RuleResult:
     mixes: list[Space] = field(default_factory=list)       # input spaces whose channels are summed here
     normalizes: list[Space] = field(default_factory=list)  # input spaces reduced/normalized over here
     refused: dict[Space, str] = field(default_factory=dict)  # spaces left unhandled (frozen), and why
+    # graph input/output spaces this node knows to carry recurrent state (a KV cache: the caller feeds
+    # back what the model returns), which may shrink with their channel group: see groups.state_spaces
+    state_io: list[Space] = field(default_factory=list)
 
     def relate(self, a: Space, b: Space, pairs=None) -> "RuleResult":
         self.relations.append(Relation(a, b, pairs))

@@ -74,20 +74,40 @@ def rewrite_shape_entries(node, rctx, slot: int) -> None:
     shape_t = node.inputs[slot].name
     old = rctx.view.shape(y)
     edits: dict[str, dict[int, int]] = {}
+    where: dict[str, set[int]] = {}  # constant -> target positions it is edited for
     for b in rctx.changed(y):
         e = shape_entry(rctx.view, shape_t, b)
         if isinstance(e, ProductEntry):
             e = count_factor(e, rctx.view, old[b])
         if isinstance(e, ConstEntry) and e.value == old[b] and e.value not in (-1, 0, 1):
             edits.setdefault(e.source, {})[e.offset] = rctx.size(y, b)
+            where.setdefault(e.source, set()).add(b)
     for const_name, entries in edits.items():
         v = np.array(rctx.view.const(const_name)).copy()
         flat = v.reshape(-1)
         for i, n in entries.items():
             flat[i] = n
         # replace the constant where the chain consumes it (this node, or a Concat piece upstream)
-        for owner, s in const_users(node, const_name):
+        for owner, s in _edited_slots(node.inputs[slot], const_users(node, const_name), where[const_name], rctx.view):
             rctx.set_input_const(s, v, node=owner)
+
+
+def _edited_slots(target, users: list, positions: set[int], view) -> list:
+    """The (node, slot) users of a constant to replace: where the Concat that builds the target reads
+    the same constant for several pieces (dynamo shares one [2] between kv_heads and n_rep in
+    repeat_kv's Expand target), only the pieces at the edited positions."""
+    concat = target.inputs[0] if target.inputs else None
+    if concat is None or concat.op != "Concat":
+        return users
+    starts, off = [], 0
+    for t in concat.inputs:
+        shp = view.shape(t.name)
+        if shp is None or len(shp) != 1:
+            return users
+        starts.append((off, off + shp[0]))
+        off += shp[0]
+    return [(owner, s) for owner, s in users
+            if owner is not concat or any(lo <= b < hi for b in positions for lo, hi in starts[s:s + 1])]
 
 
 def const_users(node, const_name: str, depth: int = 0) -> list:
