@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = {f["name"]: f for f in json.loads((ROOT / "models" / "fixtures.json").read_text())
             if f.get("kind") == "decoder" and f["name"].startswith("llama_tiny")}
 EXPORTERS = ["ts", "dynamo"]
-HEADS_EXPORTERS = ["dynamo"]  # the TorchScript export's run-time Expand targets: next step
+HEADS_EXPORTERS = EXPORTERS
 
 
 def _fx(exporter):

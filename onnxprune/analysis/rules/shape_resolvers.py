@@ -14,6 +14,7 @@ paddle2onnx's -1 / 0 (copy) entries are constants: the target rules handle them.
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 from onnxprune.analysis.graph import attr
 from .shape_entries import (RUN_TIME_ENTRIES, ConstEntry, DimEntry, EqualDimsEntry, ProductEntry, resolves,
@@ -135,4 +136,38 @@ def expand_keep_dim(view, node, index, trace):
         return a
     if isinstance(a, ConstEntry) and isinstance(b, ConstEntry) and {a.value, b.value} == {1, -1}:
         return ConstEntry(1)  # nothing to rewrite
+    if _tests_minus_one(view, node.input[0], node.input[2]):
+        # Where(Equal(s, -1), 1, s) with s a dim read at run time or a constant other than -1 (the
+        # TorchScript export of repeat_kv's expand(b, kv, n_rep, s, d)): the entry is s
+        if isinstance(b, RUN_TIME_ENTRIES + (ProductEntry,)) or (isinstance(b, ConstEntry) and b.value != -1):
+            return b
     return None
+
+
+def _tests_minus_one(view, cond: str, s: str) -> bool:
+    """``cond`` is Equal(s, x) (either order), x a constant -1 or -1 times ConstantOfShape ones
+    (TorchScript writes the -1 vector as Mul(ConstantOfShape(Shape(s)), -1))."""
+    k = view.producer.get(cond)
+    node = view.nodes[k] if k is not None else None
+    if node is None or node.op_type != "Equal" or s not in node.input:
+        return False
+    other = node.input[1] if node.input[0] == s else node.input[0]
+    c = view.const(other)
+    if c is not None:
+        return bool(np.all(np.asarray(c) == -1))
+    k = view.producer.get(other)
+    mul = view.nodes[k] if k is not None else None
+    if mul is None or mul.op_type != "Mul":
+        return False
+    consts = [view.const(i) for i in mul.input]
+    return any(c is not None and np.all(np.asarray(c) == -1) for c in consts) and \
+        any(c is not None and np.all(np.asarray(c) == 1) or _ones(view, i) for c, i in zip(consts, mul.input))
+
+
+def _ones(view, t: str) -> bool:
+    k = view.producer.get(t)
+    node = view.nodes[k] if k is not None else None
+    if node is None or node.op_type != "ConstantOfShape":
+        return False
+    value = attr(node, "value")  # a TensorProto; absent: zeros
+    return value is not None and bool(np.all(numpy_helper.to_array(value) == 1))

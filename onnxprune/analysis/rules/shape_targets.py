@@ -11,7 +11,7 @@ from .base import Opaque, RuleContext, RuleResult, Space
 from .shape_entries import RUN_TIME_ENTRIES, ConstEntry, ProductEntry, ShapeEntry, shape_entry
 
 # ops on the way from a constant piece to the target whose constant input a rewrite replaces
-SHAPE_CHAIN_OPS = ("Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Mul", "Reshape")
+SHAPE_CHAIN_OPS = ("Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Mul", "Reshape", "Where")
 
 
 def count_factor(e: ProductEntry, view, size: int) -> ConstEntry | None:
