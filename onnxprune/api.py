@@ -21,6 +21,7 @@ from onnxprune.analysis.groups import Analysis, analyze, excluded_by
 from onnxprune.config import PruneConfig, config_from_keywords, input_shapes_from, split_patterns
 from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, first_line
 from onnxprune.model.dequantize import DequantizedWeight
+from onnxprune.model.external import externalized, model_file_bytes
 from onnxprune.model.load import custom_ops, load_model, sanitized, validate_model
 from onnxprune.model.normalize import normalize, normalize_model
 from onnxprune.model.probe import check_runs_natively
@@ -105,8 +106,14 @@ class Compensated:
 
 def _as_model(model) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
-        return sanitized(model), "<in-memory model>"  # ORT must run it for the latency baseline
+        # ORT must run it for the latency baseline; a large one runs from a scratch data file
+        return externalized(sanitized(model)), "<in-memory model>"
     return load_model(model), str(model)
+
+
+def _file_of(source: str) -> str | None:
+    """The input's path (the checker reads a model with external data from its file), if it has one."""
+    return None if source.startswith("<") else source
 
 
 def check_per_position(compensate: str, spec: BudgetSpec | None) -> None:
@@ -149,7 +156,7 @@ def load_and_analyze(model, config: PruneConfig, progress: Progress) -> LoadedMo
     # shapes first, so an inconsistent input is named as such (the rewrite checks it otherwise)
     spec = config.target.budget
     runs_input = config.scoring.calib is not None or (spec is not None and spec.metric == "latency")
-    checker_note = validate_model(m, src, full=runs_input)
+    checker_note = validate_model(m, src, full=runs_input, path=_file_of(src))
     check_runs_natively(m, ac.input_shapes, src, batch=ac.batch)
     progress.start("normalize")
     normalized = normalize_model(m)
@@ -237,7 +244,8 @@ def rewrite_and_check(loaded: LoadedModel, plan_: Plan, progress: Progress) -> R
         check_model_light(pruned)
     except Exception as e:
         # the plain check at load skips type/shape inference: was the input already inconsistent?
-        input_note = validate_model(loaded.original, loaded.source, full=True)  # raises if ORT cannot load it
+        # raises if ORT cannot load it
+        input_note = validate_model(loaded.original, loaded.source, full=True, path=_file_of(loaded.source))
         if input_note is None:
             raise InternalError(f"internal error: the rewritten model fails the ONNX checker: "
                                 f"{first_line(e)}") from None
@@ -311,7 +319,7 @@ def finalize(loaded: LoadedModel, plan_: Plan, comp: Compensated) -> tuple[onnx.
     """The model as written: int8 weights behind DequantizeLinear stay int8, and the original's
     graph inputs are kept. Returns (model, notes, its serialized size before the inputs are restored)."""
     model, notes = requantize_weights(comp.model, loaded.analysis, plan_.kept, loaded.dequantized, comp.replaced)
-    size = model.ByteSize()
+    size = model_file_bytes(model)
     return initializers_as_inputs(loaded.original, model), notes, size
 
 
@@ -381,7 +389,7 @@ def unused_flag_notes(analysis: Analysis, *, heads: bool, embed_dim: bool) -> li
 
 def baseline_stats(loaded: LoadedModel) -> ModelStats:
     stats = model_stats(loaded.normalized, loaded.input_shapes)
-    stats.file_bytes = loaded.original.ByteSize()
+    stats.file_bytes = model_file_bytes(loaded.original)
     return stats
 
 

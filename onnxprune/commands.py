@@ -18,7 +18,7 @@ from onnxprune.api import analyze_model, prune, unused_flag_notes
 from onnxprune.config import PruneConfig, config_from_keywords
 from onnxprune.errors import OnnxPruneError
 from onnxprune.model.load import check_not_input_file, custom_ops, same_path
-from onnxprune.model.save import StagedOutputs, check_output_file, stage_model
+from onnxprune.model.save import StagedOutputs, check_output_file, stage_model, staged_bytes
 from onnxprune.profiling.cost import uncounted_mac_nodes
 from onnxprune.profiling.latency_table import build_latency_table, default_cache_dir
 from onnxprune.report.plot import check_plot_path, plot_report
@@ -93,7 +93,7 @@ def prune_command(args) -> int:
     res.report.output = str(args.output)
     with StagedOutputs() as outputs:  # the model, the report and the plot: all of them or none
         model_tmp = stage_model(res.model, args.output, outputs, input_path=args.input)
-        res.report.pruned.file_bytes = os.path.getsize(model_tmp)
+        res.report.pruned.file_bytes = staged_bytes(model_tmp)
         if args.report:
             res.report.write_json(str(outputs.stage(args.report)))
         if args.plot:

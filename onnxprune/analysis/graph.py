@@ -5,6 +5,7 @@ leaves unknown are measured by one ONNX Runtime run with them exposed as outputs
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -13,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.model.external import is_external, read_tensor
 from onnxprune.model.feeds import random_inputs
 from onnxprune.model.input_sizes import fitted_input_shapes
 from onnxprune.model.load import opset_version, subgraphs
@@ -26,6 +28,36 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+class TensorValues(Mapping):
+    """Initializer name -> values. In-memory tensors are decoded once, on first use; an external
+    tensor (model/external.py) is a fresh read-only memmap on every access, so its pages are mapped
+    only while a caller holds the array, and the weights of a large model are never all resident."""
+
+    def __init__(self, tensors):
+        self._tensors = {t.name: t for t in tensors}
+        self._decoded: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        t = self._tensors[name]
+        if is_external(t):
+            return read_tensor(t)
+        if name not in self._decoded:
+            self._decoded[name] = numpy_helper.to_array(t)
+        return self._decoded[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].dims)
+
+
 @dataclass
 class GraphView:
     model: onnx.ModelProto
@@ -34,7 +66,7 @@ class GraphView:
     nodes: list[onnx.NodeProto] = field(init=False)
     producer: dict[str, int] = field(init=False)
     consumers: dict[str, list[tuple[int, int]]] = field(init=False)
-    consts: dict[str, np.ndarray] = field(init=False)
+    consts: TensorValues = field(init=False)
     shapes: dict[str, tuple[int, ...]] = field(init=False)
     dtypes: dict[str, int] = field(init=False)
     inputs: list[str] = field(init=False)
@@ -48,7 +80,7 @@ class GraphView:
         g = self.model.graph
         self.nodes = list(g.node)
         self.opset = opset_version(self.model)
-        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.consts = TensorValues(g.initializer)
         self.inputs = [i.name for i in g.input if i.name not in self.consts]
         self.outputs = [o.name for o in g.output]
         self.producer, self.consumers, self.implicit = {}, {}, {}
@@ -83,8 +115,8 @@ class GraphView:
                 self.shapes[vi.name] = tuple(d.dim_value for d in tt.shape.dim)
             if tt.elem_type:
                 self.dtypes[vi.name] = tt.elem_type
-        for name, arr in self.consts.items():
-            self.shapes[name] = tuple(arr.shape)
+        for name in self.consts:
+            self.shapes[name] = self.consts.shape(name)
         _add_subgraph_shapes(g, self.shapes)
         missing = [t for n in self.nodes for t in n.output if t and t not in self.shapes]
         if missing:

@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 import onnx
-from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+from onnx.external_data_helper import uses_external_data
 
 from onnxprune.errors import OnnxPruneError, first_line
+from onnxprune.model.external import (DataFile, has_external, light_model, model_tensors, needs_spill,
+                                      reference_external, spill_large)
 from onnxprune.model.runtime import SessionPurpose, ort_session
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
@@ -17,7 +19,9 @@ LOAD_CHECK = SessionPurpose(optimize=False, log_severity=4)
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file with its external data; every failure becomes one clear line."""
+    """Read an ONNX file; every failure becomes one clear line. Its external data stays on disk (the
+    tensors refer to the files by absolute path, see model/external.py); a model without external
+    data but over LARGE_MODEL_BYTES has its large tensors moved to a scratch data file."""
     p = Path(path)
     if not p.exists():
         raise OnnxPruneError(f"input file not found: {p}")
@@ -30,7 +34,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise OnnxPruneError(f"{p} is not an ONNX model (empty or not a ModelProto)")
     _load_external(model, p.parent)
-    return sanitized(model)
+    model = sanitized(model)
+    if needs_spill(model):
+        data = DataFile()
+        spill_large(model, data)
+        data.close()
+    return model
 
 
 def _load_external(model: onnx.ModelProto, base: Path) -> None:
@@ -43,27 +52,26 @@ def _load_external(model: onnx.ModelProto, base: Path) -> None:
     if missing:
         raise OnnxPruneError(
             f"external data file(s) missing next to the model: {', '.join(sorted(set(missing)))} (expected in {base})")
-    try:
-        load_external_data_for_model(model, str(base))
-    except Exception as e:
-        raise OnnxPruneError(f"cannot read external data: {e}") from None
+    reference_external(model, base)
 
 
 def all_tensors(model: onnx.ModelProto):
     """The main graph's initializers and Constant-like tensor attributes (those that may hold external data)."""
-    yield from model.graph.initializer
-    for n in model.graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                yield a.t
+    return model_tensors(model)
 
 
-def validate_model(model: onnx.ModelProto, name: str = "model", full: bool = False) -> str | None:
+def validate_model(model: onnx.ModelProto, name: str = "model", full: bool = False,
+                   path: str | os.PathLike | None = None) -> str | None:
     """Raise if the model is broken; return a note if only the (strict) checker objects but ONNX
     Runtime loads it, as exporters in the wild often leave e.g. output shapes out. `full` adds the
-    checker's type and shape inference (as slow as the plain check on large models)."""
+    checker's type and shape inference (as slow as the plain check on large models). A model with
+    external data is checked on its file `path` (the checker reads no weights then), or without
+    its external tensors' bytes where it has no file."""
     try:
-        onnx.checker.check_model(model, full_check=full)
+        if has_external(model):
+            onnx.checker.check_model(str(path) if path else light_model(model)[0], full_check=full)
+        else:
+            onnx.checker.check_model(model, full_check=full)
         return None
     except Exception as e:
         first = first_line(e)

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.model.dequantize import DequantizedWeight, fold_dequantize
+from onnxprune.model.external import DataFile, has_external, inline, is_external, spill_large
 from onnxprune.model.load import STANDARD_DOMAINS, opset_version, sanitize_graph, sanitized, subgraphs
 from onnxprune.model.save import copy_model_fields
 from onnxprune.model.shape_values import fold_static_shape_values
@@ -44,6 +45,7 @@ def normalize_model(model: onnx.ModelProto) -> NormalizedModel:
     ort.set_default_logger_severity(3)  # constant folding runs ORT; its optimizer chatter is noise here
     m = onnx.ModelProto()
     m.CopyFrom(sanitized(model))
+    stubs = _stub_external(m)
     if m.functions:  # model-local functions (dynamo/onnxscript exports): analyze their bodies like any op
         m = _inline_functions(m)
     _constant_attrs_to_tensors(m.graph)
@@ -52,6 +54,8 @@ def normalize_model(model: onnx.ModelProto) -> NormalizedModel:
     dtypes = _elem_types(m)
     dequantized: list[DequantizedWeight] = []
     out = _fold_constants(m, dequantized)
+    if stubs or has_external(model):
+        _restore_stubs(out, stubs)
     restore_dtypes(out, dtypes)
     _unshare_uniform_constants(out)
     copy_model_fields(model, out)
@@ -65,6 +69,48 @@ def normalize_model(model: onnx.ModelProto) -> NormalizedModel:
     # only folded weights that are initializers now (not folded further, e.g. through a Transpose)
     inits = {t.name for t in out.graph.initializer}
     return NormalizedModel(out, tuple(w for w in dequantized if w.name in inits))
+
+
+def _stub_external(m: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """In place: external weights (model/external.py) become typed graph inputs for the folding
+    rounds, so graphsurgeon never loads them; returns them by name. A weight that a node reads
+    together with constants only (a Transpose or DequantizeLinear of weights) stays, read into
+    memory, and is folded as in a small model (the result is spilled by _restore_stubs)."""
+    g = m.graph
+    consts = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    foldable = {i for n in g.node if all(not x or x in consts for x in n.input) for i in n.input}
+    stubs = {}
+    for t in g.initializer:
+        if is_external(t):
+            if t.name in foldable:
+                inline(t)
+            else:
+                stubs[t.name] = onnx.TensorProto()
+                stubs[t.name].CopyFrom(t)  # a reference into the field would not survive its clearing
+    if not stubs:
+        return stubs
+    have = {i.name for i in g.input}
+    keep = [t for t in g.initializer if t.name not in stubs]
+    stub_list = list(stubs.values())
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in stub_list
+                   if t.name not in have)
+    return {t.name: t for t in stub_list}
+
+
+def _restore_stubs(m: onnx.ModelProto, stubs: dict[str, onnx.TensorProto]) -> None:
+    """Undo _stub_external on the normalized model: the stubs are initializers again (where still
+    read), and weights that folding made in memory move to a scratch data file."""
+    g = m.graph
+    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    inputs = [i for i in g.input if i.name not in stubs]
+    del g.input[:]
+    g.input.extend(inputs)
+    g.initializer.extend(t for name, t in stubs.items() if name in read)
+    data = DataFile()
+    spill_large(m, data)
+    data.close()
 
 
 def keep_declared_output_types(original: onnx.GraphProto, out: onnx.GraphProto) -> None:

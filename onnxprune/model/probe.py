@@ -3,8 +3,11 @@ native crash of ONNX Runtime on it (a kernel dividing by zero, a segfault) becom
 instead of the silent death of the tool, before any stage runs the model in this process."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import onnx
 
+from onnxprune.model.external import has_external, on_disk
 from onnxprune.model.feeds import random_inputs
 from onnxprune.model.isolated_child import probe_run
 from onnxprune.model.load import custom_ops
@@ -22,11 +25,13 @@ def check_runs_natively(model: onnx.ModelProto, input_shapes: dict[str, list[int
     try:
         shapes = graph_input_shapes(model, with_batch(model, input_shapes, batch))
         feeds = random_inputs(model, shapes, seed=0)
-        blob = model.SerializeToString()
+        external = has_external(model)
+        blob = None if external else model.SerializeToString()
     except Exception:  # noqa: BLE001 -- shapes the later stages reject, or a model over 2 GB
         return
     try:
-        run_isolated(probe_run, blob, feeds)
+        with on_disk(model) if external else nullcontext() as path:  # the child maps the same files
+            run_isolated(probe_run, str(path) if external else blob, feeds)
     except NativeCrash as e:
         dims = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
         raise e.within(f"ONNX Runtime crashed running {what} (inputs {dims})") from None

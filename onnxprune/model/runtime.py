@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from onnxprune.errors import OnnxPruneError, first_line
 from onnxprune.model import isolated_child
+from onnxprune.model.external import has_external, on_disk
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,12 @@ def ort_session(model: onnx.ModelProto | bytes | str | os.PathLike, purpose: Ses
 
     ``what`` names the model in the error raised when ORT cannot load it (an OnnxPruneError, so the
     CLI prints one line); without it ORT's own exception propagates (callers that word it themselves).
+    A ModelProto with external data (model/external.py) is loaded from a scratch folder holding it
+    and links to its data files: ORT maps the files, no copy of the weights passes through here.
     """
+    if isinstance(model, onnx.ModelProto) and has_external(model):
+        with on_disk(model) as path:
+            return ort_session(path, purpose, providers=providers, what=what)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):

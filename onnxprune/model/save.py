@@ -3,13 +3,15 @@ model fields and interface (initializers listed as inputs) as the input had them
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import onnx
 from onnx import helper
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import InternalError, OnnxPruneError, first_line
+from onnxprune.model.external import has_external, write_model_streamed
 from onnxprune.model.load import all_tensors, check_not_input_file
 
 PROTOBUF_LIMIT = 1_800_000_000  # bytes; larger models are written with external data
@@ -39,6 +41,7 @@ class StagedOutputs:
 
     def __init__(self):
         self._pairs: list[tuple[Path, Path]] = []  # (temp file, final path)
+        self._folders: list[Path] = []
 
     def stage(self, final: str | os.PathLike) -> Path:
         """A fresh temp path for `final` (same folder and suffix: matplotlib picks the format by suffix)."""
@@ -49,6 +52,14 @@ class StagedOutputs:
         self._pairs.append((Path(tmp), final))
         return Path(tmp)
 
+    def stage_folder(self, final: str | os.PathLike) -> Path:
+        """A fresh temp folder next to `final` (removed on commit or discard), for outputs written as
+        several files that must keep their final names relative to each other."""
+        final = Path(final)
+        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=str(final.parent)))
+        self._folders.append(folder)
+        return folder
+
     def adopt(self, tmp: str | os.PathLike, final: str | os.PathLike) -> None:
         """Register a temp file written elsewhere (a model's external data) to be renamed to `final`."""
         self._pairs.append((Path(tmp), Path(final)))
@@ -57,12 +68,19 @@ class StagedOutputs:
         for tmp, final in self._pairs:
             os.replace(tmp, final)
         self._pairs = []
+        self._remove_folders()
 
     def discard(self) -> None:
         for tmp, _ in self._pairs:
             if tmp.exists():
                 tmp.unlink()
         self._pairs = []
+        self._remove_folders()
+
+    def _remove_folders(self) -> None:
+        for f in self._folders:
+            shutil.rmtree(f, ignore_errors=True)
+        self._folders = []
 
     def __enter__(self) -> StagedOutputs:
         return self
@@ -83,6 +101,8 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike, outputs: Staged
         raise OnnxPruneError(f"output path is a directory: {p}")
     if not p.parent.exists():
         raise OnnxPruneError(f"output folder does not exist: {p.parent}")
+    if has_external(model):
+        return _stage_streamed(model, p, outputs)
     big = model.ByteSize() > PROTOBUF_LIMIT if _safe_bytesize(model) else True
     tmp = outputs.stage(p)
     if big:
@@ -92,6 +112,29 @@ def stage_model(model: onnx.ModelProto, path: str | os.PathLike, outputs: Staged
     else:
         onnx.save_model(model, str(tmp))
     return tmp
+
+
+def _stage_streamed(model: onnx.ModelProto, p: Path, outputs: StagedOutputs) -> Path:
+    """A model whose weights are in data files (model/external.py): written into a temp folder next
+    to `p` as ``<name>`` and ``<name>.data`` (streamed, one tensor at a time), checked there by
+    onnx.checker on the path, and renamed into place with the other outputs."""
+    folder = outputs.stage_folder(p)
+    tmp, data = folder / p.name, folder / (p.name + ".data")
+    write_model_streamed(model, tmp, data, data.name)
+    try:
+        onnx.checker.check_model(str(tmp))
+    except Exception as e:  # noqa: BLE001 -- the checker's own types
+        raise InternalError(f"internal error: the written model fails the ONNX checker: {first_line(e)}") from None
+    outputs.adopt(data, p.parent / data.name)
+    outputs.adopt(tmp, p)
+    return tmp
+
+
+def staged_bytes(tmp: str | os.PathLike) -> int:
+    """Size of a staged model: its file, and its data file where it was written with one (_stage_streamed)."""
+    tmp = Path(tmp)
+    data = tmp.parent / (tmp.name + ".data")
+    return os.path.getsize(tmp) + (os.path.getsize(data) if data.exists() else 0)
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> None:

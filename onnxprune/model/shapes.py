@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.model.external import INLINE_MAX_ELEMS, light_model, tensor_elems
 from onnxprune.model.load import STANDARD_DOMAINS
 from onnxprune.model.runtime import SessionPurpose, ort_session
 
@@ -18,41 +19,9 @@ from onnxprune.model.runtime import SessionPurpose, ort_session
 SHAPE_EVAL = SessionPurpose(optimize=False, log_severity=4)
 
 # Initializers bigger than this are never shape values (those are a handful of integers): shape
-# inference and shape evaluation see them as typed inputs, so a large model's weights are not
-# serialized (and copied) once more for each pass.
-LIGHT_MAX_ELEMS = 1024
-
-
-def tensor_elems(t: onnx.TensorProto) -> int:
-    """Number of elements of an initializer, from its dims (no data read)."""
-    n = 1
-    for d in t.dims:
-        n *= d
-    return n
-
-
-def light_model(m: onnx.ModelProto, max_elems: int = LIGHT_MAX_ELEMS) -> tuple[onnx.ModelProto, list]:
-    """A copy of `m` without its large initializers' data: each becomes a graph input of the same
-    type and shape. Returns (light model, the moved initializers' TensorProtos, not copied)."""
-    g = m.graph
-    big = [t for t in g.initializer if tensor_elems(t) > max_elems]
-    light = onnx.ModelProto()
-    for f in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(light, f, getattr(m, f))
-    light.opset_import.extend(m.opset_import)
-    light.functions.extend(m.functions)
-    lg = light.graph
-    lg.name = g.name
-    lg.node.extend(g.node)
-    lg.input.extend(g.input)
-    big_names = {t.name for t in big}
-    lg.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big
-                    if t.name not in {i.name for i in g.input})
-    lg.initializer.extend(t for t in g.initializer if t.name not in big_names)
-    lg.sparse_initializer.extend(g.sparse_initializer)
-    lg.output.extend(g.output)
-    lg.value_info.extend(g.value_info)
-    return light, big
+# inference and shape evaluation see them as typed inputs (light_model, in model/external.py), so a
+# large model's weights are not serialized (and copied) once more for each pass.
+LIGHT_MAX_ELEMS = INLINE_MAX_ELEMS
 
 
 def check_model_light(m: onnx.ModelProto) -> None:

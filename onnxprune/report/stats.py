@@ -8,6 +8,7 @@ import onnx
 from onnxprune.analysis.graph import build_view, random_feeds
 from onnxprune.analysis.groups import Analysis
 from onnxprune.model.shapes import fit_to_declared
+from onnxprune.model.external import model_file_bytes
 from onnxprune.profiling.cost import peak_memory, total_macs, total_params
 from onnxprune.profiling.timing import measure_latencies
 from onnxprune.report.records import GroupReport, ModelStats
@@ -17,7 +18,7 @@ def model_stats(model: onnx.ModelProto, input_shapes, file_bytes: bool = False) 
     """MACs, params, peak memory (and with ``file_bytes`` the serialized size: a full pass over a large
     model's weights, so only where it is reported)."""
     v = build_view(model, fit_to_declared(model, input_shapes))
-    return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model.ByteSize() if file_bytes else None,
+    return ModelStats(macs=total_macs(v), params=total_params(v), file_bytes=model_file_bytes(model) if file_bytes else None,
                       peak_memory_bytes=int(peak_memory(v)[0]))
 
 

@@ -14,6 +14,8 @@ slices), from the rules' ``weight_roles``.
 """
 from __future__ import annotations
 
+from collections import ChainMap
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +26,7 @@ from onnxprune.analysis.rules import ChannelAffine, Space, rule_for
 
 @dataclass
 class WeightTable:
-    consts: dict[str, np.ndarray]                      # tensor -> the array to score (folded where a BN follows)
+    consts: Mapping[str, np.ndarray]                   # tensor -> the array to score (folded where a BN follows)
     skip: set[str] = field(default_factory=set)        # folded into another tensor: never scored on their own
     filters: set[Space] = field(default_factory=set)   # output-channel axes of layer weights
     inputs: set[Space] = field(default_factory=set)    # input-channel axes of layer weights (consumer slices)
@@ -111,12 +113,14 @@ def fold_one(analysis: Analysis, table: WeightTable, bn, aff: ChannelAffine) -> 
     table.consts[beta] = aff.scale * bias + aff.shift
 
 
-class FloatConsts(dict):
+class FloatConsts(ChainMap):
     """The weight arrays, where packed ones (the rules' ``float_weights``) read as their float values,
-    expanded on each access and never kept."""
+    expanded on each access and never kept. Arrays set here (BN-folded ones) go in front of the
+    stored weights, which are read through: a large model's are memory-mapped on each read, never
+    held here."""
 
-    def __init__(self, consts: dict, expand: dict):
-        super().__init__(consts)
+    def __init__(self, consts: Mapping, expand: dict):
+        super().__init__({}, consts)
         self.expand = expand
 
     def __getitem__(self, key):

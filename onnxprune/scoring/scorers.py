@@ -40,10 +40,32 @@ from onnxprune.scoring.lamp import sp_lamp_scores
 from onnxprune.scoring.registry import ScoreContext, register_scorer
 
 
+# weights larger than this are reduced block by block (a memory-mapped weight of a large model is
+# never converted to float64 whole)
+SLICE_NORM_BLOCK_BYTES = 64 * 2**20
+
+
 def slice_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
     """Per-position sum of |w|^p over all other axes (p = 1: L1 mass, p = 2: squared L2)."""
+    if arr.nbytes > SLICE_NORM_BLOCK_BYTES and arr.ndim > 1:
+        return _blocked_slice_norms(arr, axis, p)
+    return _plain_slice_norms(arr, axis, p)
+
+
+def _plain_slice_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
     a = np.moveaxis(np.asarray(arr, dtype=np.float64), axis, 0).reshape(arr.shape[axis], -1)
     return np.abs(a).sum(1) if p == 1 else np.square(a).sum(1)
+
+
+def _blocked_slice_norms(arr: np.ndarray, axis: int, p: int) -> np.ndarray:
+    """slice_norms over blocks of another axis, summed (the same sums, in another order)."""
+    along = 1 if axis == 0 else 0
+    step = max(1, arr.shape[along] * SLICE_NORM_BLOCK_BYTES // (8 * max(arr.size, 1)))
+    out = np.zeros(arr.shape[axis])
+    for i in range(0, arr.shape[along], step):
+        block = np.take(arr, np.arange(i, min(i + step, arr.shape[along])), axis=along)
+        out += _plain_slice_norms(block, axis, p)
+    return out
 
 
 def member_norms(analysis: Analysis, m: Member, p: int, consts: dict | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analysis.groups import Analysis
+from onnxprune.model.external import INLINE_MAX_ELEMS, DataFile, has_external, is_external
 from onnxprune.model.save import copy_model_fields
 from onnxprune.analysis.rules import RewriteContext, Space, rule_for
 
@@ -26,6 +27,8 @@ def kept_positions(analysis: Analysis, kept: dict[int, np.ndarray]) -> dict[Spac
 
 
 def rewrite(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
+    """The pruned model. With external data, untouched weights keep referring to the input's data
+    file and sliced ones to a scratch file (see _slice_weights)."""
     import onnx_graphsurgeon as gs
 
     view = analysis.view
@@ -35,15 +38,7 @@ def rewrite(analysis: Analysis, kept: dict[int, np.ndarray]) -> onnx.ModelProto:
         graph = gs.import_onnx(view.model)
     tensors = graph.tensors()
 
-    by_weight: dict[str, list[int]] = {}
-    for (t, a) in pos:
-        if t in view.consts:
-            by_weight.setdefault(t, []).append(a)
-    for t, axes in by_weight.items():
-        arr = np.asarray(tensors[t].values)
-        for a in sorted(axes):
-            arr = np.take(arr, pos[(t, a)], axis=a)
-        tensors[t].values = np.ascontiguousarray(arr)
+    _slice_weights(view, tensors, pos)
 
     counter = [0]
     made: dict[tuple, gs.Constant] = {}
@@ -114,6 +109,28 @@ def resize_io(model: onnx.ModelProto, analysis: Analysis, pos: dict[Space, np.nd
     return sorted(set(changed))
 
 
+def _slice_weights(view, tensors: dict, pos: dict[Space, np.ndarray]) -> None:
+    """Every weight member keeps its kept positions. With external data (model/external.py) sliced
+    weights are written to a scratch data file one at a time and the model refers to them."""
+    from onnx_graphsurgeon.importers.onnx_importer import LazyValues
+
+    by_weight: dict[str, list[int]] = {}
+    for (t, a) in pos:
+        if t in view.consts:
+            by_weight.setdefault(t, []).append(a)
+    data = DataFile() if has_external(view.model) else None
+    for t, axes in by_weight.items():
+        arr = view.consts[t]  # a memmap for an external weight: only the kept slices are read
+        for a in sorted(axes):
+            arr = np.take(arr, pos[(t, a)], axis=a)
+        if data is not None and arr.size > INLINE_MAX_ELEMS:
+            tensors[t].values = LazyValues(data.add(arr, t))  # streamed to disk, tensor by tensor
+        else:
+            tensors[t].values = np.ascontiguousarray(arr)
+    if data is not None:
+        data.close()
+
+
 def _private_chain(graph, consumer, owner, counter, clone_of: dict):
     """Make the path owner -> ... -> consumer private to `consumer`: every node on it whose output
     also reaches someone else is replaced, for this consumer only, by a clone with fresh output
@@ -169,7 +186,8 @@ def _merge_clones(graph, clone_of: dict):
     import onnx_graphsurgeon as gs
 
     def sig(n):
-        ins = tuple(("c", t.values.dtype.str, t.values.shape, np.asarray(t.values).tobytes())
+        ins = tuple(("x", id(t)) if _external_constant(t) else
+                    ("c", t.values.dtype.str, t.values.shape, np.asarray(t.values).tobytes())
                     if isinstance(t, gs.Constant) else ("v", id(t)) for t in n.inputs)
         return (id(clone_of.get(id(n), n)), n.op, repr(sorted(n.attrs.items())), ins)
 
@@ -188,3 +206,9 @@ def _merge_clones(graph, clone_of: dict):
         n.outputs.clear()
         n.inputs.clear()
         graph.nodes.remove(n)
+
+
+def _external_constant(t) -> bool:
+    """A graphsurgeon constant still backed by an external tensor (compared by identity, never read)."""
+    lazy = getattr(t, "_values", None)
+    return hasattr(lazy, "tensor") and isinstance(lazy.tensor, onnx.TensorProto) and is_external(lazy.tensor)
