@@ -31,12 +31,27 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import load_avg, read_results  # noqa: E402
 from latency_model import MODELS, model_path  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=["resnet50", "convnext"], help=f"any of {', '.join(MODELS)}")
+    ap.add_argument("--ratios", nargs="*", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--time-cap", type=float, default=4.0, help="per side-by-side timing (s)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_macs_bound.json")
+    return ap.parse_args()
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and argument errors answer before the heavy imports below
+
+import numpy as np  # noqa: E402
 
 from onnxprune.analysis.graph import random_feeds  # noqa: E402
 from onnxprune.api import analyze_model  # noqa: E402
@@ -158,15 +173,7 @@ def interpolate_at(rows: list[dict], lat: float) -> float:
     return float(np.interp(lat, xs, ys))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=["resnet50", "convnext"], help=f"any of {', '.join(MODELS)}")
-    ap.add_argument("--ratios", nargs="*", type=float, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--time-cap", type=float, default=4.0, help="per side-by-side timing (s)")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_macs_bound.json")
-    args = ap.parse_args()
+def main(args: argparse.Namespace) -> None:
     results = [r for r in read_results(args.out, "results") if r.get("model") not in args.models or args.resume]
     done = {r["model"] for r in results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -179,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -13,6 +13,9 @@ Models: the torch exports in models/onnx/full/<name>.ts.onnx when present (model
     python benchmarks/latency_model.py --models resnet50 mobilenetv2   # a subset (or positional names)
     python benchmarks/latency_model.py --resume             # only the models not in the results file yet
 
+With each model, the same designs are also fitted as MODEL_VERSION 2 did (no cross-validation, no
+quadratic terms) and scored on the same held-out points (``v2_fit``): old and new side by side.
+
 Each model's entry is written as soon as it is measured (a later model replaces nothing else), with
 the load averages before and after it (os.getloadavg(): figures taken at a load above the 2 cores are
 not quiet-machine figures). ``median_abs_ratio_error`` is the error of the predicted speed-up over the
@@ -23,6 +26,7 @@ the build cancels.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import platform
 import sys
@@ -50,32 +54,58 @@ def model_path(name: str) -> tuple[Path, str]:
     return built, "onnx.helper"
 
 
+def build(analysis, args):
+    """What build_latency_model does without the cache, keeping the design data: (model, data, build s)."""
+    from onnxprune.analysis.graph import random_feeds  # heavy imports here, not at the top: --help stays fast
+    from onnxprune.profiling.latency_model import fit_model, measure_design
+    from onnxprune.profiling.node_profile import wall_clock
+    groups = analysis.prunable_groups
+    t0 = time.perf_counter()
+    data = measure_design(analysis, groups, args.designs, provider="cpu", threads=args.threads,
+                          time_cap_s=args.time_cap)
+    model = fit_model(data, analysis, groups, key="benchmark", provider="cpu", threads=args.threads,
+                      input_shapes=analysis.view.input_shapes)
+    base = wall_clock(analysis.view.model, random_feeds(analysis.view, seed=0), threads=args.threads)
+    model.baseline_ms, model.baseline_ci_ms = base.median_ms, (base.lo_ms, base.hi_ms)
+    return model, data, time.perf_counter() - t0
+
+
+def pct(s: dict) -> str:
+    return (f"median |err| {100 * s['median_abs_rel_error']:5.1f}%  p90 {100 * s['p90_abs_rel_error']:5.1f}%  "
+            f"(speed-up vs unpruned: median {100 * s['median_abs_ratio_error']:5.1f}%"
+            f" p90 {100 * s['p90_abs_ratio_error']:5.1f}%)")
+
+
 def run_one(name: str, args) -> dict:
     import numpy as np  # the heavy imports here, not at the top: --help stays fast
     from onnxprune.api import analyze_model
-    from onnxprune.profiling.latency_model import build_latency_model, check_summary
+    from onnxprune.profiling.latency_model import check_summary, fit_model
     path, source = model_path(name)
     load_before = load_avg()
     analysis = analyze_model(str(path))
     groups = analysis.prunable_groups
-    t0 = time.perf_counter()
-    model = build_latency_model(analysis, groups, threads=args.threads, n_designs=args.designs,
-                                time_cap_s=args.time_cap, use_cache=False)
-    build_s = time.perf_counter() - t0
+    model, data, build_s = build(analysis, args)
     points = model.check(analysis, k=args.check, seed=12345, time_cap_s=args.check_cap)
     s = check_summary(points)
     print(f"{name:12s} groups {len(groups):3d}  build {build_s:6.1f} s ({model.n_designs} designs)  "
-          f"base {model.baseline_ms:7.2f} ms  median |err| {100 * s['median_abs_rel_error']:5.1f}%  "
-          f"p90 {100 * s['p90_abs_rel_error']:5.1f}%  "
-          f"(speed-up vs unpruned: median {100 * s['median_abs_ratio_error']:5.1f}%"
-          f" p90 {100 * s['p90_abs_ratio_error']:5.1f}%)  load {load_avg()}", flush=True)
-    return dict(model=name, source=source, load_before=load_before, load_after=load_avg(),
-                groups=len(groups), build_s=build_s, n_designs=model.n_designs,
-                baseline_ms=model.baseline_ms, fixed_ms=model.fixed_ms, scale=model.scale, **s,
-                in_sample_median_abs_rel_error=float(np.median(np.abs(model.fit_rel_errors))),
-                points=[dict(predicted_ms=p.predicted_ms, measured_ms=p.measured_ms, lo_ms=p.measured_lo_ms,
-                             hi_ms=p.measured_hi_ms, baseline_ms=p.baseline_ms,
-                             predicted_baseline_ms=p.predicted_baseline_ms) for p in points])
+          f"base {model.baseline_ms:7.2f} ms  {pct(s)}  load {load_avg()}", flush=True)
+    out = dict(model=name, source=source, load_before=load_before, load_after=load_avg(),
+               groups=len(groups), build_s=build_s, n_designs=model.n_designs,
+               baseline_ms=model.baseline_ms, fixed_ms=model.fixed_ms, scale=model.scale, **s,
+               in_sample_median_abs_rel_error=float(np.median(np.abs(model.fit_rel_errors))),
+               points=[dict(predicted_ms=p.predicted_ms, measured_ms=p.measured_ms, lo_ms=p.measured_lo_ms,
+                            hi_ms=p.measured_hi_ms, baseline_ms=p.baseline_ms,
+                            predicted_baseline_ms=p.predicted_baseline_ms) for p in points])
+    if args.compare_v2:
+        # the same designs and held-out points, fitted as MODEL_VERSION 2 did: a comparison that load
+        # between two separate runs cannot bias
+        v2 = fit_model(data, analysis, groups, cv=False, key="v2", provider="cpu", threads=args.threads,
+                       input_shapes=analysis.view.input_shapes)
+        full = v2.predict({})
+        s2 = check_summary([replace(p, predicted_ms=v2.predict(p.widths), predicted_baseline_ms=full) for p in points])
+        print(f"{'':12s} same designs, v2 fit (no cross-validation, no quadratic terms): {pct(s2)}", flush=True)
+        out["v2_fit"] = s2
+    return out
 
 
 def main() -> None:
@@ -88,6 +118,8 @@ def main() -> None:
     ap.add_argument("--time-cap", type=float, default=100.0, help="cap on the design's measurement (s)")
     ap.add_argument("--check", type=int, default=20, help="held-out assignments")
     ap.add_argument("--check-cap", type=float, default=3.0, help="time cap per held-out measurement (s)")
+    ap.add_argument("--no-compare-v2", dest="compare_v2", action="store_false",
+                    help="skip refitting the same designs the MODEL_VERSION 2 way")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_model.json")
     args = ap.parse_args()
     names = list(dict.fromkeys(args.models + args.models_opt)) or list(MODELS)

@@ -226,11 +226,12 @@ def block_choices(k: int):
     return [(b,) * k for b in BLOCKS]
 
 
-def fit_time(times: np.ndarray, widths: np.ndarray, like: TimeFit | None = None) -> TimeFit:
+def fit_time(times: np.ndarray, widths: np.ndarray, like: TimeFit | None = None, cv: bool = True) -> TimeFit:
     """Fit a node's ms over the designs it ran in; ``widths`` holds only its own groups' columns.
     The form (blocks, quadratic terms, alignment regime) is chosen by cross-validation
     (:func:`select_form`), or taken from ``like`` (a refit of the same node), then fitted on every
-    design."""
+    design. ``cv=False``: the form of MODEL_VERSION 2 (no quadratic terms, blocks by the in-sample
+    fit), kept to compare the two on the same designs (benchmarks/latency_model.py)."""
     k = widths.shape[1]
     if k == 0 or times.size < 3:
         return TimeFit((), (float(np.median(times)) if times.size else 0.0,), False)
@@ -240,24 +241,26 @@ def fit_time(times: np.ndarray, widths: np.ndarray, like: TimeFit | None = None)
     if like is not None and len(like.blocks) == k and like.pairs == pairs:
         blocks, align, quad = like.blocks, like.align_block, like.quad
     else:
-        blocks, align, quad = select_form(times, widths, rel, pairs)
+        blocks, align, quad = select_form(times, widths, rel, pairs, cv)
     coef, _ = nonneg_lstsq(features(widths, blocks, pairs, align, quad), times, rel, n_base_features(k, pairs, quad))
     return TimeFit(tuple(blocks), tuple(float(c) for c in coef), pairs, align, quad)
 
 
-def select_form(times: np.ndarray, widths: np.ndarray, rel: np.ndarray, pairs: bool) -> tuple[tuple[int, ...], int, bool]:
+def select_form(times: np.ndarray, widths: np.ndarray, rel: np.ndarray, pairs: bool,
+                cv: bool = True) -> tuple[tuple[int, ...], int, bool]:
     """(blocks, align block, quadratic terms) that predict designs left out of the fit best
     (:func:`cv_error`). Per quadratic/alignment choice, the block candidates are one block shared by
-    the node's groups (each of :data:`BLOCKS`) and the per-group blocks that fit all designs best."""
+    the node's groups (each of :data:`BLOCKS`) and the per-group blocks that fit all designs best.
+    ``cv=False``: linear terms only, every block tuple, scored in-sample."""
     k = widths.shape[1]
-    folds = cv_folds(times.size)
+    folds = cv_folds(times.size) if cv else []
     best: tuple[float, tuple] | None = None
-    for quad in quad_choices(k, times.size, pairs):
+    for quad in quad_choices(k, times.size, pairs) if cv else (False,):
         n_base = n_base_features(k, pairs, quad)
         for align in align_choices(widths, times.size, n_base):
             fits = {b: nonneg_lstsq(features(widths, b, pairs, align, quad), times, rel, n_base)[1]
                     for b in block_choices(k)}
-            candidates = list(dict.fromkeys([min(fits, key=fits.get)] + [(b,) * k for b in BLOCKS]))
+            candidates = list(dict.fromkeys([min(fits, key=fits.get)] + [(b,) * k for b in BLOCKS])) if cv else fits
             for blocks in candidates:
                 err = cv_error(features(widths, blocks, pairs, align, quad), times, rel, n_base, folds)
                 if best is None or err < BLOCK_GAIN * best[0]:

@@ -269,14 +269,14 @@ def segment_times(data: DesignData, smap: SegmentMap) -> dict[str, np.ndarray]:
 
 
 def fit_segment(key: str, times: np.ndarray, data: DesignData, cols: tuple[int, ...] | None,
-                like: NodeModel | None = None) -> NodeModel:
+                like: NodeModel | None = None, cv: bool = True) -> NodeModel:
     """A segment's model (``cols``: its groups' columns). An executed node that resolved to no
     segment (``cols`` None: a fused node ORT named itself) is fitted alone: its groups from the
     dims it ran with, its presence rule learned (latency_fit.fit_node). ``like``: the segment's
-    model from the previous round, whose form (blocks, terms) is kept."""
+    model from the previous round, whose form (blocks, terms) is kept; ``cv``: see latency_fit.fit_time."""
     if cols is not None:
         form = like.time if like is not None else None
-        return NodeModel(key, "segment", cols, Presence(), fit_time(times, data.widths[:, list(cols)], form))
+        return NodeModel(key, "segment", cols, Presence(), fit_time(times, data.widths[:, list(cols)], form, cv))
     present = times > 0
     ran = [r.nodes[key] for r in data.runs if key in r.nodes]
     ndim = min(len(n.dims) for n in ran)
@@ -295,7 +295,7 @@ def load_factors(table: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def fit_segments(data: DesignData, analysis: Analysis, groups: list[ChannelGroup],
-                 rounds: int = 3) -> tuple[list[NodeModel], np.ndarray]:
+                 rounds: int = 3, cv: bool = True) -> tuple[list[NodeModel], np.ndarray]:
     """One model per segment: its time as a step function of the widths of its groups. Fitted in
     ``rounds``, dividing each design's times by its load factor (:func:`load_factors`) before the
     next (the form of each segment's fit is chosen in the first round and kept); returns the models
@@ -309,15 +309,17 @@ def fit_segments(data: DesignData, analysis: Analysis, groups: list[ChannelGroup
     lam = np.ones(table.shape[1])
     models: list[NodeModel | None] = [None] * len(keys)
     for _ in range(rounds):
-        models = [fit_segment(k, t / lam, data, cols.get(k), m) for k, t, m in zip(keys, table, models)]
+        models = [fit_segment(k, t / lam, data, cols.get(k), m, cv) for k, t, m in zip(keys, table, models)]
         predicted = np.stack([m.predict(data.widths) for m in models])
         lam = load_factors(table, predicted)
     return models, lam
 
 
-def fit_model(data: DesignData, analysis: Analysis, groups: list[ChannelGroup], **meta) -> OpLatencyModel:
-    """Fit the node models, then the fixed part and scale against the designs' whole-run times."""
-    nodes, lam = fit_segments(data, analysis, groups)
+def fit_model(data: DesignData, analysis: Analysis, groups: list[ChannelGroup], cv: bool = True,
+              **meta) -> OpLatencyModel:
+    """Fit the node models, then the fixed part and scale against the designs' whole-run times
+    (``cv``: see latency_fit.fit_time)."""
+    nodes, lam = fit_segments(data, analysis, groups, cv=cv)
     sums = np.array([r.node_sum_ms for r in data.runs]) / lam
     walls = np.array([r.wall.median_ms for r in data.runs]) / lam
     fixed, scale = fit_total(sums, walls)
