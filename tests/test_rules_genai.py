@@ -23,6 +23,7 @@ from onnxprune.analysis.graph import build_view
 from onnxprune.analysis.rules.genai import dequantize_nbits, pack_zero_points, unpack_zero_points
 from onnxprune.profiling.cost import total_params
 from onnxprune.scoring.registry import ScoreContext, score_groups
+from onnxprune.verify.oracle import io_positions, masked_model, take_kept
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "models"))
@@ -231,3 +232,54 @@ def test_int4_weights_count_as_parameters():
     res = prune(m4, ratio=0.5, input_shapes=fx4["input_shapes"], latency=False)
     removed = 2 * 64 * 64 * 3  # two layers, 64 neurons of gate, up and down
     assert res.report.baseline.params - res.report.pruned.params == removed + 2 * (64 * 2 * 2 + 64 * 2)
+
+
+# --- the KV cache (past/present graph IO) follows its KV group ---------------------------------------
+
+def _greedy(sess, feeds0, steps, cut=None, positions=False):
+    """Greedy decoding, present -> past; ``cut``: io_positions, the pruned model's view of a full cache."""
+    names = [o.name for o in sess.get_outputs()]
+    feeds = {k: (take_kept(v, cut[k]) if cut and k in cut else v) for k, v in feeds0.items()}
+    tokens = []
+    for _ in range(steps):
+        outs = dict(zip(names, sess.run(None, feeds)))
+        tok = int(np.argmax(outs["logits"][0, -1]))
+        tokens.append(tok)
+        total = feeds["attention_mask"].shape[1] + 1
+        feeds = {"input_ids": np.array([[tok]], np.int64), "attention_mask": np.ones((1, total), np.int64)}
+        if positions:
+            feeds["position_ids"] = np.array([[total - 1]], np.int64)
+        for n in names[1:]:
+            feeds["past_key_values" + n[len("present"):]] = outs[n]
+    return tokens
+
+
+@pytest.mark.parametrize("name", ["genai_tiny", "genai_tiny.int4"])
+def test_kv_groups_prune_with_the_cache_and_generate_like_the_masked_original(name):
+    """--heads on the cached fixtures: one of the 2 KV groups per layer goes with its 2 query heads;
+    past/present shrink to 1 KV head; 10 greedy tokens from the pruned model fed its own cache equal
+    the masked original's, and differ when it is fed the removed head's cache slice instead."""
+    fx = FIXTURES[name]
+    path, shapes = str(ROOT / fx["file"]), fx["input_shapes"]
+    res = prune(path, ratio=0.5, heads=True, input_shapes=shapes, latency=False)
+    assert res.report.verification["passed"]
+    for vi in [*res.model.graph.input, *res.model.graph.output]:
+        if vi.name.startswith(("past_key_values", "present")):
+            assert vi.type.tensor_type.shape.dim[1].dim_value == 1, vi.name
+    for at in _attrs(res.model, "GroupQueryAttention"):
+        assert (at["num_heads"], at["kv_num_heads"]) == (2, 1)
+    io = io_positions(res.analysis, res.kept)
+    assert len(io) == 8 and all(len(p) == 1 for cuts in io.values() for _, p in cuts)
+    feeds0 = gd.feeds(gd.CONFIGS["tiny"], past=3, seq=5, seed=5)
+    masked = masked_model(res.analysis, res.kept)
+    want = _greedy(_sess(masked), feeds0, 10)
+    assert _greedy(_sess(res.model), feeds0, 10, cut=io) == want
+    wrong = {k: [(ax, np.setdiff1d(np.arange(2), p)) for ax, p in cuts] for k, cuts in io.items()}
+    assert _greedy(_sess(res.model), feeds0, 10, cut=wrong) != want
+    assert _greedy(_sess(onnx.load(path)), feeds0, 10) != want  # pruning changed the model
+
+
+def _sess(model):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -227,6 +227,7 @@ class GroupQueryAttention(OpRule):
         for t in (ins[3], ins[4], outs[1], outs[2]):
             if t:
                 res.relate((t, 1), yl, (g, anchor(g)))
+                res.state_io.append((t, 1))  # the KV cache: past/present graph IO shrink with the group
         return res
 
     @staticmethod
