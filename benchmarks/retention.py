@@ -1,4 +1,5 @@
-"""Accuracy retention after pruning, no fine-tuning, on the trained digits models (issue #4).
+"""Accuracy retention after pruning, no fine-tuning, on the trained digits models (issue #4) and the
+trained stdlib-docstring classifier models/trained/textcls (issue #12; ``--models textcls``).
 
     python benchmarks/retention.py                      # all trained models in models/digits
     python benchmarks/retention.py --models resnet --no-tp
@@ -38,6 +39,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DIGITS = ROOT / "models" / "digits"
+TRAINED = ROOT / "models" / "trained"
+# trained models that are not digits nets: name -> (ONNX file, data file, calib / test / label arrays)
+OTHER = {"textcls": (TRAINED / "textcls.ts.onnx", TRAINED / "textcls_data.npz",
+                     ("calib_input_ids", "test_input_ids", "test_y"))}
 RESULTS = ROOT / "benchmarks" / "results"
 
 SCORERS = ["l1", "l2", "l2-filter", "sp-lamp", "sp-lamp-folded", "saliency", "bn-scale", "vbp", "recon", "random"]
@@ -538,6 +543,17 @@ def run_rss(args, log):
 
 
 # ---------------------------------------------------------------------------------------- main
+def model_and_data(name: str, exporter: str):
+    """(ONNX path, (calib inputs, test inputs, test labels)) of a digits net or one of OTHER."""
+    if name in OTHER:
+        path, data_file, keys = OTHER[name]
+        z = np.load(data_file)
+        return path, tuple(z[k] for k in keys)
+    z = np.load(DIGITS / "data.npz")
+    return DIGITS / f"{name}.{exporter}.onnx", (z["calib_x"].astype(np.float32), z["test_x"].astype(np.float32),
+                                                 z["test_y"].astype(np.int64))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=None, help="comma-separated (default: every trained model in manifest.json)")
@@ -577,22 +593,21 @@ def main(argv=None):
         return 0
 
     manifest = json.loads((DIGITS / "manifest.json").read_text())
+    manifest.update({k: {} for k in OTHER})
     names = args.models.split(",") if args.models else [k for k in manifest if not k.startswith("_")]
     targets = [float(t) / 100 for t in args.targets.split(",")]
     scorers = args.scorers.split(",")
     modes = args.modes.split(",")
-    z = np.load(DIGITS / "data.npz")
-    data = (z["calib_x"].astype(np.float32), z["test_x"].astype(np.float32), z["test_y"].astype(np.int64))
     results = {}
     for name in names:
-        path = DIGITS / f"{name}.{args.exporter}.onnx"
+        path, data = model_and_data(name, args.exporter)
         if not path.exists():
             log(f"[{name}] {path.name} missing, skipped")
             continue
         r = dict(onnxprune=run_onnxprune(name, path, data, targets, scorers, modes, heads=False, log=log,
                                              lstsq=not args.no_lstsq,
                                          per_position=not args.no_per_position))
-        if not args.no_tp:
+        if not args.no_tp and name not in OTHER:
             try:
                 r["torch_pruning"] = run_torch_pruning(name, data, targets, r["onnxprune"]["base_acc"], log)
             except ImportError as e:
@@ -614,7 +629,8 @@ def main(argv=None):
                 exporter=args.exporter, targets=targets, modes=modes, magnitude_scorers=MAGNITUDE,
                 ratio_search="bisection on the pruning ratio (uniform: same ratio per group; global: one ranking) "
                              "for the smallest ratio reaching the MACs reduction, MACs measured on the ONNX graph",
-                calibration="calib_x of models/digits/data.npz", evaluation="test_x/test_y, ONNX Runtime CPU")
+                calibration="calib_x of models/digits/data.npz (textcls: calib_input_ids of "
+                                "models/trained/textcls_data.npz)", evaluation="test split, ONNX Runtime CPU")
     out.write_text(json.dumps(dict(meta=meta, results=results, verdicts=verdicts), indent=1) + "\n")
     if plot(results, targets, out.with_suffix(".png")):
         log(f"wrote {out} and {out.with_suffix('.png')}")
