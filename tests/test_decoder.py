@@ -171,3 +171,26 @@ def test_greedy_generation_matches_masked_original(exporter):
     wrong = {k: [(ax, np.setdiff1d(np.arange(2), p)) for ax, p in v] for k, v in io.items()}
     assert _greedy(_session(res.model), feeds0, 10, cut=wrong) != want
     assert all(len(p) == 1 for v in io.values() for _, p in v) and len(io) == 8
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_default_sizes_agree_with_the_cache(exporter):
+    """Without --input-shape: the past length defaults to 8 and the attention mask's total length to
+    past + seq (the dynamo export names it total_seq after models.llama renames 'past_seq + seq')."""
+    from onnxprune.model.shapes import graph_input_shapes
+    path, _ = _fx(exporter)
+    shapes = graph_input_shapes(onnx.load(path))
+    assert shapes["past_key_values.0.key"] == [1, 2, 8, 16]
+    assert shapes["attention_mask"] == [1, shapes["input_ids"][1] + 8]
+    res = prune(path, ratio=0.3, heads=True, latency=False)
+    assert res.report.verification["passed"]
+
+
+def test_default_sizes_sum_a_written_total():
+    """A total length written as 'past_seq + seq' (the dynamo exporter's own name) is the sum."""
+    from onnxprune.model.shapes import graph_input_shapes
+    m = _state_model()
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "seq"
+    m.graph.input.append(helper.make_tensor_value_info("mask", TensorProto.INT64, [1, "past_seq + seq"]))
+    shapes = graph_input_shapes(m, {"x": [1, 5, 8]})
+    assert shapes["past"] == [1, 8, 4] and shapes["mask"] == [1, 13]

@@ -82,6 +82,7 @@ def graph_input_shapes(model: onnx.ModelProto, overrides: dict[str, list[int | N
     inputs = model_inputs(model)
     overrides = _overrides_by_input(overrides, inputs)
     named = _shared_dim_values(inputs, overrides)
+    named.update(_kv_cache_dims(inputs, named))
     out = {}
     for i in inputs:
         if not i.type.tensor_type.HasField("shape"):  # rank unknown (the checker rejects it, ORT runs it)
@@ -112,6 +113,28 @@ def fit_to_declared(model: onnx.ModelProto, shapes: dict[str, list[int]] | None)
     return out
 
 
+PAST_DEFAULT = 8  # default cached length of a decoder's KV cache (non-empty: the oracle checks its slices)
+
+
+def _kv_cache_dims(inputs: list, named: dict[str, int]) -> dict[str, int]:
+    """Decoders with a KV cache: the past length (a dim named ``past*``) defaults to PAST_DEFAULT and
+    the total length (named ``total*``, or ``past_seq + seq`` as the dynamo exporter writes it) to
+    past + seq (seq: the dim named like a sequence, default 16), so the attention mask agrees with
+    the cache. Nothing where the names do not say so."""
+    names = {d.dim_param for i in inputs for d in i.type.tensor_type.shape.dim if d.HasField("dim_param") and d.dim_param}
+    past = sorted(n for n in names if n.strip().lower().startswith("past"))
+    seq = sorted(n for n in names if _name_kind(n) == "seq")
+    if len(past) != 1 or len(seq) > 1:
+        return {}
+    out = {past[0]: named.get(past[0], PAST_DEFAULT)}
+    s = named.get(seq[0], 16) if seq else 16
+    for n in names - set(past) - set(seq):
+        parts = [p.strip() for p in n.split("+")]
+        if n.strip().lower().startswith("total") or sorted(parts) == sorted([past[0]] + seq):
+            out[n] = named.get(n, out[past[0]] + s)
+    return out
+
+
 def _unranked_shape(i: onnx.ValueInfoProto, override: list[int | None] | None) -> list[int]:
     """An input that declares no shape at all: only --input-shape can say what it takes."""
     if not override or any(d is None for d in override[1:]):
@@ -131,6 +154,7 @@ def defaulted_dims(model: onnx.ModelProto, overrides: dict[str, list[int | None]
     inputs = model_inputs(model)
     overrides = _overrides_by_input(overrides, inputs)
     named = _shared_dim_values(inputs, overrides)
+    named.update(_kv_cache_dims(inputs, named))
     out = {}
     for i in inputs:
         given = overrides.get(i.name) or []
@@ -211,7 +235,11 @@ def _is_batch_dim(d, k: int) -> bool:
 
 def _dim_kind(d) -> str | None:
     """'batch' / 'seq' for a symbolic dim whose name says so (exporters name them), else None."""
-    name = (d.dim_param or "").strip().lower() if d.HasField("dim_param") else ""
+    return _name_kind(d.dim_param if d.HasField("dim_param") else "")
+
+
+def _name_kind(name: str) -> str | None:
+    name = (name or "").strip().lower()
     if name in _BATCH_NAMES or name.startswith("batch"):
         return "batch"
     if name in _SEQ_NAMES or name.startswith(("seq", "sequence")):
