@@ -122,7 +122,7 @@ def _kv_cache_dims(inputs: list, named: dict[str, int]) -> dict[str, int]:
     past + seq (seq: the dim named like a sequence, default 16), so the attention mask agrees with
     the cache. Nothing where the names do not say so."""
     names = {d.dim_param for i in inputs for d in i.type.tensor_type.shape.dim if d.HasField("dim_param") and d.dim_param}
-    past = sorted(n for n in names if n.strip().lower().startswith("past"))
+    past = sorted(n for n in names if n.strip().lower().startswith("past") and "+" not in n)
     seq = sorted(n for n in names if _name_kind(n) == "seq")
     if len(past) != 1 or len(seq) > 1:
         return {}
