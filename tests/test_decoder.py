@@ -194,3 +194,16 @@ def test_default_sizes_sum_a_written_total():
     m.graph.input.append(helper.make_tensor_value_info("mask", TensorProto.INT64, [1, "past_seq + seq"]))
     shapes = graph_input_shapes(m, {"x": [1, 5, 8]})
     assert shapes["past"] == [1, 8, 4] and shapes["mask"] == [1, 13]
+
+
+def test_macs_budget_with_kv_heads():
+    """A MACs budget prices KV-head groups like any other (their caches shrink with them) and verifies."""
+    path, shapes = _fx("dynamo")
+    res = prune(path, macs="60%", heads=True, input_shapes=shapes, latency=False)
+    rep = res.report
+    assert rep.verification["passed"] and rep.budget.met
+    assert rep.pruned.macs <= 0.6 * rep.baseline.macs
+    kv = [_dims(i)[1] for i in res.model.graph.input[3:]]
+    heads = [g for g in rep.groups if g.kind == "heads"]
+    assert any(g.kept < g.channels for g in heads)
+    assert kv == [g.kept for g in heads for _ in range(2)]  # key and value of each layer follow its group

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from onnxprune.model.runtime import SessionPurpose, ort_session, session_options
 from onnxprune.profiling.median_ci import MedianCI, measure_until_stable, summarize
-from onnxprune.profiling.timing import LatencyError, resolve_providers
+from onnxprune.profiling.timing import LatencyError, fit_feed, resolve_providers
 
 GENERATED_NAME = re.compile(r"_token_\d+|^(ReorderInput|ReorderOutput)(_|$)|^$")
 KERNEL_SUFFIX = "_kernel_time"
@@ -122,7 +122,7 @@ def profile_nodes(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], 
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "p")
         sess = _checked_session(model_bytes, so, resolve_providers(provider))
-        feed = {i.name: feeds[i.name] for i in sess.get_inputs()}
+        feed = {i.name: fit_feed(feeds[i.name], i.shape) for i in sess.get_inputs()}  # a resized KV cache
         t0, done = time.perf_counter(), 0
         while done < warmup + runs and (done < warmup + 3 or time.perf_counter() - t0 < time_cap_s):
             sess.run(None, feed)
@@ -139,7 +139,7 @@ def wall_clock(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], *, 
     """Plain (unprofiled) timing session: median ``session.run`` time with its confidence interval."""
     sess = ort_session(model, SessionPurpose(timing=True, threads=threads), providers=resolve_providers(provider),
                        what="pruned candidate")
-    feed = {i.name: feeds[i.name] for i in sess.get_inputs()}
+    feed = {i.name: fit_feed(feeds[i.name], i.shape) for i in sess.get_inputs()}
     for _ in range(warmup):
         sess.run(None, feed)
 
@@ -158,7 +158,7 @@ def side_by_side(models: list[bytes], feeds: dict[str, np.ndarray], *, provider:
     so drift hits all alike) until every median's 95% CI is within ``rel_halfwidth`` or the cap."""
     purpose = SessionPurpose(timing=True, threads=threads)
     sessions = [ort_session(m, purpose, providers=resolve_providers(provider), what="model") for m in models]
-    run_feeds = [{i.name: feeds[i.name] for i in s.get_inputs()} for s in sessions]
+    run_feeds = [{i.name: fit_feed(feeds[i.name], i.shape) for i in s.get_inputs()} for s in sessions]
     for _ in range(warmup):
         for s, f in zip(sessions, run_feeds):
             s.run(None, f)
