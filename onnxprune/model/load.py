@@ -39,6 +39,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         data = DataFile()
         spill_large(model, data)
         data.close()
+        compact = onnx.ModelProto()  # protobuf keeps cleared bytes in the message's arena until it goes
+        compact.CopyFrom(model)
+        return compact
     return model
 
 

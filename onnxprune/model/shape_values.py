@@ -30,9 +30,15 @@ def fold_static_shape_values(model: onnx.ModelProto) -> onnx.ModelProto:
     if not cand:
         return model
     shape_sets = _probe_shapes(model, consts)
+    # inputs the shape math does not read get no random values (a large model's weights, which
+    # normalize holds as typed inputs while it folds, would be gigabytes of them)
+    unread = unread_inputs(g, cand)
+    skip = {t.name: tuple(t.dims) for t in g.initializer}
+    skip.update({i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in unread})
     try:
         # one session for both sets; the overrides check keeps symbolic dims shared by inputs consistent
-        feeds = [random_inputs(model, graph_input_shapes(model, shapes), seed=0) for shapes in shape_sets]
+        feeds = [random_inputs(model, graph_input_shapes(model, shapes), seed=0, const_shapes=skip)
+                 for shapes in shape_sets]
         values = run_light(model, cand, feeds)
     except Exception:
         return model
@@ -41,6 +47,24 @@ def fold_static_shape_values(model: onnx.ModelProto) -> onnx.ModelProto:
     if not roots:
         return model
     return _with_constants(model, {t: values[0][t] for t in roots})
+
+
+def unread_inputs(g: onnx.GraphProto, wanted: list[str]) -> list[onnx.ValueInfoProto]:
+    """Graph inputs with fully static shapes that no producer of `wanted` reads, directly or not
+    (none where a node has subgraphs: they read outer tensors without listing them)."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return []
+    producer = {o: n for n in g.node for o in n.output}
+    seen, stack = set(), list(wanted)
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in producer:
+            stack.extend(i for i in producer[t].input if i)
+    return [i for i in g.input if i.name not in seen
+            and all(is_static_dim(d) for d in i.type.tensor_type.shape.dim)]
 
 
 def shape_derived_tensors(g: onnx.GraphProto, consts: set[str]) -> list[str]:

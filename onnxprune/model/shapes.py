@@ -328,11 +328,18 @@ def run_light(model: onnx.ModelProto, names: list[str], feed_sets: list[dict]) -
     m, names = runnable_part(light, names)
     if not names:
         return [{} for _ in feed_sets]
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in m.graph.node
+               for a in n.attribute):  # subgraphs read outer tensors without listing them
+        read = {i for n in m.graph.node for i in n.input} | set(names)
+        inputs = [i for i in m.graph.input if i.name in read]  # the part may not need every input
+        del m.graph.input[:]
+        m.graph.input.extend(inputs)
     sess = ort_session(m, SHAPE_EVAL)
     used = {i.name for i in m.graph.input}
     weights = {t.name: np.zeros(tuple(t.dims), helper.tensor_dtype_to_np_dtype(t.data_type))
                for t in big if t.name in used}
-    return [dict(zip(names, sess.run(names, {**feeds, **weights}))) for feeds in feed_sets]
+    return [dict(zip(names, sess.run(names, {**{k: v for k, v in feeds.items() if k in used}, **weights})))
+            for feeds in feed_sets]
 
 
 # ops whose output shape depends on the values of a data input (a zero-filled weight could change it;
