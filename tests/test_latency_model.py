@@ -220,3 +220,25 @@ def test_refit_keeps_the_chosen_form():
     again = fit_time(1.3 * t, w, like=first)
     assert (again.blocks, again.quad, again.align_block) == (first.blocks, first.quad, first.align_block)
     np.testing.assert_allclose(again.predict(w), 1.3 * first.predict(w), rtol=1e-6)
+
+
+def test_joint_alignment_regime_when_both_sides_must_be_aligned():
+    """ORT converts a conv to NCHWc only when its input and output channels are both multiples of 8:
+    one regime for "all aligned" (align_block -8), which per-group indicators cannot express (a shift
+    for each side alone mispredicts the designs aligned on one side only)."""
+    def truth(w):
+        both = (w[:, 0] % 8 == 0) & (w[:, 1] % 8 == 0)
+        return np.where(both, 0.5, 1.0) * step_conv_ms(w[:, 0], w[:, 1], 1, 1)
+
+    rng = np.random.default_rng(8)
+    w = rng.integers(20, 129, size=(40, 2)).astype(float)
+    for i in range(2, 40, 3):  # as the design rounds a third of its points: each group with p = 1/2
+        for g in range(2):
+            if rng.random() < 0.5:
+                w[i, g] = w[i, g] // 8 * 8
+    w[0] = [128, 128]
+    fit = fit_time(truth(w) * (1 + 0.01 * rng.standard_normal(40)), w)
+    assert fit.align_block == -8
+    held = rng.integers(20, 129, size=(300, 2)).astype(float)
+    held[::3] = held[::3] // 8 * 8
+    assert np.max(np.abs(fit.predict(held) / truth(held) - 1)) < 0.05

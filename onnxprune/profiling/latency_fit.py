@@ -14,8 +14,9 @@ each executed node its dims and median time in the designs where it ran. Three s
   ``p_g = ceil(w_g / B_g) * B_g``, coefficients non-negative and fitted on (square-root) relative
   error. The blocks ``B_g`` (the kernels' step structure: MLAS / oneDNN channel blocks; depthwise
   and small-channel kernels step at other sizes than dense ones), whether the quadratic terms are
-  in, and whether an alignment regime is (per group, a shift and a work factor when its width is a
-  multiple of 8 or 16, where ORT switches layout) are chosen per node by K-fold cross-validation
+  in, and whether an alignment regime is (a shift and a work factor when a width is a multiple of
+  8 or 16, where ORT switches layout: per group, or one regime when all the node's groups are
+  aligned together) are chosen per node by K-fold cross-validation
   over the designs: each candidate is fitted without a fold's designs and scored on them, so a
   richer form is kept only where it predicts designs it was not fitted on better.
 """
@@ -154,7 +155,10 @@ def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool, align_blo
     """Design matrix [1, p_g..., p_g p_h..., p_g^2...] for the node's groups (columns of
     ``widths``; the products with ``pairs``, the squares with ``quad``), then, with
     ``align_block``, per group a_g and a_g * prod(p) where a_g = "w_g is a multiple of
-    align_block": the layout ORT switches to at aligned widths (NCHWc) has its own cost."""
+    align_block": the layout ORT switches to at aligned widths (NCHWc) has its own cost. A negative
+    ``align_block`` (-b) is one joint regime instead, A and A * prod(p) with A = "every group's
+    width is a multiple of b": ORT converts a conv to NCHWc only when its input and output channels
+    are both aligned."""
     p = [padded(widths[:, k], b) for k, b in enumerate(blocks)]
     cols = [np.ones(widths.shape[0])] + p
     if pairs:
@@ -163,9 +167,9 @@ def features(widths: np.ndarray, blocks: tuple[int, ...], pairs: bool, align_blo
         cols += [x * x for x in p]
     if align_block:
         work = np.prod(np.stack(p, axis=1), axis=1)
-        for k in range(widths.shape[1]):
-            a = (widths[:, k] % align_block == 0).astype(np.float64)
-            cols += [a, a * work]
+        aligned = widths % abs(align_block) == 0
+        for a in [aligned.all(axis=1)] if align_block < 0 else aligned.T:
+            cols += [a.astype(np.float64), a * work]
     return np.stack(cols, axis=1)
 
 
@@ -257,7 +261,7 @@ def select_form(times: np.ndarray, widths: np.ndarray, rel: np.ndarray, pairs: b
     best: tuple[float, tuple] | None = None
     for quad in quad_choices(k, times.size, pairs) if cv else (False,):
         n_base = n_base_features(k, pairs, quad)
-        for align in align_choices(widths, times.size, n_base):
+        for align in align_choices(widths, times.size, n_base, joint=cv):
             fits = {b: nonneg_lstsq(features(widths, b, pairs, align, quad), times, rel, n_base)[1]
                     for b in block_choices(k)}
             candidates = list(dict.fromkeys([min(fits, key=fits.get)] + [(b,) * k for b in BLOCKS])) if cv else fits
@@ -295,9 +299,11 @@ def cv_error(x: np.ndarray, y: np.ndarray, weights: np.ndarray, n_nonneg: int, f
     return total
 
 
-def align_choices(widths: np.ndarray, n: int, n_base: int) -> list[int]:
+def align_choices(widths: np.ndarray, n: int, n_base: int, joint: bool = False) -> list[int]:
     """Alignment blocks worth trying: none, and each block at which every group is aligned in at
-    least :data:`MIN_ALIGNED` designs and not in as many, with data for the extra coefficients."""
+    least :data:`MIN_ALIGNED` designs and not in as many, with data for the extra coefficients.
+    With ``joint`` (two or more groups), also -b: the joint regime of :func:`features`, where the
+    designs with all groups aligned and those without number at least MIN_ALIGNED each."""
     out = [0]
     if n < 2 * (n_base + 2 * widths.shape[1]):
         return out
@@ -305,6 +311,9 @@ def align_choices(widths: np.ndarray, n: int, n_base: int) -> list[int]:
         aligned = (widths % b == 0).sum(axis=0)
         if np.all((aligned >= MIN_ALIGNED) & (n - aligned >= MIN_ALIGNED)):
             out.append(b)
+        together = int(np.all(widths % b == 0, axis=1).sum())
+        if joint and widths.shape[1] >= 2 and MIN_ALIGNED <= together <= n - MIN_ALIGNED:
+            out.append(-b)
     return out
 
 
