@@ -152,3 +152,39 @@ def test_recon_with_lstsq_reconstructs_better_than_vbp_with_lstsq():
         y = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x_test})[0]
         errs[scorer] = float(np.square(y - ref).mean())
     assert errs["recon"] < 0.5 * errs["vbp"], errs
+
+
+def mlp2():
+    """x(6) -> Gemm(6->7) -> Relu -> Gemm(7->5) -> Relu -> Gemm(5->3): two hidden groups whose recon
+    scores differ in scale (fc2 reads a wide, redundant layer; fc3 a narrow one)."""
+    b = GraphBuilder(seed=0)
+    x = b.input("x", [6])
+    h = b.op("Relu", [b.op("Gemm", [x, b.const(W1, "w1")], transB=1, name="fc1")], name="act")
+    w2 = RNG.standard_normal((5, 7)).astype(np.float32)
+    h2 = b.op("Relu", [b.op("Gemm", [h, b.const(w2, "w2")], transB=1, name="fc2")], name="act2")
+    w3 = (RNG.standard_normal((3, 5)) * 5.0).astype(np.float32)
+    return b.model([b.op("Gemm", [h2, b.const(w3, "w3")], transB=1, name="fc3")])
+
+
+def test_global_recon_ranks_the_relative_errors_as_they_are():
+    """recon's scores are shares of each consumer's output energy, one scale for every group: --global
+    removes the channels of lowest share across groups (no division by a group mean), never the last
+    of a group."""
+    model, x = mlp2(), calib()
+    a = analyze_model(model)
+    ctx = ScoreContext(a, calib=CalibSet({"x": x}, batch_size=64))
+    scores = score_groups(a, "recon", context=ctx)
+    groups = [g for g in a.groups if g.prunable]
+    assert len(groups) == 2 and scores.comparable
+    entries = sorted((float(scores[g.id][c]), g.id, c) for g in groups for c in range(g.size))
+    for n in range(1, 10):
+        left, removed = {g.id: g.size for g in groups}, {g.id: set() for g in groups}
+        for _, gid, c in entries:
+            if sum(map(len, removed.values())) == n:
+                break
+            if left[gid] > 1:
+                removed[gid].add(c)
+                left[gid] -= 1
+        kept = select_by_ratio(a.groups, scores, n / 12, global_rank=True)
+        for g in groups:
+            assert set(range(g.size)) - set(kept.get(g.id, np.arange(g.size)).tolist()) == removed[g.id], (n, g.id)

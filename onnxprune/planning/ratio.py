@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analysis.groups import ChannelGroup
-from onnxprune.scoring.registry import is_lamp_normalized
+from onnxprune.scoring.registry import is_comparable
 
 
 def n_remove(size: int, n_free: int, ratio: float) -> int:
@@ -86,11 +86,12 @@ def round_kept_counts(groups: list[ChannelGroup], kept: dict[int, np.ndarray], s
 
 def global_rank_values(scores: dict[int, np.ndarray], gid: int) -> np.ndarray:
     """What --global ranks across groups: LAMP scores as they are (SP-LAMP Sec. 3.1: one ranking of
-    the layers' LAMP scores; the top channel of every group scores 1), other scorers' values divided
-    by their group mean so layers of different magnitude compete (raw magnitudes would empty whole
+    the layers' LAMP scores; the top channel of every group scores 1), and so are scores on one scale
+    across groups (``recon``'s relative reconstruction errors); other scorers' values are divided by
+    their group mean so layers of different magnitude compete (raw magnitudes would empty whole
     low-magnitude layers)."""
     s = np.asarray(scores[gid], dtype=np.float64)
-    if is_lamp_normalized(scores):
+    if is_comparable(scores):
         return s
     return s / (s.mean() if s.mean() > 0 else 1.0)
 

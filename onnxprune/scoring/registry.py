@@ -36,30 +36,41 @@ class ScoreContext:
 
 class GroupScores(dict):
     """Scores per prunable group id. ``lamp_normalized``: the values already are LAMP scores
-    (``sp-lamp``), so planning ranks them and sums them as they are instead of normalizing again."""
+    (``sp-lamp``), so planning ranks them and sums them as they are instead of normalizing again.
+    ``comparable``: values of different groups are on one scale (``recon``: the share of the
+    consumers' output energy lost), so ``--global`` ranks them as they are."""
 
-    def __init__(self, scores=(), lamp_normalized: bool = False):
+    def __init__(self, scores=(), lamp_normalized: bool = False, comparable: bool = False):
         super().__init__(scores)
         self.lamp_normalized = lamp_normalized
+        self.comparable = comparable or lamp_normalized
 
 
 def is_lamp_normalized(scores) -> bool:
     return bool(getattr(scores, "lamp_normalized", False))
 
 
+def is_comparable(scores) -> bool:
+    """Whether one ranking across groups may use the values as they are."""
+    return bool(getattr(scores, "comparable", False)) or is_lamp_normalized(scores)
+
+
 Scorer = Callable[[ScoreContext], dict[int, np.ndarray]]
 SCORERS: dict[str, Scorer] = {}
 NEEDS_CALIB: set[str] = set()
 LAMP_NORMALIZED: set[str] = set()
+COMPARABLE: set[str] = set()
 
 
-def register_scorer(name: str, needs_calib: bool = False, lamp_normalized: bool = False):
+def register_scorer(name: str, needs_calib: bool = False, lamp_normalized: bool = False, comparable: bool = False):
     def deco(fn: Scorer) -> Scorer:
         SCORERS[name] = fn
         if needs_calib:
             NEEDS_CALIB.add(name)
         if lamp_normalized:
             LAMP_NORMALIZED.add(name)
+        if comparable:
+            COMPARABLE.add(name)
         return fn
     return deco
 
@@ -72,5 +83,6 @@ def score_groups(analysis: Analysis, scorer: str = "l2", *, calib=None, seed: in
         raise OnnxPruneError(f"unknown scorer '{scorer}' (choose from {', '.join(sorted(SCORERS))})")
     if scorer in NEEDS_CALIB and not ctx.calib:
         raise OnnxPruneError(f"scorer '{scorer}' needs calibration data: pass --calib FILE")
-    return GroupScores(SCORERS[scorer](ctx), lamp_normalized=scorer in LAMP_NORMALIZED)
+    return GroupScores(SCORERS[scorer](ctx), lamp_normalized=scorer in LAMP_NORMALIZED,
+                       comparable=scorer in COMPARABLE)
 

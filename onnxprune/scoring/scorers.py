@@ -266,9 +266,21 @@ def vbp(ctx: ScoreContext) -> dict[int, np.ndarray]:
     return out
 
 
-@register_scorer("recon", needs_calib=True)
+def cumulative_share(v: np.ndarray) -> np.ndarray:
+    """Per channel, the share of the group's total of ``v`` removed when it and every lower one go:
+    the same order as ``v``, on recon's scale (a share of energy lost)."""
+    v = np.asarray(v, dtype=np.float64)
+    order = np.lexsort((np.arange(len(v)), v))
+    out = np.empty(len(v))
+    out[order] = np.cumsum(v[order]) / max(float(v.sum()), 1e-300)
+    return out
+
+
+@register_scorer("recon", needs_calib=True, comparable=True)
 def recon(ctx: ScoreContext) -> dict[int, np.ndarray]:
-    """Greedy removal by least lstsq reconstruction error of the consumers' outputs (recon.py)."""
+    """Greedy removal by least lstsq reconstruction error of the consumers' outputs (recon.py). The
+    scores are shares of the consumers' output energy, one scale for every group: ``--global`` ranks
+    them as they are (the next channel goes from the group whose relative error grows least)."""
     stats = cached_stats(ctx, activation_spaces(ctx.analysis, ctx.groups), cov=True)
     scales = consumer_output_scales(ctx.analysis)
     out, fallback = {}, []
@@ -280,10 +292,10 @@ def recon(ctx: ScoreContext) -> dict[int, np.ndarray]:
             fallback.append(g)
     if fallback:
         var = vbp_scores(ctx)[0]
-        out.update({g.id: var[g.id] for g in fallback})
+        out.update({g.id: cumulative_share(var[g.id]) for g in fallback})
         ctx.notes.append(f"recon: {len(fallback)} prunable group(s) have no group-1 Conv/Gemm/MatMul consumer with "
                          f"a covariance (grouped or depthwise consumers, or inputs wider than the covariance limit): "
-                         f"scored with vbp instead ({', '.join(g.name for g in fallback[:5])})")
+                         f"scored with vbp instead, as cumulative shares of their variance ({', '.join(g.name for g in fallback[:5])})")
     return out
 
 
