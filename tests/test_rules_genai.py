@@ -254,13 +254,20 @@ def _greedy(sess, feeds0, steps, cut=None, positions=False):
     return tokens
 
 
-@pytest.mark.parametrize("name", ["genai_tiny", "genai_tiny.int4"])
+@pytest.mark.parametrize("name", ["genai_tiny", "genai_tiny.int4", "tiny-rope", "tiny-packed.int4"])
 def test_kv_groups_prune_with_the_cache_and_generate_like_the_masked_original(name):
-    """--heads on the cached fixtures: one of the 2 KV groups per layer goes with its 2 query heads;
-    past/present shrink to 1 KV head; 10 greedy tokens from the pruned model fed its own cache equal
-    the masked original's, and differ when it is fed the removed head's cache slice instead."""
-    fx = FIXTURES[name]
-    path, shapes = str(ROOT / fx["file"]), fx["input_shapes"]
+    """--heads on the cached fixtures (and on the RotaryEmbedding and packed-qkv variants): one of
+    the 2 KV groups per layer goes with its 2 query heads; past/present shrink to 1 KV head; 10
+    greedy tokens from the pruned model fed its own cache equal the masked original's, and differ
+    when it is fed the removed head's cache slice instead."""
+    if name in FIXTURES:
+        fx = FIXTURES[name]
+        path, shapes, cfg = str(ROOT / fx["file"]), fx["input_shapes"], gd.CONFIGS["tiny"]
+        original = onnx.load(path)
+    else:
+        cfg = gd.CONFIGS[name.split(".")[0]]
+        original = path = _decoder(cfg, int4=name.endswith(".int4"))
+        shapes = _shapes(gd.feeds(cfg, past=3, seq=4))
     res = prune(path, ratio=0.5, heads=True, input_shapes=shapes, latency=False)
     assert res.report.verification["passed"]
     for vi in [*res.model.graph.input, *res.model.graph.output]:
@@ -270,13 +277,14 @@ def test_kv_groups_prune_with_the_cache_and_generate_like_the_masked_original(na
         assert (at["num_heads"], at["kv_num_heads"]) == (2, 1)
     io = io_positions(res.analysis, res.kept)
     assert len(io) == 8 and all(len(p) == 1 for cuts in io.values() for _, p in cuts)
-    feeds0 = gd.feeds(gd.CONFIGS["tiny"], past=3, seq=5, seed=5)
+    feeds0 = gd.feeds(cfg, past=3, seq=5, seed=5)
+    pos = cfg.rope == "node"
     masked = masked_model(res.analysis, res.kept)
-    want = _greedy(_sess(masked), feeds0, 10)
-    assert _greedy(_sess(res.model), feeds0, 10, cut=io) == want
+    want = _greedy(_sess(masked), feeds0, 10, positions=pos)
+    assert _greedy(_sess(res.model), feeds0, 10, cut=io, positions=pos) == want
     wrong = {k: [(ax, np.setdiff1d(np.arange(2), p)) for ax, p in cuts] for k, cuts in io.items()}
-    assert _greedy(_sess(res.model), feeds0, 10, cut=wrong) != want
-    assert _greedy(_sess(onnx.load(path)), feeds0, 10) != want  # pruning changed the model
+    assert _greedy(_sess(res.model), feeds0, 10, cut=wrong, positions=pos) != want
+    assert _greedy(_sess(original), feeds0, 10, positions=pos) != want  # pruning changed the model
 
 
 def _sess(model):
