@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import analyze_model, prune
+from onnxprune import analyze_model, prune, save
 from onnxprune.analysis.graph import build_view
 from onnxprune.analysis.rules.genai import dequantize_nbits, pack_zero_points, unpack_zero_points
 from onnxprune.profiling.cost import total_params
@@ -291,3 +291,25 @@ def _sess(model):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def test_external_data_genai_model_prunes_and_saves(tmp_path):
+    """A GenAI decoder with its weights in external data: the streamed save's checker stops at
+    SimplifiedLayerNormalization (ONNX Runtime's op in the default domain); the file ONNX Runtime
+    loads is written, with its .data, and runs with the shrunk cache."""
+    fx = FIXTURES["genai_tiny.int4"]
+    src = tmp_path / "in.onnx"
+    m = onnx.load(str(ROOT / fx["file"]))
+    onnx.external_data_helper.convert_model_to_external_data(m, all_tensors_to_one_file=True,
+                                                             location="in.onnx.data", size_threshold=0)
+    onnx.save_model(m, str(src))
+    res = prune(str(src), ratio=0.5, heads=True, input_shapes=fx["input_shapes"], latency=False)
+    assert res.report.verification["passed"]
+    out = tmp_path / "out.onnx"
+    save(res.model, out)
+    assert out.exists()
+    feeds = gd.feeds(gd.CONFIGS["tiny"], past=3, seq=4)
+    cut = io_positions(res.analysis, res.kept)
+    feeds = {k: (take_kept(v, cut[k]) if k in cut else v) for k, v in feeds.items()}
+    outs = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert outs[1].shape == (1, 1, 7, 16) and np.isfinite(outs[0]).all()

@@ -12,7 +12,8 @@ from onnx import helper
 
 from onnxprune.errors import InternalError, OnnxPruneError, first_line
 from onnxprune.model.external import has_external, write_model_streamed
-from onnxprune.model.load import all_tensors, check_not_input_file
+from onnxprune.model.load import LOAD_CHECK, all_tensors, check_not_input_file
+from onnxprune.model.runtime import ort_session
 
 PROTOBUF_LIMIT = 1_800_000_000  # bytes; larger models are written with external data
 
@@ -124,10 +125,23 @@ def _stage_streamed(model: onnx.ModelProto, p: Path, outputs: StagedOutputs) -> 
     try:
         onnx.checker.check_model(str(tmp))
     except Exception as e:  # noqa: BLE001 -- the checker's own types
-        raise InternalError(f"internal error: the written model fails the ONNX checker: {first_line(e)}") from None
+        if not _runtime_op_only(e, tmp):
+            raise InternalError(f"internal error: the written model fails the ONNX checker: {first_line(e)}") from None
     outputs.adopt(data, p.parent / data.name)
     outputs.adopt(tmp, p)
     return tmp
+
+
+def _runtime_op_only(err: Exception, path: Path) -> bool:
+    """The checker stops at an op it does not know that ONNX Runtime registers in the default domain
+    (SimplifiedLayerNormalization in ORT GenAI decoders), and ONNX Runtime loads the written file."""
+    if not first_line(err).startswith("No Op registered for"):
+        return False
+    try:
+        ort_session(path, LOAD_CHECK)
+        return True
+    except Exception:  # noqa: BLE001 -- ORT's own types
+        return False
 
 
 def staged_bytes(tmp: str | os.PathLike) -> int:

@@ -127,6 +127,7 @@ def _slice_weights(view, tensors: dict, pos: dict[Space, np.ndarray]) -> None:
             tensors[t].values = LazyValues(data.add(arr, t))  # streamed to disk, tensor by tensor
         else:
             tensors[t].values = np.ascontiguousarray(arr)
+            tensors[t].data_location = None  # in the proto now (gs would export it as EXTERNAL, no location)
     if data is not None:
         data.close()
 
