@@ -313,3 +313,15 @@ def test_external_data_genai_model_prunes_and_saves(tmp_path):
     feeds = {k: (take_kept(v, cut[k]) if k in cut else v) for k, v in feeds.items()}
     outs = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
     assert outs[1].shape == (1, 1, 7, 16) and np.isfinite(outs[0]).all()
+
+
+def test_external_shared_rotary_cache_is_read_from_its_data_file(tmp_path):
+    """cos/sin caches over 1024 elements shared by every layer's GQA stay in external data at load;
+    normalize reads them from the data file (their location is absolute inside the tool)."""
+    cfg = replace(gd.CONFIGS["tiny"], max_seq=256)
+    m = gd.build(cfg)
+    onnx.external_data_helper.convert_model_to_external_data(m, all_tensors_to_one_file=True,
+                                                             location="m.onnx.data", size_threshold=0)
+    onnx.save_model(m, str(tmp_path / "m.onnx"))
+    res = prune(str(tmp_path / "m.onnx"), ratio=0.3, input_shapes=_shapes(gd.feeds(cfg, past=3, seq=4)), latency=False)
+    assert res.report.verification["passed"]

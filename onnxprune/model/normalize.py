@@ -18,7 +18,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.model.dequantize import DequantizedWeight, fold_dequantize
-from onnxprune.model.external import DataFile, has_external, inline, is_external, spill_large
+from onnxprune.model.external import DataFile, has_external, inline, is_external, read_tensor, spill_large
 from onnxprune.model.load import STANDARD_DOMAINS, opset_version, sanitize_graph, sanitized, subgraphs
 from onnxprune.model.save import copy_model_fields
 from onnxprune.model.shape_values import fold_static_shape_values
@@ -257,7 +257,7 @@ def _unshare_uniform_constants(m: onnx.ModelProto, max_elems: int = 65536) -> No
         t = inits[name]
         if len({k for k, _ in us}) < 2 or not 1 < tensor_elems(t) <= max_elems:
             continue
-        arr = numpy_helper.to_array(t)
+        arr = read_tensor(t)  # an external tensor's location is absolute inside the tool
         if arr.dtype.kind not in "fiu" or not np.all(arr == arr.reshape(-1)[0]):
             continue
         for j, (k, s) in enumerate(us[1:], 1):
