@@ -170,7 +170,9 @@ import sys, numpy as np, onnxruntime as ort
 s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 feeds = {}
 for i in s.get_inputs():
-    shape = [d if isinstance(d, int) else (1 if k == 0 else 8) for k, d in enumerate(i.shape)]
+    # decoders: past_seq + seq = total_seq (attention_mask); other symbolic dims 8, the batch 1
+    named = {"batch": 1, "seq": 8, "past_seq": 8, "total_seq": 16}
+    shape = [d if isinstance(d, int) else named.get(d, 1 if k == 0 else 8) for k, d in enumerate(i.shape)]
     if "int" in i.type:
         feeds[i.name] = np.ones(shape, np.int64 if "64" in i.type else np.int32)
     else:
