@@ -207,3 +207,21 @@ def test_macs_budget_with_kv_heads():
     heads = [g for g in rep.groups if g.kind == "heads"]
     assert any(g.kept < g.channels for g in heads)
     assert kv == [g.kept for g in heads for _ in range(2)]  # key and value of each layer follow its group
+
+
+@pytest.mark.parametrize("comp", ["mean", "lstsq"])
+def test_compensation_with_kv_heads(comp):
+    """vbp with mean / lstsq compensation when KV heads go: the checks run the pruned model on the
+    kept cache slices (mean: exact against the mean-substituted original)."""
+    from onnxprune.analysis.graph import random_feeds
+    from onnxprune.scoring.calibration import FeedList
+    path, shapes = _fx("ts")
+    a = analyze_model(path, input_shapes=shapes)
+    calib = FeedList([random_feeds(a.view, seed=s) for s in range(3)])
+    res = prune(path, ratio=0.4, scorer="vbp", calib=calib, compensate=comp, heads=True, latency=False,
+                input_shapes=shapes)
+    ver = res.report.verification
+    assert ver["passed"] and any(g.kind == "heads" and g.kept < g.channels for g in res.report.groups)
+    check = ver[f"{comp}_compensation"]
+    assert check["passed"] if comp == "mean" else check["finite_outputs"]
+    assert [_dims(i)[1] for i in res.model.graph.input[3:]] == [1] * 4

@@ -54,7 +54,8 @@ from onnxprune.model.shapes import check_model_light
 from onnxprune.scoring.calibration import SpaceStats, activation_spaces, cached_stats
 from onnxprune.scoring.recon import consumer_weight
 from onnxprune.transform.rewrite import kept_positions
-from onnxprune.verify.oracle import compare_models, masked_model, needs_plain_execution, run_model, verify_tolerance
+from onnxprune.verify.oracle import (compare_models, io_positions, masked_model, needs_plain_execution, run_model,
+                                     split_feeds, verify_tolerance)
 from onnxprune.verify.rounding import accumulations
 
 
@@ -555,8 +556,9 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
     summary = None
     if check and (res.nodes or res.refit):
         feeds = next(iter(ctx.calib))
+        io = io_positions(analysis, kept)  # a KV cache that shrank: the pruned model reads its kept slices
         if method == "lstsq":
-            outs = run_model(res.model, feeds)
+            outs = run_model(res.model, split_feeds([feeds], io)[1][0])
             finite = bool(all(np.all(np.isfinite(o)) for o in outs))
             summary = dict(reference=None, finite_outputs=finite, inputs="first calibration batch")
             if not finite:
@@ -564,7 +566,7 @@ def apply_compensation(analysis: Analysis, kept: dict[int, np.ndarray], pruned: 
             return res.model, res, summary
         ref = mean_substituted_model(analysis, kept, mean_compensable(analysis, kept, stats)[0], positions)
         cmp = compare_models(ref, res.model, [feeds], rel_tol=verify_tolerance(ref)[0],
-                             optimize=not needs_plain_execution(ref), rounding=accumulations(analysis))
+                             optimize=not needs_plain_execution(ref), rounding=accumulations(analysis), io=io)
         exact = res.approximate == 0
         summary = dict(reference="original with removed channels replaced by their calibration mean"
                        + (" at each position" if positions else ""),
