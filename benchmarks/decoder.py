@@ -56,14 +56,14 @@ def size(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def ensure_model(config: str, exporter: str, dtype: str) -> tuple[Path, dict | None]:
-    path = FULL / f"llama_{config}.{exporter}.{dtype}.onnx"
+def ensure_model(config: str, exporter: str, dtype: str, external: bool) -> tuple[Path, dict | None]:
+    path = FULL / f"llama_{config}.{exporter}.{dtype}{'.ext' if external else ''}.onnx"
     if path.exists():
         return path, None
     FULL.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "models.llama", "--config", config, "--exporter", exporter, "--dtype", dtype,
            "--out", str(path)]
-    if config != "tiny":
+    if external:
         cmd.append("--external-data")
     res = timed(cmd, FULL / f"{path.name}.export.log")
     if res["rc"] != 0:
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="+", default=["mlp", "heads"], choices=["mlp", "heads"])
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--external-data", action="store_true",
+                    help="export with the weights in a .data file (always for models over 2 GB)")
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
     results = json.loads(a.out.read_text()) if a.out.exists() else {}
@@ -118,11 +120,11 @@ def main(argv=None) -> int:
         for exporter in a.exporters:
             for dtype in a.dtypes:
                 for mode in a.modes:
-                    key = f"{config}.{exporter}.{dtype}.{mode}.r{a.ratio}"
+                    key = f"{config}.{exporter}.{dtype}{'.ext' if a.external_data else ''}.{mode}.r{a.ratio}"
                     if key in cases and not a.force:
                         print(f"{key}: done before, skipped")
                         continue
-                    model, export = ensure_model(config, exporter, dtype)
+                    model, export = ensure_model(config, exporter, dtype, a.external_data)
                     res = run_case(model, mode, a.ratio, work)
                     if export is not None:
                         res["export"] = export

@@ -225,3 +225,15 @@ def test_compensation_with_kv_heads(comp):
     check = ver[f"{comp}_compensation"]
     assert check["passed"] if comp == "mean" else check["finite_outputs"]
     assert [_dims(i)[1] for i in res.model.graph.input[3:]] == [1] * 4
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_empty_past_still_resizes(exporter):
+    """Analysed at past length 0 (the first generation step), the cache inputs still follow their
+    KV-head group: the pruned model's past and present agree."""
+    path, _ = _fx(exporter)
+    shapes = {"input_ids": [1, 4], "attention_mask": [1, 4], "position_ids": [1, 4]}
+    shapes.update({f"past_key_values.{i}.{kv}": [1, 2, 0, 16] for i in range(2) for kv in ("key", "value")})
+    res = prune(path, ratio=0.5, heads=True, input_shapes=shapes, latency=False)
+    assert res.report.verification["passed"]
+    assert [_dims(i)[1] for i in list(res.model.graph.input[3:]) + list(res.model.graph.output[1:])] == [1] * 8

@@ -6,9 +6,9 @@ with a vectorized union-find to find the group's canonical channels, and every m
 "position in this space -> canonical channel". Any space that some node touching it does not claim
 (unknown op, model input/output, excluded node) freezes the channels it carries, with the reason.
 
-Model inputs and outputs freeze their channels, except *state* (a KV cache): an input the model
-appends to and returns (``present = Concat(past, new)``), or a space a rule declares in
-``RuleResult.state_io`` (a fused attention op's past/present). Those axes follow their group
+Model inputs and outputs freeze their channels, except *state* (a KV cache) that rules declare in
+``RuleResult.state_io``: an input the model appends to and returns (``present = Concat(past, new)``,
+the Concat rule), or a fused attention op's past/present. Those axes follow their group
 (``Analysis.resized_io``): the rewrite changes the declared IO shape (rewrite.resize_io) and the
 oracle feeds the pruned model the kept slices (oracle.io_positions).
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from onnxprune.analysis.graph import GraphView, attr
+from onnxprune.analysis.graph import GraphView
 from onnxprune.errors import OnnxPruneError
 from onnxprune.analysis.rules import (CHANNELWISE, LAYOUT_OPS, AttentionAxes, Opaque, RuleContext, RuleResult, Space,
                                       rule_for)
@@ -116,24 +116,11 @@ def analyze(view: GraphView, exclude: list[str] | None = None, max_passes: int =
 
 def state_spaces(view: GraphView, results: dict[int, RuleResult]) -> set[Space]:
     """Graph input/output spaces that carry recurrent state and may shrink with their group: those
-    rules declare (``RuleResult.state_io``, e.g. a fused attention op's past/present KV), and every
-    axis but the appended one of a graph output made by Concat from a graph input (the torch
-    exporters' KV cache: ``present = Concat(past, new_kv, axis=seq)``) and of that input."""
-    out = {sp for res in results.values() for sp in res.state_io}
-    inputs = set(view.inputs)
-    for o in view.outputs:
-        k = view.producer.get(o)
-        node = view.nodes[k] if k is not None else None
-        if node is None or node.op_type != "Concat" or view.shape(o) is None:
-            continue
-        past = [i for i in node.input if i in inputs]
-        if not past:
-            continue
-        rank = len(view.shape(o))
-        cat = attr(node, "axis")
-        cat = cat + rank if cat < 0 else cat
-        out.update((t, a) for t in past + [o] for a in range(rank) if a != cat)
-    return out
+    rules declare in ``RuleResult.state_io`` (the Concat rule: every axis but the appended one of
+    ``present = Concat(past, new)`` with past a graph input and present a graph output, the torch
+    exporters' KV cache; a fused attention op's past/present KV)."""
+    io = set(view.inputs) | set(view.outputs)
+    return {sp for res in results.values() for sp in res.state_io if sp[0] in io}
 
 
 def check_something_to_prune(analysis: Analysis) -> None:

@@ -40,6 +40,18 @@ class Broadcasting(OpRule):
 
 
 @register
+class Range(OpRule):
+    """Scalars in, an index vector out (positions for a causal mask or RoPE): no channel space,
+    unless its output meets one (then opaque)."""
+    op_types = ("Range",)
+
+    def relate(self, node, ctx):
+        if ctx.live_axes(node.output[0]):
+            raise Opaque("Range output used as a channel axis")
+        return RuleResult()
+
+
+@register
 class Dropout(OpRule):
     op_types = ("Dropout",)
 

@@ -178,10 +178,16 @@ class Concat(OpRule):
                 j = np.arange(n)
                 res.relate((t, axis), (y, axis), (j, j + off) if len(ins) > 1 else None)
                 off += n
+        # a KV cache: present = Concat(past, new) with past a graph input and present a graph output
+        # (the caller feeds present back as past): both may resize with their group (groups.state_spaces);
+        # an empty past (the first generation step) still follows it
+        past = [t for t in node.input if t in ctx.view.inputs] if y in ctx.view.outputs else []
+        ins += [t for t in past if t not in ins]
         for a in range(r):
             if a != axis and (ctx.live(y, a) or any(ctx.live(t, a) for t in ins)):
                 for t in ins:
                     res.relate((t, a), (y, a))
+        res.state_io += [(t, a) for t in (past + [y] if past else []) for a in range(r) if a != axis]
         return res
 
 
