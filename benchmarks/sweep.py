@@ -234,7 +234,7 @@ def refusal_kinds(results: list[dict]) -> dict[str, int]:
     kinds: dict[str, int] = {}
     for r in results:
         if r["exit"] == 2:
-            k = re.sub(r"\d+(\.\d+)?\s*(ms|[KMG]|x)?", "N", r.get("message", ""))
+            k = re.sub(r"\d+(\.\d+)?( ?(ms|[KMG]))?", "N", r.get("message", ""))
             kinds[k] = kinds.get(k, 0) + 1
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
