@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune import analyze_model, prune, save
 from onnxprune.analysis.graph import build_view
 from onnxprune.analysis.rules.genai import dequantize_nbits, pack_zero_points, unpack_zero_points
-from onnxprune.profiling.cost import total_params
+from onnxprune.profiling.cost import node_macs, total_params
 from onnxprune.scoring.registry import ScoreContext, score_groups
 from onnxprune.verify.oracle import io_positions, masked_model, take_kept
 
@@ -325,3 +325,16 @@ def test_external_shared_rotary_cache_is_read_from_its_data_file(tmp_path):
     onnx.save_model(m, str(tmp_path / "m.onnx"))
     res = prune(str(tmp_path / "m.onnx"), ratio=0.3, input_shapes=_shapes(gd.feeds(cfg, past=3, seq=4)), latency=False)
     assert res.report.verification["passed"]
+
+
+def test_gqa_macs_counted_and_scaled_with_kv_groups():
+    """GroupQueryAttention's q.k and p.v MACs: 2 x S x H*D x (past + S) per layer; --heads halves them."""
+    fx = FIXTURES["genai_tiny"]
+    view = build_view(onnx.load(str(ROOT / fx["file"])), fx["input_shapes"])
+    gqa = [k for k, n in enumerate(view.nodes) if n.op_type == "GroupQueryAttention"]
+    assert [node_macs(view, k) for k in gqa] == [2 * 4 * 64 * 7] * 2
+    res = prune(str(ROOT / fx["file"]), ratio=0.5, heads=True, input_shapes=fx["input_shapes"], latency=False)
+    mlp = 3 * 4 * 64 * 64  # per layer and 4 tokens: gate, up, down lose 64 of 128 neurons
+    qkvo = 4 * 64 * (32 + 16 + 16 + 32)  # q and o lose 32 channels, k and v 16
+    attn = 2 * 4 * 32 * 7  # GQA: 2 of 4 query heads
+    assert res.report.baseline.macs - res.report.pruned.macs == 2 * (mlp + qkvo + attn)

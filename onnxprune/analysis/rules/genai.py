@@ -191,6 +191,13 @@ class GroupQueryAttention(OpRule):
     domain = MS
     op_types = ("GroupQueryAttention",)
 
+    def macs(self, node, view):
+        """q @ k^T and p @ v: 2 x batch x sequence x num_heads x total sequence x head size."""
+        b, s, width = view.shape(node.output[0])
+        present = node.output[1] if len(node.output) > 1 and node.output[1] else ""
+        total = view.shape(present)[2] if present else s
+        return int(2 * b * s * width * total)
+
     def attention(self, node, view):
         y, sy = node.output[0], view.shape(node.output[0])
         operands = tuple(t for t in node.input[:3] if t)
