@@ -143,19 +143,25 @@ def requantize_case(model_path: Path, cfg, ratio: float) -> dict:
     import onnx
 
     import genai_decoder as gd
-    from onnxprune import prune
+    from onnxprune import analyze_model, prune, save
     from onnxprune.analysis.graph import random_feeds
     from onnxprune.verify.oracle import compare_models, masked_model
 
     shapes = input_shapes(cfg)
     fp = dequantized_model(onnx.load(str(model_path)))
+    fp_path = FULL / f"{model_path.stem}.dequantized.onnx"  # a file: large weights go to external data
+    onnx.save_model(fp, str(fp_path), save_as_external_data=True, location=fp_path.name + ".data")
     t = time.perf_counter()
-    res = prune(fp, ratio=ratio, input_shapes=shapes, latency=False)
+    res = prune(str(fp_path), ratio=ratio, input_shapes=shapes, latency=False)
     feeds = [random_feeds(res.analysis.view, seed=s) for s in range(3)]
-    ref = masked_model(res.analysis, res.kept)
-    requant = gd.quantize_int4(res.model)
+    a = analyze_model(str(fp_path), input_shapes=shapes)  # the same groups, alive while we compare
+    assert [g.size for g in a.groups] == [g.size for g in res.analysis.groups]
+    ref = masked_model(a, res.kept)
+    sliced = FULL / f"{model_path.stem}.dequantized.pruned.onnx"
+    save(res.model, sliced)
+    requant = gd.quantize_int4(onnx.load(str(sliced)))
     cmp = compare_models(ref, requant, feeds, rel_tol=1e-4)
-    control = compare_models(fp, gd.quantize_int4(fp), feeds, rel_tol=1e-4)
+    control = compare_models(onnx.load(str(fp_path)), gd.quantize_int4(onnx.load(str(fp_path))), feeds, rel_tol=1e-4)
     neurons = [(g.channels, g.kept) for g in res.report.groups if g.kind == "channels" and g.kept < g.channels]
     out = dict(ratio=ratio, mlp_neurons=neurons[:1], sliced_float_verified=res.report.verification["passed"],
                requantized_max_abs_diff=cmp.max_abs_diff, tolerance=cmp.tolerance,
