@@ -237,3 +237,15 @@ def test_empty_past_still_resizes(exporter):
     res = prune(path, ratio=0.5, heads=True, input_shapes=shapes, latency=False)
     assert res.report.verification["passed"]
     assert [_dims(i)[1] for i in list(res.model.graph.input[3:]) + list(res.model.graph.output[1:])] == [1] * 8
+
+
+def test_float16_decoder_prunes_heads():
+    """The fp16 TorchScript export (models/onnx/llama_tiny_fp16.ts.onnx, `python -m models.llama
+    --config tiny --exporter ts --dtype float16`): KV heads and MLP prune, the fp16 cache shrinks,
+    verified at the half-precision tolerance."""
+    path = str(ROOT / "models" / "onnx" / "llama_tiny_fp16.ts.onnx")
+    res = prune(path, ratio=0.3, heads=True, latency=False)
+    ver = res.report.verification
+    assert ver["passed"] and ver["rel_tol"] == 1e-2
+    for vi in list(res.model.graph.input[3:]) + list(res.model.graph.output[1:]):
+        assert vi.type.tensor_type.elem_type == TensorProto.FLOAT16 and _dims(vi)[1] == 1
