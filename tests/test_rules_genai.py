@@ -338,3 +338,70 @@ def test_gqa_macs_counted_and_scaled_with_kv_groups():
     qkvo = 4 * 64 * (32 + 16 + 16 + 32)  # q and o lose 32 channels, k and v 16
     attn = 2 * 4 * 32 * 7  # GQA: 2 of 4 query heads
     assert res.report.baseline.macs - res.report.pruned.macs == 2 * (mlp + qkvo + attn)
+
+
+# --- MatMulNBits layouts: 4 and 8 bits, with or without zero points, 2-D or flattened scales --------
+
+def _nbits(w, name, bits, zero_points, flat, bs=32):
+    """A MatMulNBits node's initializers for float weight w [K, N], quantized here by hand."""
+    k, n = w.shape
+    blocks = -(-k // bs)
+    wt = np.pad(w, ((0, blocks * bs - k), (0, 0))).T.reshape(n, blocks, bs)
+    top = (1 << bits) - 1
+    if zero_points:
+        lo, hi = np.minimum(wt.min(-1), 0), np.maximum(wt.max(-1), 0)
+        scale = np.maximum(hi - lo, 1e-6) / top
+        zp = np.clip(np.round(-lo / scale), 0, top).astype(np.int64)
+    else:
+        scale = np.maximum(np.abs(wt).max(-1), 1e-6) / (1 << (bits - 1))
+        zp = np.full((n, blocks), 1 << (bits - 1))
+    q = np.clip(np.round(wt / scale[..., None]) + zp[..., None], 0, top).astype(np.uint8)
+    per = 8 // bits
+    q = q.reshape(n, blocks, bs // per, per)
+    packed = np.zeros(q.shape[:3], np.uint8)
+    for i in range(per):
+        packed |= (q[..., i] << (bits * i)).astype(np.uint8)
+    scale = scale.astype(np.float32)
+    inits = [numpy_helper.from_array(packed, f"{name}_B"),
+             numpy_helper.from_array(scale.reshape(-1) if flat else scale, f"{name}_scales")]
+    if zero_points:
+        like = np.zeros((n, -(-blocks * bits // 8)) if not flat else n * -(-blocks * bits // 8), np.uint8)
+        inits.append(numpy_helper.from_array(pack_zero_points(zp, bits, like), f"{name}_zp"))
+    return inits, [i.name for i in inits]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("zero_points", [True, False], ids=["zp", "symmetric"])
+@pytest.mark.parametrize("flat", [False, True], ids=["2d", "flat"])
+def test_matmulnbits_layouts_prune_whole_blocks(bits, zero_points, flat):
+    """x [N, 80] -> MatMulNBits (80 -> 160) -> Relu -> MatMulNBits (160 -> 16): the 160 hidden channels
+    are 5 blocks of 32; at 0.4 two whole blocks go (K = 96 downstream, N = 96 upstream), scales and
+    zero points are cut (and re-packed) in their own layout, and the result matches the oracle."""
+    rng = np.random.default_rng(3)
+    w1, w2 = rng.standard_normal((80, 160)).astype(np.float32), rng.standard_normal((160, 16)).astype(np.float32)
+    i1, n1 = _nbits(w1, "l1", bits, zero_points, flat)
+    i2, n2 = _nbits(w2, "l2", bits, zero_points, flat)
+    nodes = [helper.make_node("MatMulNBits", ["x", *n1], ["h"], name="l1", domain="com.microsoft", K=80, N=160,
+                              bits=bits, block_size=32),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMulNBits", ["r", *n2], ["y"], name="l2", domain="com.microsoft", K=160, N=16,
+                              bits=bits, block_size=32)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 80])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], i1 + i2)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    view = build_view(model, {"x": [2, 80]})
+    x = rng.standard_normal((2, 80)).astype(np.float32)
+    w1q = dequantize_nbits(model.graph.node[0], view)
+    np.testing.assert_allclose(_run(model, {"x": x})[0][:, :4], (np.maximum(x @ w1q, 0) @ dequantize_nbits(
+        model.graph.node[2], view))[:, :4], rtol=1e-3, atol=1e-3)  # the hand packing is what ORT reads
+    res = prune(model, ratio=0.4, input_shapes={"x": [2, 80]}, latency=False)
+    assert res.report.verification["passed"]
+    at = _attrs(res.model, "MatMulNBits")
+    assert (at[0]["N"], at[1]["K"]) == (96, 96)
+    shapes = {t.name: tuple(t.dims) for t in res.model.graph.initializer}
+    l2 = next(n for n in res.model.graph.node if n.name == "l2")
+    assert shapes[l2.input[2]] == ((16 * 3,) if flat else (16, 3))
+    if zero_points:
+        per_row = -(-3 * bits // 8)
+        assert shapes[l2.input[3]] == ((16 * per_row,) if flat else (16, per_row))
+    _assert_differs(model, res.model, {"x": x})
