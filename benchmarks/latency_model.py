@@ -13,6 +13,8 @@ Models: the torch exports in models/onnx/full/<name>.ts.onnx when present (model
     python benchmarks/latency_model.py --models resnet50 mobilenetv2   # a subset (or positional names)
     python benchmarks/latency_model.py --resume             # only the models not in the results file yet
 
+Also per model, the error on designs left out of the fit (5 folds; kernel times of the profiled
+runs with each run's load factor divided out: the figure machine load disturbs least).
 With each model, the same designs are also fitted as MODEL_VERSION 2 did (no cross-validation, no
 quadratic terms) and scored on the same held-out points (``v2_fit``): old and new side by side.
 
@@ -70,6 +72,27 @@ def build(analysis, args):
     return model, data, time.perf_counter() - t0
 
 
+def heldout_designs(data, analysis, groups, cv: bool, folds: int = 5) -> dict:
+    """Error on designs left out of the fit: the designs (but the unpruned one) in ``folds``
+    interleaved folds; each fold's node sums predicted by the segments fitted without it, against
+    the measured node sums divided by the designs' load factors (from the fit on all designs).
+    Kernel times of profiled runs, with whole-run slowdowns divided out: the comparison between
+    two fits that load disturbs least."""
+    import numpy as np
+    from onnxprune.profiling.latency_model import DesignData, fit_segments
+    _, lam = fit_segments(data, analysis, groups, cv=cv)
+    sums = np.array([r.node_sum_ms for r in data.runs]) / lam
+    n, errs = len(data.runs), []
+    for f in range(folds):
+        held = np.arange(1 + f, n, folds)
+        keep = np.setdiff1d(np.arange(n), held)
+        sub = DesignData(data.widths[keep], [data.runs[i] for i in keep], data.typical[keep], {})
+        nodes, _ = fit_segments(sub, analysis, groups, rounds=2, cv=cv)
+        errs += list(sum(m.predict(data.widths[held]) for m in nodes) / sums[held] - 1)
+    a = np.abs(np.array(errs))
+    return dict(k=len(errs), median_abs_rel_error=float(np.median(a)), p90_abs_rel_error=float(np.percentile(a, 90)))
+
+
 def pct(s: dict) -> str:
     return (f"median |err| {100 * s['median_abs_rel_error']:5.1f}%  p90 {100 * s['p90_abs_rel_error']:5.1f}%  "
             f"(speed-up vs unpruned: median {100 * s['median_abs_ratio_error']:5.1f}%"
@@ -105,6 +128,13 @@ def run_one(name: str, args) -> dict:
         s2 = check_summary([replace(p, predicted_ms=v2.predict(p.widths), predicted_baseline_ms=full) for p in points])
         print(f"{'':12s} same designs, v2 fit (no cross-validation, no quadratic terms): {pct(s2)}", flush=True)
         out["v2_fit"] = s2
+    if args.heldout_designs:
+        for key, cv in (("heldout_designs", True), ("heldout_designs_v2_fit", False)) if args.compare_v2 else \
+                (("heldout_designs", True),):
+            h = out[key] = heldout_designs(data, analysis, groups, cv)
+            print(f"{'':12s} designs left out of the fit ({'this' if cv else 'v2'} fit, {h['k']}): median "
+                  f"{100 * h['median_abs_rel_error']:5.1f}%  p90 {100 * h['p90_abs_rel_error']:5.1f}%  "
+                  f"load {load_avg()}", flush=True)
     return out
 
 
@@ -120,6 +150,8 @@ def main() -> None:
     ap.add_argument("--check-cap", type=float, default=3.0, help="time cap per held-out measurement (s)")
     ap.add_argument("--no-compare-v2", dest="compare_v2", action="store_false",
                     help="skip refitting the same designs the MODEL_VERSION 2 way")
+    ap.add_argument("--no-heldout-designs", dest="heldout_designs", action="store_false",
+                    help="skip the error on designs left out of the fit (5 refits per fit)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_model.json")
     args = ap.parse_args()
     names = list(dict.fromkeys(args.models + args.models_opt)) or list(MODELS)

@@ -30,7 +30,7 @@ import numpy as np
 BLOCKS = (1, 4, 8, 16, 32)
 PRESENCE_BLOCKS = (32, 16, 8, 4)  # the largest block that explains the data wins
 MIN_ASSOC_DESIGNS = 5
-ALIGN_BLOCKS = (8, 16)  # MLAS NCHWc block sizes (AVX2 / AVX-512)
+ALIGN_BLOCKS = (4, 8, 16)  # MLAS NCHWc block sizes (AVX2 / AVX-512); depthwise convs at multiples of 4 measured fast too
 MIN_ALIGNED = 3
 # a later candidate must predict held-out folds this much better than the best so far (noise guard)
 BLOCK_GAIN = 0.995

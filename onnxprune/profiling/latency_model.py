@@ -37,7 +37,7 @@ from onnxprune.profiling.node_profile import ProfiledRun, profile_nodes, side_by
 from onnxprune.profiling.segments import SegmentMap, segment_groups, segment_map
 from onnxprune.transform.rewrite import rewrite
 
-MODEL_VERSION = 4  # 3: segment forms (blocks, quadratic terms) chosen by cross-validation; 4: joint NCHWc regime
+MODEL_VERSION = 5  # 3: forms chosen by cross-validation; 4: joint NCHWc regime; 5: alignment regimes at 4 too
 HELD_OUT_RANGE = (0.3, 1.0)
 PLAIN_EVERY = 4  # every 4th design is also timed without profiling, to take profiling's overhead out
 
