@@ -405,3 +405,41 @@ def test_matmulnbits_layouts_prune_whole_blocks(bits, zero_points, flat):
         per_row = -(-3 * bits // 8)
         assert shapes[l2.input[3]] == ((16 * per_row,) if flat else (16, per_row))
     _assert_differs(model, res.model, {"x": x})
+
+
+def test_gqa_with_an_attention_bias_is_frozen_with_the_reason():
+    """An input that may index heads (attention_bias, slot 10) is not handled: the KV groups freeze
+    with that reason; the MLP still prunes."""
+    cfg = replace(gd.CONFIGS["tiny"], cache=False)
+    model = gd.build(cfg)
+    for n in model.graph.node:
+        if n.op_type == "GroupQueryAttention":
+            n.input.extend(["", "attention_bias"])  # slot 9 empty, slot 10 the bias
+    model.graph.input.append(helper.make_tensor_value_info("attention_bias", TensorProto.FLOAT,
+                                                           ["batch_size", 1, "sequence_length", "total_sequence_length"]))
+    shapes = dict(_shapes(gd.feeds(cfg, past=0, seq=4)), attention_bias=[1, 1, 4, 4])
+    a = analyze_model(model, input_shapes=shapes, heads=True)
+    heads = [g for g in a.groups if g.kind == "heads"]
+    assert heads and all(not g.prunable and any("attention bias" in r for r in g.reasons) for g in heads)
+    assert sum(g.prunable for g in a.groups) == 2  # the two MLPs
+
+
+def test_cli_prunes_the_int4_fixture_without_input_shapes(tmp_path):
+    """As a user runs it: no --input-shape (the decoder default sizes agree with the cache), exit 0,
+    KV groups and int4 MLP blocks pruned, and the written file runs with a 1-head cache."""
+    import subprocess
+
+    out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "onnxprune", "prune", str(ROOT / FIXTURES["genai_tiny.int4"]["file"]),
+                        str(out), "--ratio", "0.3", "--heads", "--no-latency", "-q", "--report", str(rep)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(rep.read_text())
+    assert r["verification"]["passed"]
+    assert {g["kind"] for g in r["groups"] if g["kept"] < g["channels"]} == {"heads", "channels"}
+    m = onnx.load(str(out))
+    assert [at["kv_num_heads"] for at in _attrs(m, "GroupQueryAttention")] == [1, 1]
+    feeds = gd.feeds(gd.CONFIGS["tiny"], past=3, seq=4)
+    feeds = {k: (v[:, :1] if k.startswith("past") else v) for k, v in feeds.items()}
+    outs = _run(m, feeds)
+    assert outs[0].shape == (1, 4, 128) and outs[1].shape == (1, 1, 7, 16)

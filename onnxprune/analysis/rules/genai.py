@@ -244,9 +244,15 @@ class GroupQueryAttention(OpRule):
 
     @staticmethod
     def _unsupported(node, ins, ctx) -> str:
-        extra = [i for i in node.input[9:] if i]
-        if extra:
-            return "attention bias, head sinks, quantized caches or q/k norms are not handled"
+        # slot 9 (position_ids) and the q/k norm weights (14, 15: per head dim, shared by the heads)
+        # do not index heads; an attention bias, head sinks, cache scales or query lengths might
+        extra = [i for s, i in enumerate(node.input) if i and s >= 9 and s not in (9, 14, 15)]
+        if extra or (len(node.output) > 3 and node.output[3]):
+            return "attention bias, head sinks, quantized caches or the qk output are not handled"
+        quant = attr(node, "k_quant_type", b"NONE")
+        if (quant.decode() if isinstance(quant, bytes) else str(quant)).upper() != "NONE" \
+                or int(attr(node, "kv_cache_bit_width", 0) or 0):
+            return "a quantized KV cache is not handled"
         if int(attr(node, "kv_num_heads", 0)) < 1 or int(attr(node, "num_heads", 0)) % int(attr(node, "kv_num_heads", 1)):
             return "num_heads is not a multiple of kv_num_heads"
         if ctx.rank(ins[0]) != 3:
