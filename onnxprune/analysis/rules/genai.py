@@ -274,37 +274,28 @@ class GroupQueryAttention(OpRule):
 
 @register
 class RotaryEmbedding(OpRule):
-    """Rotary position embedding of q or k: [B, S, H*D] (or [B, H, S, D]) in and out. It rotates
-    pairs of channels inside a head, so the head dim is never pruned: with ``heads`` the channels of
-    a head are tied into one (whole heads pass, num_heads is rewritten); without it they are frozen."""
+    """Rotary position embedding of q or k: [B, S, H*D] in and out (the GenAI builder's layout). It
+    rotates pairs of channels inside a head, so the head dim is never pruned: with ``heads`` the
+    channels of a head are tied into one (whole heads pass, num_heads is rewritten); without it they
+    are frozen. A [B, H, S, D] input is not handled (opaque)."""
     domain = MS
     op_types = ("RotaryEmbedding",)
 
     def relate(self, node, ctx):
         x, y = node.input[0], node.output[0]
-        r = ctx.rank(x)
+        if ctx.rank(x) != 3:
+            raise Opaque("RotaryEmbedding on [batch, heads, sequence, head dim] is not handled")
         res = RuleResult()
-        ch = r - 1 if r == 3 else 1
-        _relate_batch(res, ctx, x, y, 1)
-        if r == 4:  # [B, H, S, D]: heads on axis 1; sequence and head dim are not channels
-            if ctx.live(x, 2) or ctx.live(y, 2):
-                res.relate((x, 2), (y, 2))
-            for sp in ((x, 3), (y, 3)):
-                res.refused[sp] = "RotaryEmbedding rotates pairs of head-dim channels: never pruned"
-        elif r == 3 and (ctx.live(x, 1) or ctx.live(y, 1)):
-            res.relate((x, 1), (y, 1))
-        if not (ctx.live(x, ch) or ctx.live(y, ch)):
+        _relate_batch(res, ctx, x, y, 2)
+        if not (ctx.live(x, 2) or ctx.live(y, 2)):
             return res
         if not ctx.options.get("heads"):
-            for sp in ((x, ch), (y, ch)):
+            for sp in ((x, 2), (y, 2)):
                 res.refused[sp] = f"RotaryEmbedding: rotates within heads; {WHOLE_HEADS}"
             return res
-        if r == 3:
-            d = self._head_size(node, ctx)
-            j = np.arange(ctx.shape(x)[ch])
-            res.relate((x, ch), (y, ch), (np.concatenate([j, j]), np.concatenate([j, (j // d) * d])))
-        else:
-            res.relate((x, ch), (y, ch))
+        d = self._head_size(node, ctx)
+        j = np.arange(ctx.shape(x)[2])
+        res.relate((x, 2), (y, 2), (np.concatenate([j, j]), np.concatenate([j, (j // d) * d])))
         return res
 
     @staticmethod
