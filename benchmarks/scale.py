@@ -227,6 +227,22 @@ def run_case(case: str, work: Path, ratio: float, keep: bool) -> dict:
     return res
 
 
+def table(results: dict) -> str:
+    """The README table of a results file."""
+    rows = ["| model | size | flags | params kept | peak RSS | target | wall | verified, runs in ORT |",
+            "|---|---|---|---|---|---|---|---|"]
+    for case, res in results.items():
+        for run in res["runs"]:
+            flags = " ".join(f for f in run["flags"] if f not in ("--no-latency",))
+            params = run.get("params") or [None, None]
+            kept = f"{params[1] / params[0]:.3f} of {params[0] / 1e6:.1f}M" if params[0] else "-"
+            rows.append(f"| {case} | {res['model_bytes'] / GB:.2f} GB | `{flags}` | {kept} | "
+                        f"{(run['peak_rss_bytes'] or 0) / GB:.2f} GB | {res['target_rss_bytes'] / GB:.2f} GB | "
+                        f"{run['wall_s']:.0f} s | {'yes' if run.get('verified') else 'no'}, "
+                        f"{'yes' if run.get('runs_in_ort') else 'no'} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="bert-base,mlp-2.5g", help=f"comma-separated, of {', '.join(CASES)}")
@@ -234,7 +250,11 @@ def main(argv=None) -> int:
     p.add_argument("--ratio", type=float, default=0.3)
     p.add_argument("--keep", action="store_true", help="keep the built models in --workdir")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
+    p.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     a = p.parse_args(argv)
+    if a.table:
+        print(table(json.loads(a.out.read_text())))
+        return 0
     cases = [c.strip() for c in a.cases.split(",") if c.strip()]
     bad = [c for c in cases if c not in CASES]
     if bad:

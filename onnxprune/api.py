@@ -21,7 +21,7 @@ from onnxprune.analysis.groups import Analysis, analyze, excluded_by
 from onnxprune.config import PruneConfig, config_from_keywords, input_shapes_from, split_patterns
 from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, first_line
 from onnxprune.model.dequantize import DequantizedWeight
-from onnxprune.model.external import externalized, model_file_bytes
+from onnxprune.model.external import externalized, model_file_bytes, portable
 from onnxprune.model.load import custom_ops, load_model, sanitized, validate_model
 from onnxprune.model.normalize import normalize, normalize_model
 from onnxprune.model.probe import check_runs_natively
@@ -453,7 +453,7 @@ def prune(model, config: PruneConfig | None = None, *, progress: Progress | None
             measure_latency(loaded, written, config, progress)
     progress.done()
     report.timings_s = dict(progress.timings)
-    return PruneResult(written, report, loaded.analysis, plan_.kept)
+    return PruneResult(portable(written), report, loaded.analysis, plan_.kept)
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, input_path=None) -> None:

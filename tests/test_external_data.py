@@ -90,13 +90,14 @@ def test_missing_or_short_external_data_is_one_line(tmp_path):
         load_model(src)
 
 
-def test_streamed_rewrite_equals_in_memory_rewrite(tmp_path):
+def test_streamed_rewrite_equals_in_memory_rewrite(tmp_path, monkeypatch):
     m = mlp()
     src_mem, src_ext = tmp_path / "mem.onnx", tmp_path / "ext.onnx"
     onnx.save_model(m, str(src_mem))
     save_external(m, src_ext)
     before = digest(src_ext, tmp_path / "ext.onnx.data")
     r_mem = onnxprune.prune(str(src_mem), ratio=0.3, latency=False)
+    monkeypatch.setattr(external, "LARGE_MODEL_BYTES", 10_000)  # the result stays in external data
     r_ext = onnxprune.prune(str(src_ext), ratio=0.3, latency=False)
     assert r_ext.report.verification.passed
     assert not has_external(r_mem.model) and has_external(r_ext.model)
@@ -139,7 +140,8 @@ def test_small_threshold_spills_an_in_memory_model(tmp_path, monkeypatch):
     assert has_external(res2.model) and res2.report.verification.passed
 
 
-def test_output_data_is_all_or_nothing(tmp_path):
+def test_output_data_is_all_or_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(external, "LARGE_MODEL_BYTES", 10_000)
     src = tmp_path / "in.onnx"
     save_external(mlp(), src)
     model = onnxprune.prune(str(src), ratio=0.3, latency=False).model
@@ -155,7 +157,8 @@ def test_output_data_is_all_or_nothing(tmp_path):
     assert run(out, np.ones((1, 64), np.float32)).shape == (1, 64)
 
 
-def test_output_onto_input_data_is_refused(tmp_path):
+def test_output_onto_input_data_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(external, "LARGE_MODEL_BYTES", 10_000)
     src = tmp_path / "in.onnx"
     save_external(mlp(), src)
     model = onnxprune.prune(str(src), ratio=0.3, latency=False).model
@@ -209,7 +212,21 @@ def test_external_weight_behind_transpose_is_folded_and_spilled(tmp_path):
     assert np.array_equal(sliced["w2"], w2[kept])
 
 
-def test_latency_of_models_with_external_data(tmp_path):
+def test_small_external_result_is_a_plain_model(tmp_path):
+    """Under LARGE_MODEL_BYTES the API returns a model with its weights in the proto (checker,
+    SerializeToString and ORT take it), written as one file as before."""
+    src = tmp_path / "in.onnx"
+    save_external(mlp(), src)
+    res = onnxprune.prune(str(src), ratio=0.3, latency=False)
+    assert has_external(res.analysis.view.model) and not has_external(res.model)
+    onnx.checker.check_model(res.model, full_check=True)
+    ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    onnxprune.save(res.model, tmp_path / "out.onnx", input_path=src)
+    assert not (tmp_path / "out.onnx.data").exists()
+
+
+def test_latency_of_models_with_external_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(external, "LARGE_MODEL_BYTES", 10_000)
     src = tmp_path / "in.onnx"
     save_external(mlp(), src)
     res = onnxprune.prune(str(src), ratio=0.3, latency=False)

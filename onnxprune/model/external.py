@@ -311,6 +311,21 @@ def externalized(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def portable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model the API returns: where its external data is small (<= LARGE_MODEL_BYTES), a copy
+    with every tensor read into the proto, a plain ModelProto as for a model without external data
+    (onnx.checker, SerializeToString and ORT take it as it is). A large one is returned as it is:
+    save it with onnxprune.save, which writes OUT and OUT.data."""
+    if not has_external(model) or external_bytes(model) > LARGE_MODEL_BYTES:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for t in model_tensors(m):
+        if is_external(t):
+            inline(t)
+    return m
+
+
 def _link(src: Path, dst: Path) -> None:
     """Hard link (ORT then maps the very file); a symbolic link across file systems."""
     try:

@@ -292,7 +292,7 @@ def restore_dtypes(m: onnx.ModelProto, dtypes: dict[str, int]) -> None:
         want = dtypes.get(t.name)
         if want and t.data_type != want and want not in (TensorProto.STRING, TensorProto.UNDEFINED):
             try:
-                arr = numpy_helper.to_array(t).astype(helper.tensor_dtype_to_np_dtype(want))
+                arr = read_tensor(t).astype(helper.tensor_dtype_to_np_dtype(want))
             except Exception:
                 continue
             m.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, t.name))

@@ -48,6 +48,7 @@ from onnxprune.analysis.graph import attr
 from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.rules import CompensationTarget, Space, rule_for
 from onnxprune.errors import InternalError, OnnxPruneError, first_line
+from onnxprune.model.external import read_tensor
 from onnxprune.model.load import validate_model
 from onnxprune.model.runtime import ort_session
 from onnxprune.model.shapes import check_model_light
@@ -309,7 +310,7 @@ class GraphEditor:
             name = node.input[slot]
             if name not in self.inits:
                 return False
-            old = numpy_helper.to_array(self.inits[name]).astype(np.float64)
+            old = read_tensor(self.inits[name]).astype(np.float64)
             try:
                 new = old + delta  # (N,), (1, N) or (M, N) biases broadcast along their last axis
             except ValueError:
@@ -334,7 +335,7 @@ class GraphEditor:
             slot = 1 if add.input[0] == y else 0
             other = add.input[slot]
             if other in self.inits:
-                c = numpy_helper.to_array(self.inits[other]).astype(np.float64)
+                c = read_tensor(self.inits[other]).astype(np.float64)
                 if delta.ndim == 1:
                     fits = c.ndim >= 1 and c.shape[-1] == len(delta) and all(s == 1 for s in c.shape[:-1])
                 else:  # a per-position map: the constant must broadcast into it, so the Add keeps its shape

@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune.analysis.groups import Analysis
 from onnxprune.model.dequantize import DequantizedWeight
+from onnxprune.model.external import read_tensor
 from onnxprune.transform.rewrite import kept_positions
 
 
@@ -51,7 +52,7 @@ def requantize_weights(model: onnx.ModelProto, analysis: Analysis, kept: dict[in
         if rec is None:
             continue
         positions = pos.get((base, rec.axis)) if rec.axis is not None else None
-        qw = quantized(numpy_helper.to_array(t), rec, positions)
+        qw = quantized(read_tensor(t), rec, positions)
         if qw is None:
             floats.append(t.name)
             continue
