@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import subprocess
@@ -121,7 +122,8 @@ def run_one(model: Path, setting: str, folder: Path, timeout_s: float) -> dict:
     except subprocess.TimeoutExpired as e:
         rc, err = None, (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
     wall = time.perf_counter() - t0
-    res = dict(model=_label(model), setting=setting, exit=rc, wall_s=round(wall, 1), command=" ".join(cmd[1:]))
+    res = dict(model=_label(model), setting=setting, exit=rc, wall_s=round(wall, 1), command=" ".join(cmd[1:]),
+               loadavg_1min=round(os.getloadavg()[0], 2))  # wall times (and timeouts) depend on the load
     if rc is not None and rc < 0:
         res["signal"] = signal.Signals(-rc).name
     lines = [l for l in err.splitlines() if l.startswith("onnxprune:")]
