@@ -13,6 +13,8 @@ past 8, attention mask 24):
 
     mlp:    onnxprune IN OUT --ratio R --report R.json
     heads:  onnxprune IN OUT --ratio R --heads --report R.json     (MLP neurons and KV-head groups)
+    budget: onnxprune IN OUT --budget B --heads --report R.json    (latency budget; the cache shrinks
+            with its heads: candidates are timed on the kept cache slices)
 
 Writes benchmarks/results/decoder.json after every case (a rerun skips cases already there unless
 --force), with the machine's load average before and after each case: the machine is shared, so
@@ -71,11 +73,12 @@ def ensure_model(config: str, exporter: str, dtype: str, external: bool) -> tupl
     return path, res
 
 
-def run_case(model: Path, mode: str, ratio: float, work: Path) -> dict:
+def run_case(model: Path, mode: str, ratio: float, work: Path, budget: str = "0.85x") -> dict:
     out = work / f"{model.stem}.{mode}.pruned.onnx"
     report = work / f"{model.stem}.{mode}.report.json"
-    cmd = [sys.executable, "-m", "onnxprune", str(model), str(out), "--ratio", str(ratio), "--report", str(report)]
-    if mode == "heads":
+    what = ["--budget", budget] if mode == "budget" else ["--ratio", str(ratio)]
+    cmd = [sys.executable, "-m", "onnxprune", str(model), str(out), *what, "--report", str(report)]
+    if mode in ("heads", "budget"):
         cmd.append("--heads")
     res = timed(cmd, work / f"{model.stem}.{mode}.log")
     if res["rc"] == 0:
@@ -88,7 +91,9 @@ def run_case(model: Path, mode: str, ratio: float, work: Path) -> dict:
             verification={k: rep["verification"].get(k) for k in ("passed", "max_abs_diff", "tolerance")},
             groups=[{"name": g["name"], "kind": g["kind"], "channels": g["channels"], "kept": g["kept"]}
                     for g in rep["groups"] if g["kept"] < g["channels"]],
-            timings_s=rep.get("timings_s"), input_shapes=rep.get("settings", {}).get("input_shapes"))
+            timings_s=rep.get("timings_s"), input_shapes=rep.get("settings", {}).get("input_shapes"),
+            budget={k: rep["budget"].get(k) for k in ("spec", "budget", "baseline", "predicted", "measured", "met")}
+            if rep.get("budget") else None)
         res["kv_heads"] = sorted({(g["channels"], g["kept"]) for g in res["groups"] if g["kind"] == "heads"})
         res["file_bytes_in"] = size(model)
         res["peak_rss_over_model"] = round(res["peak_rss_mb"] * 2 ** 20 / size(model), 2) if res["peak_rss_mb"] else None
@@ -103,7 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="+", default=["100m"])
     ap.add_argument("--exporters", nargs="+", default=["ts", "dynamo"])
     ap.add_argument("--dtypes", nargs="+", default=["float32"])
-    ap.add_argument("--modes", nargs="+", default=["mlp", "heads"], choices=["mlp", "heads"])
+    ap.add_argument("--modes", nargs="+", default=["mlp", "heads"], choices=["mlp", "heads", "budget"])
+    ap.add_argument("--budget", default="0.85x", help="latency budget of the budget mode")
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--external-data", action="store_true",
@@ -120,12 +126,13 @@ def main(argv=None) -> int:
         for exporter in a.exporters:
             for dtype in a.dtypes:
                 for mode in a.modes:
-                    key = f"{config}.{exporter}.{dtype}{'.ext' if a.external_data else ''}.{mode}.r{a.ratio}"
+                    what = f"b{a.budget}" if mode == "budget" else f"r{a.ratio}"
+                    key = f"{config}.{exporter}.{dtype}{'.ext' if a.external_data else ''}.{mode}.{what}"
                     if key in cases and not a.force:
                         print(f"{key}: done before, skipped")
                         continue
                     model, export = ensure_model(config, exporter, dtype, a.external_data)
-                    res = run_case(model, mode, a.ratio, work)
+                    res = run_case(model, mode, a.ratio, work, a.budget)
                     if export is not None:
                         res["export"] = export
                     cases[key] = res
