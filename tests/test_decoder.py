@@ -249,3 +249,21 @@ def test_float16_decoder_prunes_heads():
     assert ver["passed"] and ver["rel_tol"] == 1e-2
     for vi in list(res.model.graph.input[3:]) + list(res.model.graph.output[1:]):
         assert vi.type.tensor_type.elem_type == TensorProto.FLOAT16 and _dims(vi)[1] == 1
+
+
+def test_latency_budget_on_external_data_decoder(tmp_path):
+    """A latency budget on a decoder stored with external data (the tool's external-data mode: weights
+    referred to by absolute path): the op-level profile and the baseline timing load every candidate
+    (KV cache cut to its kept heads) and the solve answers; the tiny decoder is overhead-bound, so
+    the answer is the one-line refusal, not a load failure."""
+    from onnxprune.errors import OnnxPruneError
+    path, _ = _fx("dynamo")
+    ext = tmp_path / "llama_ext.onnx"
+    onnx.save_model(onnx.load(path), str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="llama_ext.onnx.data", size_threshold=0)
+    try:
+        res = prune(str(ext), budget="0.95x", heads=True, latency=False, cache_dir=str(tmp_path / "cache"))
+    except OnnxPruneError as e:
+        assert "cannot be met" in str(e) or "within" in str(e), e
+    else:
+        assert res.report.verification["passed"] and res.report.budget.met

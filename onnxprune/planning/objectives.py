@@ -195,7 +195,7 @@ class OpModelLatencyCosts:
         self.model = build_latency_model(self.analysis, groups, provider=self.meter.provider,
                                          threads=self.meter.threads, cache_dir=self.cache_dir,
                                          use_cache=self.use_cache, progress=self.progress)
-        self.baseline_ci = side_by_side([self.meter.reference.SerializeToString()], self.meter.feeds,
+        self.baseline_ci = side_by_side([self.meter.reference], self.meter.feeds,
                                         provider=self.meter.provider, threads=self.meter.threads)[0]
         full = self.model.predict({})
         self.scale = self.baseline_ci.median_ms / full

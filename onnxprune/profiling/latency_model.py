@@ -141,12 +141,12 @@ class OpLatencyModel:
         groups = [by_id[g] for g in self.group_ids]
         rng = np.random.default_rng(seed)
         feeds = random_feeds(analysis.view, seed=0)
-        base = analysis.view.model.SerializeToString()
+        base = analysis.view.model  # protos: ort_session loads external data from a scratch folder
         out, full = [], self.predict({})
         for _ in range(k):
             kept = design_kept(analysis, groups, random_widths(groups, rng, *HELD_OUT_RANGE))
             widths = {g: len(v) for g, v in kept.items()}
-            model = rewrite(analysis, kept).SerializeToString()
+            model = rewrite(analysis, kept)
             b, m = side_by_side([base, model], feeds, provider=self.provider, threads=self.threads,
                                 time_cap_s=time_cap_s)
             out.append(CheckPoint(widths, self.predict(widths), m.median_ms, b.median_ms, m.lo_ms, m.hi_ms, full))

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.model.external import has_external, on_disk
 from onnxprune.model.runtime import SessionPurpose, ort_session, session_options
 from onnxprune.profiling.median_ci import MedianCI, measure_until_stable, summarize
 from onnxprune.profiling.timing import LatencyError, fit_feed, resolve_providers
@@ -112,11 +113,15 @@ def _checked_session(model_bytes: bytes, so: ort.SessionOptions, providers: list
     return sess
 
 
-def profile_nodes(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], *, provider: str = "cpu",
+def profile_nodes(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray], *, provider: str = "cpu",
                   threads: int | None = None, runs: int = 10, warmup: int = 2, time_cap_s: float = 2.0) -> ProfiledRun:
     """Run ``model`` in a profiled timing session: per-node and whole-run medians. Runs until
     ``runs`` are timed or ``time_cap_s`` is spent (at least 3 timed runs)."""
-    model_bytes = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if isinstance(model, onnx.ModelProto) and has_external(model):
+        with on_disk(model) as path:  # absolute external locations: ORT loads it from a scratch folder
+            return profile_nodes(path, feeds, provider=provider, threads=threads, runs=runs, warmup=warmup,
+                                 time_cap_s=time_cap_s)
+    model_bytes = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     so = session_options(SessionPurpose(timing=True, threads=threads))
     with tempfile.TemporaryDirectory(prefix="onnxprune-prof-") as tmp:
         so.enable_profiling = True
@@ -151,7 +156,7 @@ def wall_clock(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], *, 
     return measure_until_stable(once, rel_halfwidth=rel_halfwidth, time_cap_s=time_cap_s)
 
 
-def side_by_side(models: list[bytes], feeds: dict[str, np.ndarray], *, provider: str = "cpu",
+def side_by_side(models: list[onnx.ModelProto | bytes], feeds: dict[str, np.ndarray], *, provider: str = "cpu",
                  threads: int | None = None, rel_halfwidth: float = 0.02, time_cap_s: float = 4.0,
                  warmup: int = 3) -> list[MedianCI]:
     """Time models in rounds (each runs once per round, order rotated, as profiling/timing.py does
