@@ -5,6 +5,7 @@ wall time and peak RSS.
     python benchmarks/decoder.py                                     # 100m, both exporters, fp32, mlp + heads
     python benchmarks/decoder.py --configs tiny --exporters ts --modes heads
     python benchmarks/decoder.py --dtypes float16 --force
+    python benchmarks/decoder.py --configs 1b --exporters dynamo --export-only   # time the 1b export alone
 
 Models are exported on demand to models/onnx/full/ (gitignored; never committed) as
 llama_<config>.<exporter>.<dtype>.onnx. Each case runs the CLI in a child process under
@@ -58,7 +59,7 @@ def size(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def ensure_model(config: str, exporter: str, dtype: str, external: bool) -> tuple[Path, dict | None]:
+def ensure_model(config: str, exporter: str, dtype: str, external: bool, check: bool = True) -> tuple[Path, dict | None]:
     path = FULL / f"llama_{config}.{exporter}.{dtype}{'.ext' if external else ''}.onnx"
     if path.exists():
         return path, None
@@ -67,6 +68,8 @@ def ensure_model(config: str, exporter: str, dtype: str, external: bool) -> tupl
            "--out", str(path)]
     if external:
         cmd.append("--external-data")
+    if not check:
+        cmd.append("--no-check")  # the export alone (the check loads the whole model in ONNX Runtime)
     res = timed(cmd, FULL / f"{path.name}.export.log")
     if res["rc"] != 0:
         raise SystemExit(f"export failed: {res['stderr_tail']}")
@@ -103,6 +106,28 @@ def run_case(model: Path, mode: str, ratio: float, work: Path, budget: str = "0.
     return res
 
 
+def export_only(a, results: dict) -> int:
+    exports = results.setdefault("exports", {})
+    for config in a.configs:
+        for exporter in a.exporters:
+            for dtype in a.dtypes:
+                key = f"{config}.{exporter}.{dtype}"
+                path = FULL / f"llama_{key}.onnx"
+                for p in (path, path.with_name(path.name + ".data")):
+                    if p.exists():
+                        p.unlink()
+                model, res = ensure_model(config, exporter, dtype, a.external_data, check=False)
+                res["bytes"] = size(model)
+                res["peak_rss_over_model"] = round(res["peak_rss_mb"] * 2 ** 20 / res["bytes"], 3)
+                exports[key] = res
+                a.out.write_text(json.dumps(results, indent=1) + "\n")
+                print(f"{key}: {res['bytes'] / 1e9:.2f} GB in {res['wall_s']} s, peak RSS {res['peak_rss_mb']} MB, "
+                      f"load {res['load_before'][0]}", flush=True)
+                for p in (model, model.with_name(model.name + ".data")):
+                    p.unlink()
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["100m"])
@@ -114,12 +139,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--external-data", action="store_true",
                     help="export with the weights in a .data file (always for models over 2 GB)")
+    ap.add_argument("--export-only", action="store_true",
+                    help="only export (timed: wall, peak RSS, load) into the JSON's 'exports'; the file is removed after")
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args(argv)
     results = json.loads(a.out.read_text()) if a.out.exists() else {}
     results.setdefault("machine", {"cpus": os.cpu_count(), "platform": platform.platform(),
                                    "python": platform.python_version()})
     cases = results.setdefault("cases", {})
+    if a.export_only:
+        return export_only(a, results)
     work = FULL / "pruned"
     work.mkdir(parents=True, exist_ok=True)
     for config in a.configs:

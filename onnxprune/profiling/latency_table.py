@@ -20,6 +20,7 @@ import numpy as np
 from onnxprune.analysis.groups import Analysis, ChannelGroup
 from onnxprune.errors import OnnxPruneError
 from onnxprune.analysis.graph import random_feeds
+from onnxprune.model.external import has_external
 from onnxprune.model.runtime import NativeCrash, run_isolated
 from onnxprune.planning.ratio import keep_every_member
 from onnxprune.profiling.latency_cmd import measure_with_command
@@ -196,7 +197,9 @@ def measure_medians(models, feeds, *, provider: str, threads: int | None, time_b
         return [measure_with_command(latency_cmd, m) for m in models]
     timing = dict(min_time_s=min_time_s) if min_time_s is not None else {}
     try:
-        stats = run_isolated(measure_latencies, [m.SerializeToString() for m in models], feeds, provider=provider,
+        # external data (absolute paths, model/external.py): the proto itself, ORT loads it from a scratch folder
+        stats = run_isolated(measure_latencies, [m if has_external(m) else m.SerializeToString() for m in models], feeds,
+                             provider=provider,
                              threads=threads, warmup=3, time_budget_s=time_budget_s, **timing)
     except NativeCrash as e:
         raise e.within(f"ONNX Runtime crashed timing {'the model' if len(models) == 1 else f'{len(models)} models'}"
