@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ROOT / "models" / "trained"
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = TRAINED / "minilm.ts.onnx"
-METHODS = ["l2", "sp-lamp", "vbp+mean", "vbp+lstsq", "recon+lstsq", "random"]
+METHODS = ["recon+lstsq", "vbp+lstsq", "vbp+mean", "l2", "sp-lamp", "random"]
 SEQ = 128
 
 
@@ -116,6 +116,9 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=256, help="calibration windows of 128 bytes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", type=Path, default=MODEL, help="the exported encoder (default: %(default)s)")
+    ap.add_argument("--manifest-key", default="minilm_cpu",
+                    help="models/trained/manifest.json entry that describes the exported weights (default: %(default)s, "
+                         "the CPU re-creation; 'minilm' is the lost H200 run)")
     ap.add_argument("--out", type=Path, default=RESULTS / "minilm.json")
     args = ap.parse_args(argv)
     if not args.model.exists():
@@ -132,11 +135,15 @@ def main(argv=None) -> int:
     feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
     calib = calibration(text, args.calib, args.seed)
     ref = embeddings(onnx.load(str(args.model)), feeds)
-    manifest = json.loads((TRAINED / "manifest.json").read_text()).get("minilm", {})
+    manifest = json.loads((TRAINED / "manifest.json").read_text())
+    manifest = manifest.get(args.manifest_key, {})
     result = {"model": args.model.name, "ratio": args.ratio, "sentences": len(sentences),
               "calib_windows": len(calib["input_ids"]), "seed": args.seed,
+              "manifest_entry": args.manifest_key,
               "val_masked_acc": manifest.get("val_masked_acc_cpu_fp32_first512"),
-              "original_nn_self_consistency": 1.0, "methods": {}}
+              "training": {k: manifest.get("training", {}).get(k) for k in ("steps", "device", "seconds", "hparams")},
+              "command": "python benchmarks/minilm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "methods": {}}
     for method in args.methods:
         t0 = time.perf_counter()
         res = prune_one(args.model, method, args.ratio, calib, args.seed)
@@ -150,8 +157,8 @@ def main(argv=None) -> int:
         result["methods"][method] = m
         print(f"{method:>14}: cosine {m['cosine_mean']:.4f} (min {m['cosine_min']:.4f})  "
               f"NN agreement {m['nn_agreement']:.3f}  {secs:.0f}s load {m['load_avg_1m']}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")  # after every method: a long run keeps what it did
     print(f"wrote {args.out}")
     return 0
 
