@@ -21,7 +21,7 @@ from onnxprune.analysis.groups import Analysis, analyze, excluded_by
 from onnxprune.config import PruneConfig, config_from_keywords, input_shapes_from, split_patterns
 from onnxprune.errors import InternalError, OnnxPruneError, VerificationError, first_line
 from onnxprune.model.dequantize import DequantizedWeight
-from onnxprune.model.external import externalized, half_weights_on_disk, model_file_bytes, portable
+from onnxprune.model.external import externalized, model_file_bytes, portable
 from onnxprune.model.load import custom_ops, load_model, sanitized, validate_model
 from onnxprune.model.normalize import normalize, normalize_model
 from onnxprune.model.probe import check_runs_natively
@@ -284,10 +284,8 @@ def verify(loaded: LoadedModel, plan_: Plan, pruned: onnx.ModelProto, progress: 
             "rerun with --no-verify to write the model unverified")
     feeds = [random_feeds(loaded.analysis.view, seed=s) for s in range(3)]
     plain = needs_plain_execution(loaded.normalized)
-    half_on_disk = half_weights_on_disk(loaded.normalized)  # op by op: no float32 copy of the weights
     rel_tol, half = verify_tolerance(loaded.normalized)
-    res = compare_models(masked_model(loaded.analysis, plan_.kept), pruned, feeds, rel_tol=rel_tol,
-                         optimize=not (plain or half_on_disk),
+    res = compare_models(masked_model(loaded.analysis, plan_.kept), pruned, feeds, rel_tol=rel_tol, optimize=not plain,
                          rounding=accumulations(loaded.analysis), io=io_positions(loaded.analysis, plan_.kept))
     result = VerificationResult(
         passed=res.passed, max_abs_diff=res.max_abs_diff, tolerance=res.tolerance, rel_tol=rel_tol,
@@ -295,9 +293,7 @@ def verify(loaded: LoadedModel, plan_: Plan, pruned: onnx.ModelProto, progress: 
         tolerance_note=(f"{half} model: tolerance {rel_tol:g} x output scale (a few {half} ulps per layer), not 1e-4"
                         if half else None),
         note=("quantize/dequantize ops: both models run op by op (ONNX Runtime graph optimizations off), as fused "
-              "integer kernels round differently" if plain else
-              f"{half} weights in external data: both models run op by op (ONNX Runtime graph optimizations off), "
-              "as folding its float32 casts would copy every weight" if half_on_disk else None),
+              "integer kernels round differently" if plain else None),
         mismatched_elements=res.mismatched or None)
     if not res.passed:
         what = ("integer output(s) differ: " + ", ".join(f"'{k}' in {v} element(s)" for k, v in res.mismatched.items())

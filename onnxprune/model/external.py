@@ -311,15 +311,6 @@ def externalized(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def half_weights_on_disk(model: onnx.ModelProto) -> bool:
-    """Whether `model` keeps float16/bfloat16 weights in external data. ONNX Runtime's CPU kernels
-    compute those ops in float32: with graph optimizations on, it constant-folds the Casts it inserts
-    into a float32 copy of every weight (twice the model, in memory); run op by op, each weight is
-    cast only while its node runs."""
-    return any(is_external(t) and t.data_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16)
-               for t in model_tensors(model))
-
-
 def portable(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model the API returns: where its external data is small (<= LARGE_MODEL_BYTES), a copy
     with every tensor read into the proto, a plain ModelProto as for a model without external data

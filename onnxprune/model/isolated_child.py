@@ -38,15 +38,12 @@ def write_frame(f, data: bytes) -> None:
     f.flush()
 
 
-def probe_run(model: bytes | str, feeds: dict, providers: list[str] | None = None, optimize: bool = True) -> list[str]:
-    """Load and run a model (bytes or a path) once (ORT defaults: optimizations on unless
-    ``optimize`` is False); returns its output names."""
+def probe_run(model: bytes, feeds: dict, providers: list[str] | None = None) -> list[str]:
+    """Load and run a model once (ORT defaults, optimizations on); returns its output names."""
     # imported here: the parent pickles only this module's name, and the child needs nothing heavier
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.log_severity_level = 4
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     sess.run(None, {k: feeds[k] for k in names if k in feeds})

@@ -7,7 +7,7 @@ from contextlib import nullcontext
 
 import onnx
 
-from onnxprune.model.external import half_weights_on_disk, has_external, on_disk
+from onnxprune.model.external import has_external, on_disk
 from onnxprune.model.feeds import random_inputs
 from onnxprune.model.isolated_child import probe_run
 from onnxprune.model.load import custom_ops
@@ -31,8 +31,7 @@ def check_runs_natively(model: onnx.ModelProto, input_shapes: dict[str, list[int
         return
     try:
         with on_disk(model) if external else nullcontext() as path:  # the child maps the same files
-            # half-precision weights on disk: op by op, as verification runs them (see half_weights_on_disk)
-            run_isolated(probe_run, str(path) if external else blob, feeds, optimize=not half_weights_on_disk(model))
+            run_isolated(probe_run, str(path) if external else blob, feeds)
     except NativeCrash as e:
         dims = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
         raise e.within(f"ONNX Runtime crashed running {what} (inputs {dims})") from None
