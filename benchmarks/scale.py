@@ -108,14 +108,15 @@ torch.onnx.export(m, (ids, mask), {str(path)!r}, input_names=["input_ids", "atte
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
-def build_mlp(path: Path, gib: float = 2.5, d: int = 4096, h: int = 16384) -> None:
+def build_mlp(path: Path, gib: float = 2.5, d: int = 4096, h: int = 16384, dtype: str = "float32") -> None:
     """Layers of MatMul(d->h) + bias + Relu + MatMul(h->d), weights written one at a time into
     PATH.data: the model never exists as one protobuf (it could not: it is over 2 GB)."""
     code = f"""
 import numpy as np, onnx
 from onnx import TensorProto, helper
-d, h, gib = {d}, {h}, {gib}
-per_layer = (2 * d * h + h) * 4
+d, h, gib, dt = {d}, {h}, {gib}, np.dtype({dtype!r})
+elem = TensorProto.FLOAT16 if dt == np.float16 else TensorProto.FLOAT
+per_layer = (2 * d * h + h) * dt.itemsize
 layers = max(1, round(gib * 2**30 / per_layer))
 data_name = {path.name!r} + ".data"
 rng = np.random.default_rng(0)
@@ -125,10 +126,9 @@ with open({str(path)!r} + ".data", "wb") as f:
         global off
         pad = -off % 4096
         f.write(b"\\0" * pad); off += pad
-        a = (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+        a = (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)).astype(dt)
         f.write(a.tobytes())
-        t = helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-        tp = onnx.TensorProto(); tp.name = name; tp.data_type = TensorProto.FLOAT; tp.dims.extend(shape)
+        tp = onnx.TensorProto(); tp.name = name; tp.data_type = elem; tp.dims.extend(shape)
         tp.data_location = TensorProto.EXTERNAL
         for k, v in (("location", data_name), ("offset", str(off)), ("length", str(a.nbytes))):
             e = tp.external_data.add(); e.key, e.value = k, v
@@ -141,8 +141,8 @@ with open({str(path)!r} + ".data", "wb") as f:
                   helper.make_node("Relu", [f"a{{i}}"], [f"r{{i}}"], name=f"relu_{{i}}"),
                   helper.make_node("MatMul", [f"r{{i}}", f"w2_{{i}}"], [f"y{{i}}"], name=f"fc2_{{i}}")]
         x = f"y{{i}}"
-g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
-                      [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", d])], inits)
+g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", elem, ["N", d])],
+                      [helper.make_tensor_value_info(x, elem, ["N", d])], inits)
 onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), {str(path)!r})
 print(layers, "layers", off / 2**30, "GiB")
 """
@@ -243,6 +243,35 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+ORT_FP16_SESSION = """
+import sys, resource, numpy as np, onnxruntime as ort
+so = ort.SessionOptions()
+if sys.argv[2] == "off":
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+for _ in range(2):
+    s.run(None, {"x": np.ones((1, 2048), np.float16)})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def ort_fp16_session(work: Path) -> dict:
+    """Peak RSS of one ONNX Runtime CPU session (load and two runs) of a 512 MiB fp16 MLP in external
+    data, graph optimizations on and off: what any session of an fp16 model costs, whatever the tool."""
+    src = work / "mlp-fp16.onnx"
+    build_mlp(src, gib=0.5, d=2048, h=8192, dtype="float16")
+    size = model_bytes(src)
+    res = {"model_bytes": size, "load": load()}
+    for mode in ("on", "off"):
+        out = subprocess.run([sys.executable, "-c", ORT_FP16_SESSION, str(src), mode], capture_output=True, text=True,
+                             check=True)
+        res[f"optimizations_{mode}_peak_rss_bytes"] = int(out.stdout.split()[-1])
+    remove_model(src)
+    print(f"fp16 session: model {size / GB:.2f} GB, peak RSS optimizations on "
+          f"{res['optimizations_on_peak_rss_bytes'] / GB:.2f} GB, off {res['optimizations_off_peak_rss_bytes'] / GB:.2f} GB")
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="bert-base,mlp-2.5g", help=f"comma-separated, of {', '.join(CASES)}")
@@ -251,6 +280,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the built models in --workdir")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
     p.add_argument("--table", action="store_true", help="print the README table of --out and exit")
+    p.add_argument("--ort-fp16-session", action="store_true",
+                   help="also measure one ORT session of a 512 MiB fp16 MLP (optimizations on / off)")
     a = p.parse_args(argv)
     if a.table:
         print(table(json.loads(a.out.read_text())))
@@ -266,6 +297,9 @@ def main(argv=None) -> int:
         results[case]["cpu_count"] = os.cpu_count()
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(results, indent=1) + "\n")  # after every case
+    if a.ort_fp16_session:
+        results["ort-fp16-session"] = ort_fp16_session(a.workdir)
+        a.out.write_text(json.dumps(results, indent=1) + "\n")
     if not a.keep and a.workdir.exists() and not any(a.workdir.glob("*.onnx*")):
         shutil.rmtree(a.workdir, ignore_errors=True)
     return 0
