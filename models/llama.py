@@ -385,8 +385,8 @@ def export(config: str | LlamaConfig, exporter: str, dtype: str, out: Path, exte
     big = cfg.num_parameters() * tdtype.itemsize > 2 ** 31 - 1
     low_memory = big if low_memory is None else low_memory
     if low_memory and exporter != "dynamo":
-        raise SystemExit("models.llama: the low-memory path needs --exporter dynamo "
-                         "(the TorchScript exporter needs the weights in memory)")
+        raise ValueError("the low-memory path (default for models over 2 GB) needs --exporter dynamo: "
+                         "the TorchScript exporter needs the weights in memory")
     external_data = external_data or big or low_memory
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -477,7 +477,10 @@ def main(argv=None) -> int:
         a.config, a.dtype = "tiny", "float32"
     elif a.out is None:
         p.error("--out is required")
-    info = export(a.config, a.exporter, a.dtype, a.out, a.external_data, a.low_memory, not a.no_check)
+    try:
+        info = export(a.config, a.exporter, a.dtype, a.out, a.external_data, a.low_memory, not a.no_check)
+    except ValueError as e:
+        p.error(str(e))  # exit 2
     diffs = " ".join(f"{k}={v:.2e}" for k, v in info.items() if k.startswith("max_diff"))
     print(f"{a.out}: {a.config} {a.exporter} {a.dtype}, {info['parameters'] / 1e6:.1f}M parameters, "
           f"{info['bytes'] / 1e6:.1f} MB, exported in {info['export_s']:.1f}s {diffs}".rstrip())
