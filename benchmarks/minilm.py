@@ -19,6 +19,8 @@ Measures, for each method, on the held-out sentences:
   (the embedding: the last hidden state mean-pooled over the non-padding tokens);
 - nearest-neighbour agreement: for each sentence, whether its nearest neighbour among the other
   held-out sentences (cosine) is the same sentence in both models.
+Also recorded: how alike the original's embeddings of different sentences are (``original_pairwise_cosine``),
+the scale the cosine to the original must be read against.
 Targets (issue #12): cosine >= 0.98 and NN agreement >= 0.90 for the best training-free method.
 """
 from __future__ import annotations
@@ -89,6 +91,15 @@ def nearest_neighbours(e: np.ndarray) -> np.ndarray:
     return sim.argmax(1)
 
 
+def pairwise_cosine(e: np.ndarray) -> dict:
+    """How alike the original's embeddings of *different* sentences are (mean, and the mean cosine to
+    the nearest neighbour): the scale a pruned model's cosine to the original must be read against."""
+    sim = unit(e) @ unit(e).T
+    off = sim[~np.eye(len(e), dtype=bool)]
+    np.fill_diagonal(sim, -np.inf)
+    return {"mean": round(float(off.mean()), 5), "nearest_mean": round(float(sim.max(1).mean()), 5)}
+
+
 def compare(ref: np.ndarray, pruned: np.ndarray) -> dict:
     cos = (unit(ref) * unit(pruned)).sum(1)
     agree = nearest_neighbours(ref) == nearest_neighbours(pruned)
@@ -135,6 +146,7 @@ def main(argv=None) -> int:
     feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
     calib = calibration(text, args.calib, args.seed)
     ref = embeddings(onnx.load(str(args.model)), feeds)
+    spread = pairwise_cosine(ref)
     manifest = json.loads((TRAINED / "manifest.json").read_text())
     manifest = manifest.get(args.manifest_key, {})
     result = {"model": args.model.name, "ratio": args.ratio, "sentences": len(sentences),
@@ -143,7 +155,7 @@ def main(argv=None) -> int:
               "val_masked_acc": manifest.get("val_masked_acc_cpu_fp32_first512"),
               "training": {k: manifest.get("training", {}).get(k) for k in ("steps", "device", "seconds", "hparams")},
               "command": "python benchmarks/minilm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "methods": {}}
+              "original_pairwise_cosine": spread, "methods": {}}
     for method in args.methods:
         t0 = time.perf_counter()
         res = prune_one(args.model, method, args.ratio, calib, args.seed)
