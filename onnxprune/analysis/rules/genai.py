@@ -190,6 +190,10 @@ class GroupQueryAttention(OpRule):
     (do_rotary) works within a head: untouched."""
     domain = MS
     op_types = ("GroupQueryAttention",)
+    weighted = True  # its MACs are counted (the weight-hook contract); it has no channel weights of its own
+    opts_out = {"compensation_target": "attention over activations: no weight to fold a constant into",
+                "is_depthwise": "not a convolution",
+                "weight_roles": "its constants are the rotary cos/sin caches, indexed by position, not channels"}
 
     def macs(self, node, view):
         """q @ k^T and p @ v: 2 x batch x sequence x num_heads x total sequence x head size."""
