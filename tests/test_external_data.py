@@ -164,6 +164,10 @@ def test_output_onto_input_data_is_refused(tmp_path, monkeypatch):
     model = onnxprune.prune(str(src), ratio=0.3, latency=False).model
     with pytest.raises(onnxprune.errors.OnnxPruneError, match="external data"):
         save_model(model, tmp_path / "in.onnx.data", input_path=src)
+    (tmp_path / "out.onnx.data").mkdir()
+    with pytest.raises(onnxprune.errors.OnnxPruneError, match="directory"):
+        save_model(model, tmp_path / "out.onnx", input_path=src)
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_data_file_round_trip_and_alignment(tmp_path):

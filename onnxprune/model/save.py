@@ -119,6 +119,8 @@ def _stage_streamed(model: onnx.ModelProto, p: Path, outputs: StagedOutputs) -> 
     """A model whose weights are in data files (model/external.py): written into a temp folder next
     to `p` as ``<name>`` and ``<name>.data`` (streamed, one tensor at a time), checked there by
     onnx.checker on the path, and renamed into place with the other outputs."""
+    if (p.parent / (p.name + ".data")).is_dir():
+        raise OnnxPruneError(f"output's external data path is a directory: {p.parent / (p.name + '.data')}")
     folder = outputs.stage_folder(p)
     tmp, data = folder / p.name, folder / (p.name + ".data")
     write_model_streamed(model, tmp, data, data.name)
