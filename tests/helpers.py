@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.verify.oracle import take_kept
+
 F32 = TensorProto.FLOAT
 
 
@@ -232,3 +234,23 @@ def assert_prunes(model: onnx.ModelProto, spaces, input_shapes: dict[str, list[i
     scale = max(float(np.max(np.abs(o))) for o in orig)
     assert diff > 1e-3 * max(scale, 1e-6), "pruned output equals the unpruned original: nothing was really removed"
     return res
+
+
+def greedy_tokens(sess, feeds0: dict, steps: int, cut: dict | None = None, positions: bool = True) -> list[int]:
+    """Greedy decoding with a KV cache: the prompt, then one token at a time, present -> past.
+    ``cut``: oracle.io_positions, the pruned model's view of a full-size cache in ``feeds0``;
+    ``positions``: the model takes position_ids."""
+    names = [o.name for o in sess.get_outputs()]
+    feeds = {k: (take_kept(v, cut[k]) if cut and k in cut else v) for k, v in feeds0.items()}
+    tokens = []
+    for _ in range(steps):
+        outs = dict(zip(names, sess.run(None, feeds)))
+        tok = int(np.argmax(outs["logits"][0, -1]))
+        tokens.append(tok)
+        total = feeds["attention_mask"].shape[1] + 1
+        feeds = {"input_ids": np.array([[tok]], np.int64), "attention_mask": np.ones((1, total), np.int64)}
+        if positions:
+            feeds["position_ids"] = np.array([[total - 1]], np.int64)
+        for n in names[1:]:
+            feeds["past_key_values" + n[len("present"):]] = outs[n]
+    return tokens

@@ -13,6 +13,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers import greedy_tokens
+
 from onnxprune import analyze_model, prune
 from onnxprune.verify.oracle import io_positions, masked_model
 
@@ -124,25 +126,6 @@ def test_kv_heads_prune_and_cache_shrinks(exporter):
     assert rep.baseline.params - rep.pruned.params == 2 * (2 * 2 * 16 * 64 + 2 * 16 * 64 + 3 * 64 * 64)
 
 
-def _greedy(sess, feeds0, steps, cut=None):
-    """Greedy decoding: prompt, then one token at a time, present -> past."""
-    names = [o.name for o in sess.get_outputs()]
-    feeds = dict(feeds0)
-    if cut:
-        feeds = {k: (np.take(v, cut[k][0][1], axis=cut[k][0][0]) if k in cut else v) for k, v in feeds.items()}
-    tokens = []
-    for _ in range(steps):
-        outs = dict(zip(names, sess.run(None, feeds)))
-        tok = int(np.argmax(outs["logits"][0, -1]))
-        tokens.append(tok)
-        total = feeds["attention_mask"].shape[1] + 1
-        feeds = {"input_ids": np.array([[tok]], np.int64), "attention_mask": np.ones((1, total), np.int64),
-                 "position_ids": np.array([[total - 1]], np.int64)}
-        for n in names[1:]:
-            feeds["past_key_values" + n[len("present"):]] = outs[n]
-    return tokens
-
-
 @pytest.mark.parametrize("exporter", HEADS_EXPORTERS)
 def test_greedy_generation_matches_masked_original(exporter):
     """10 greedy tokens from the pruned decoder (MLP 30% and KV heads) equal the masked original's,
@@ -163,13 +146,13 @@ def test_greedy_generation_matches_masked_original(exporter):
     for i in range(2):
         for kv in ("key", "value"):
             feeds0[f"past_key_values.{i}.{kv}"] = rng.standard_normal((1, 2, 3, 16)).astype(np.float32)
-    want = _greedy(_session(masked), feeds0, 10)
-    got = _greedy(_session(res.model), feeds0, 10, cut=io)
+    want = greedy_tokens(_session(masked), feeds0, 10)
+    got = greedy_tokens(_session(res.model), feeds0, 10, cut=io)
     assert got == want
-    assert _greedy(_session(onnx.load(path)), feeds0, 10) != want  # pruning changed the model
+    assert greedy_tokens(_session(onnx.load(path)), feeds0, 10) != want  # pruning changed the model
     # the removed head's cache slice instead of the kept one: other tokens (the slices are used)
     wrong = {k: [(ax, np.setdiff1d(np.arange(2), p)) for ax, p in v] for k, v in io.items()}
-    assert _greedy(_session(res.model), feeds0, 10, cut=wrong) != want
+    assert greedy_tokens(_session(res.model), feeds0, 10, cut=wrong) != want
     assert all(len(p) == 1 for v in io.values() for _, p in v) and len(io) == 8
 
 

@@ -18,6 +18,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers import greedy_tokens
+
 from onnxprune import analyze_model, prune, save
 from onnxprune.analysis.graph import build_view
 from onnxprune.analysis.rules.genai import dequantize_nbits, pack_zero_points, unpack_zero_points
@@ -236,24 +238,6 @@ def test_int4_weights_count_as_parameters():
 
 # --- the KV cache (past/present graph IO) follows its KV group ---------------------------------------
 
-def _greedy(sess, feeds0, steps, cut=None, positions=False):
-    """Greedy decoding, present -> past; ``cut``: io_positions, the pruned model's view of a full cache."""
-    names = [o.name for o in sess.get_outputs()]
-    feeds = {k: (take_kept(v, cut[k]) if cut and k in cut else v) for k, v in feeds0.items()}
-    tokens = []
-    for _ in range(steps):
-        outs = dict(zip(names, sess.run(None, feeds)))
-        tok = int(np.argmax(outs["logits"][0, -1]))
-        tokens.append(tok)
-        total = feeds["attention_mask"].shape[1] + 1
-        feeds = {"input_ids": np.array([[tok]], np.int64), "attention_mask": np.ones((1, total), np.int64)}
-        if positions:
-            feeds["position_ids"] = np.array([[total - 1]], np.int64)
-        for n in names[1:]:
-            feeds["past_key_values" + n[len("present"):]] = outs[n]
-    return tokens
-
-
 @pytest.mark.parametrize("name", ["genai_tiny", "genai_tiny.int4", "tiny-rope", "tiny-packed.int4"])
 def test_kv_groups_prune_with_the_cache_and_generate_like_the_masked_original(name):
     """--heads on the cached fixtures (and on the RotaryEmbedding and packed-qkv variants): one of
@@ -280,11 +264,11 @@ def test_kv_groups_prune_with_the_cache_and_generate_like_the_masked_original(na
     feeds0 = gd.feeds(cfg, past=3, seq=5, seed=5)
     pos = cfg.rope == "node"
     masked = masked_model(res.analysis, res.kept)
-    want = _greedy(_sess(masked), feeds0, 10, positions=pos)
-    assert _greedy(_sess(res.model), feeds0, 10, cut=io, positions=pos) == want
+    want = greedy_tokens(_sess(masked), feeds0, 10, positions=pos)
+    assert greedy_tokens(_sess(res.model), feeds0, 10, cut=io, positions=pos) == want
     wrong = {k: [(ax, np.setdiff1d(np.arange(2), p)) for ax, p in cuts] for k, cuts in io.items()}
-    assert _greedy(_sess(res.model), feeds0, 10, cut=wrong, positions=pos) != want
-    assert _greedy(_sess(original), feeds0, 10, positions=pos) != want  # pruning changed the model
+    assert greedy_tokens(_sess(res.model), feeds0, 10, cut=wrong, positions=pos) != want
+    assert greedy_tokens(_sess(original), feeds0, 10, positions=pos) != want  # pruning changed the model
 
 
 def _sess(model):
