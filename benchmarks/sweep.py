@@ -82,17 +82,28 @@ def input_dims(vi) -> tuple[list[int], list[bool]]:
     return dims, symbolic
 
 
+def _cache_length(name: str) -> bool:
+    """A KV-cache length dim (past*, total*, or a written sum such as 'past_seq + seq')."""
+    n = name.strip().lower()
+    return n.startswith("past") or n.startswith("total") or "+" in n
+
+
 def calibration_for(model_path: Path, folder: Path) -> tuple[Path, list[str]]:
     """A .npz of random samples named like the model's inputs, and the --input-shape flags that fix
     its symbolic non-batch dims (so analysis and calibration agree on them)."""
     import numpy as np  # here, not at the top: --help stays fast
     import onnx
+    from onnxprune.model.shapes import graph_input_shapes
     m = onnx.load(str(model_path), load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
     rng = np.random.default_rng(0)
     arrays, shapes = {}, []
+    tool = graph_input_shapes(m)  # the CLI's own defaults: a KV cache's past/total lengths agree
     for vi in [i for i in m.graph.input if i.name not in inits]:
         dims, symbolic = input_dims(vi)
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if k and symbolic[k] and _cache_length(d.dim_param) and vi.name in tool:
+                dims[k] = tool[vi.name][k]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type or 1)
         shape = [SAMPLES] + dims[1:]
         if np.dtype(dtype).kind == "f":
