@@ -93,6 +93,9 @@ class PruneConfig:
                         calib_limit=(self.scoring.calib_limit, 1), threads=(self.runtime.threads, 1),
                         batch=(self.analysis.batch, 1))
         _check_calibration(self.scoring, self.compensation)
+        if self.target.knapsack_value == "energy" and self.scoring.scorer != "vbp":
+            raise OnnxPruneError("--knapsack-value energy weighs vbp's activation variances by the consumers' "
+                                 "weights: use it with --scorer vbp")
 
 
 def _check_calibration(sc: ScoringConfig, comp: CompensationConfig) -> None:

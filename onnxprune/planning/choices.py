@@ -13,7 +13,7 @@ from onnxprune.profiling.latency_table import keep_order, top_width_kept
 from onnxprune.scoring.lamp import cumulative_keep_values, sp_lamp_scores
 from onnxprune.scoring.registry import is_lamp_normalized
 
-KNAPSACK_VALUES = ("lamp", "members")
+KNAPSACK_VALUES = ("lamp", "members", "energy")
 
 
 @dataclass
@@ -60,11 +60,28 @@ def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], rou
         lamp = s.copy() if normalized else sp_lamp_scores(s)
         lamp[g.frozen] = lamp.max() + 1.0  # frozen first in order; their value is a constant offset
         order = keep_order(g, lamp)
-        vals = cumulative_keep_values(lamp)
+        if value == "energy":
+            vals = np.cumsum(channel_values(g, s, scores, value)[order])
+        else:
+            vals = cumulative_keep_values(lamp)
         widths = allowed_widths(g, round_to)
         weight = max(1, len(g.weights)) if value == "members" else 1
         out.append(GroupChoices(g, order, widths, vals[widths - 1] * weight))
     return out
+
+
+def channel_values(g: ChannelGroup, s: np.ndarray, scores, value: str) -> np.ndarray:
+    """Per-channel knapsack values for ``energy``: the shares of the consumers' output energy each
+    channel carries, summed over its consumers (scoring/energy.py; ``vbp`` computes them). A group
+    whose consumers have no constant weight (attention's MatMuls) gets its channels' shares of the
+    group's score total (it counts as one consumer)."""
+    energy = getattr(scores, "energy", None)
+    if energy is None:
+        raise OnnxPruneError(f"knapsack value {value!r} needs activation statistics: use --scorer vbp")
+    e = energy.get(g.id)
+    if e is None:
+        return s / max(float(s.sum()), 1e-300)
+    return np.asarray(e, dtype=np.float64)
 
 
 def align_widths(choices: list[GroupChoices], block: int, min_size: int) -> None:

@@ -38,12 +38,16 @@ class GroupScores(dict):
     """Scores per prunable group id. ``lamp_normalized``: the values already are LAMP scores
     (``sp-lamp``), so planning ranks them and sums them as they are instead of normalizing again.
     ``comparable``: values of different groups are on one scale (``recon``: the share of the
-    consumers' output energy lost), so ``--global`` ranks them as they are."""
+    consumers' output energy lost), so ``--global`` ranks them as they are. ``energy``: per group,
+    the share of its consumers' output energy each channel carries, summed over the consumers
+    (``energy.py``; ``vbp`` fills it), for ``--knapsack-value energy``."""
 
-    def __init__(self, scores=(), lamp_normalized: bool = False, comparable: bool = False):
+    def __init__(self, scores=(), lamp_normalized: bool = False, comparable: bool = False,
+                 energy: dict | None = None):
         super().__init__(scores)
         self.lamp_normalized = lamp_normalized
         self.comparable = comparable or lamp_normalized
+        self.energy = energy
 
 
 def is_lamp_normalized(scores) -> bool:
@@ -83,6 +87,7 @@ def score_groups(analysis: Analysis, scorer: str = "l2", *, calib=None, seed: in
         raise OnnxPruneError(f"unknown scorer '{scorer}' (choose from {', '.join(sorted(SCORERS))})")
     if scorer in NEEDS_CALIB and not ctx.calib:
         raise OnnxPruneError(f"scorer '{scorer}' needs calibration data: pass --calib FILE")
-    return GroupScores(SCORERS[scorer](ctx), lamp_normalized=scorer in LAMP_NORMALIZED,
-                       comparable=scorer in COMPARABLE)
+    raw = SCORERS[scorer](ctx)
+    return GroupScores(raw, lamp_normalized=scorer in LAMP_NORMALIZED, comparable=scorer in COMPARABLE,
+                       energy=getattr(raw, "energy", None))
 

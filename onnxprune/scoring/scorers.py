@@ -34,10 +34,11 @@ import numpy as np
 from onnxprune.analysis.groups import Analysis, ChannelGroup, Member
 from onnxprune.analysis.rules import rule_for
 from onnxprune.scoring.calibration import activation_spaces, cached_stats
+from onnxprune.scoring.energy import channel_energy_shares
 from onnxprune.scoring.recon import consumer_output_scales, greedy_scores, group_terms
 from onnxprune.scoring.deployed import WeightTable, deployed_weights, raw_weights
 from onnxprune.scoring.lamp import sp_lamp_scores
-from onnxprune.scoring.registry import ScoreContext, register_scorer
+from onnxprune.scoring.registry import GroupScores, ScoreContext, register_scorer
 
 
 # weights larger than this are reduced block by block (a memory-mapped weight of a large model is
@@ -263,7 +264,10 @@ def vbp(ctx: ScoreContext) -> dict[int, np.ndarray]:
     if missing:
         ctx.notes.append(f"vbp: {len(missing)} prunable group(s) have no activation entering a "
                          f"Conv/Gemm/MatMul: scored with l2 instead ({', '.join(missing[:5])})")
-    return out
+    stats = cached_stats(ctx, activation_spaces(ctx.analysis, ctx.groups))
+    scales = consumer_output_scales(ctx.analysis)
+    energy = {g.id: channel_energy_shares(ctx.analysis, g, stats, scales) for g in ctx.groups}
+    return GroupScores(out, energy={k: v for k, v in energy.items() if v is not None})
 
 
 def cumulative_share(v: np.ndarray) -> np.ndarray:

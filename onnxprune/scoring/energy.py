@@ -1,0 +1,66 @@
+"""The output energy each channel carries into its consumers: a knapsack value that is comparable
+across groups (``--knapsack-value energy``; computed with ``vbp``'s statistics).
+
+A consumer y = W x (a Conv of group 1, a Gemm or MatMul with a constant weight; each output row
+scaled by the inference BatchNormalization that alone reads y, as the deployed model computes)
+loses, when input channel k goes and its calibration mean is folded into the bias (VBP's
+compensation), the output W[:, k] (x_k - mean_k), of energy var_k ||W[:, k]||^2 (kernel taps and
+the positions of a block map summed). Per consumer c, the share of its output energy that channel
+k carries (channels taken as uncorrelated) is
+
+    e_c,k = var_k ||W_c[:, k]||^2 / sum_j var_j ||W_c[:, j]||^2
+
+and a channel's value is the sum over the consumers that read it, sum_c e_c,k. Removing a set R
+costs the summed shares sum_c sum_{k in R} e_c,k: every consumer counts once, whatever its layer's
+scale, so a channel of a residual stream read by five convs is worth five times a channel read by
+one, and removing the same share of a flat group costs every consumer alike. ``--compensate
+lstsq`` then restores part of the removed energy (what the kept channels predict of it).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxprune.analysis.groups import Analysis, ChannelGroup
+from onnxprune.analysis.rules import rule_for
+from onnxprune.scoring.recon import consumer_weight
+
+
+def consumer_column_energies(analysis: Analysis, space, out_scales: dict) -> list[np.ndarray]:
+    """Per group-1 consumer with a constant weight that reads ``space``: the squared norm of the
+    weight column of every input position (rows scaled by the BN after the consumer)."""
+    view = analysis.view
+    tensor, axis = space
+    out = []
+    for k, res in analysis.node_results.items():
+        if space not in res.mixes:
+            continue
+        node = view.nodes[k]
+        rule = rule_for(node)
+        target = rule.compensation_target(node, view, tensor, axis) if rule is not None else None
+        if target is None or target.groups != 1 or node.input[target.weight_input] not in view.consts:
+            continue
+        W = consumer_weight(view, node, target)
+        scale = out_scales.get(node.input[target.weight_input])
+        if scale is not None and len(scale) == W.shape[0]:
+            W = W * scale.reshape((-1,) + (1,) * (W.ndim - 1))
+        out.append(np.square(np.moveaxis(W, 1, 0).reshape(W.shape[1], -1)).sum(1))
+    return out
+
+
+def channel_energy_shares(analysis: Analysis, group: ChannelGroup, stats: dict, out_scales: dict) -> np.ndarray | None:
+    """sum_c e_c,k per canonical channel of ``group`` over its consumers (module docstring); None
+    where no consumer has a constant weight (attention's MatMuls of two activations)."""
+    members = {(m.tensor, m.axis): m for m in group.members}
+    total, found = np.zeros(group.size), False
+    for sp, st in stats.items():
+        if sp not in members or analysis.space_group.get(sp) != group.id:
+            continue
+        var = st.m2 / max(float(st.n), 1.0)
+        for col in consumer_column_energies(analysis, sp, out_scales):
+            if col.shape != var.shape:
+                continue
+            e = np.bincount(members[sp].index_map, weights=var * col, minlength=group.size)
+            if e.sum() > 0:
+                total += e / e.sum()
+                found = True
+    return total if found else None
