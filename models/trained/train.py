@@ -31,6 +31,9 @@ import text  # noqa: E402
 import vision  # noqa: E402
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# bf16 autocast on the GPU, and on a CPU whose matrix units take bf16 (AMX): 4-6x faster than fp32 there
+# (MiniLM, batch 128: 3.2 s/step vs 11-21 s/step on the 2-core dev machine).
+BF16 = DEV.type == "cuda" or "amx_bf16" in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else "")
 MLM_SHARDS = ((), (0, 1), (2, 3), (4, 5))  # shard k holds these encoder layers (0: the rest)
 MLM_HP = dict(max_len=128, batch=256, lr=5e-4, wd=0.01, warmup=300, max_steps=40000, eval_every=500)
 TEXTCLS_HP = dict(epochs=40, lr=2e-3, wd=0.01, batch=64)
@@ -181,7 +184,7 @@ def mlm_eval(enc, head, ids, seed=1234, batch=512):
     for i in range(0, len(ids), batch):
         x = ids[i:i + batch]
         inp, lab = text.mask_tokens(x, g)
-        with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=DEV.type == "cuda"):
+        with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=BF16):
             logits = head(enc(inp, (x != text.PAD).long()), enc.tok.weight).float()
         sel = lab != -100
         correct += (logits.argmax(-1)[sel] == lab[sel]).sum().item()
@@ -192,7 +195,7 @@ def mlm_eval(enc, head, ids, seed=1234, batch=512):
 
 def mlm_step(enc, head, opt, sched, x, g):
     inp, lab = text.mask_tokens(x, g)
-    with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=DEV.type == "cuda"):
+    with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=BF16):
         logits = head(enc(inp, (x != text.PAD).long()), enc.tok.weight)
     sel = lab != -100
     loss = F.cross_entropy(logits[sel].float(), lab[sel])
@@ -229,6 +232,7 @@ def run_mlm(out: Path, quick: bool, budget_s: float, seed: int = 0, overrides: d
     t0 = time.perf_counter()
     best = (-1.0, None, None, 0)
     step, history = 0, []
+    fixed_steps = (overrides or {}).get("max_steps")
     if quick:
         total[0] = 6
     while step < total[0]:
@@ -237,7 +241,7 @@ def run_mlm(out: Path, quick: bool, budget_s: float, seed: int = 0, overrides: d
             enc.train(), head.train()
             loss = mlm_step(enc, head, opt, sched, data["train"][perm[i:i + hp["batch"]]], g)
             step += 1
-            if step == 50 and not quick:
+            if step == 50 and not quick and fixed_steps is None:
                 if DEV.type == "cuda":
                     torch.cuda.synchronize()
                 per_step = (time.perf_counter() - t0) / 50
@@ -250,12 +254,17 @@ def run_mlm(out: Path, quick: bool, budget_s: float, seed: int = 0, overrides: d
                 log(f"[mlm] {history[-1]}")
                 if acc > best[0]:
                     best = (acc, *snapshot(enc, head), step)
+                    # written at every improvement, so a run stopped early leaves its best weights
+                    save_mlm_shards(out, best[1], best[2], hp, {
+                        "val_masked_acc": acc, "best_step": step, "steps": step, "history": history,
+                        "device": str(DEV), "bf16": BF16, "torch": torch.__version__,
+                        "seconds": round(time.perf_counter() - t0, 1), "quick": quick, "partial": True})
             if step >= total[0]:
                 break
     acc, enc_sd, head_sd, best_step = best
     metrics = {"val_masked_acc": acc, "best_step": best_step, "steps": step, "history": history,
                "train_windows": ntr, "val_windows": len(data["val"]), "device": str(DEV),
-               "torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 1), "quick": quick}
+               "bf16": BF16, "torch": torch.__version__, "seconds": round(time.perf_counter() - t0, 1), "quick": quick}
     save_mlm_shards(out, enc_sd, head_sd, hp, metrics)
 
 
@@ -281,6 +290,8 @@ def main():
     ap.add_argument("--batch", type=int, help="mlm: batch size (default 256; a CPU run uses less)")
     ap.add_argument("--lr", type=float, help="mlm: peak learning rate (default 5e-4)")
     ap.add_argument("--warmup", type=int, help="mlm: warm-up steps (default 300)")
+    ap.add_argument("--steps", type=int, help="mlm: a fixed step count (default: set from --budget-s "
+                    "after timing 50 steps, which a machine under changing load gets wrong)")
     ap.add_argument("--eval-every", type=int, help="mlm: steps between evaluations (default 500)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TRAIN_THREADS", "4")))
     args = ap.parse_args()
@@ -294,7 +305,7 @@ def main():
         run_textcls(args.out, args.quick)
     else:
         run_mlm(args.out, args.quick, args.budget_s,
-                overrides=dict(batch=args.batch, lr=args.lr, warmup=args.warmup, eval_every=args.eval_every))
+                overrides=dict(batch=args.batch, lr=args.lr, max_steps=args.steps, warmup=args.warmup, eval_every=args.eval_every))
     log(f"{args.what} done")
 
 
