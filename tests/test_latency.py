@@ -1,6 +1,8 @@
 """Latency measurement on tiny onnx.helper models, provider errors, and the text parsers."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -8,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.profiling.timing import (Budget, LatencyError, LatencyStats, make_session, measure_latencies,
+                               timed_run,
                                parse_budget, parse_latency_output)
 
 ROWS, DIM = 64, 256
@@ -69,6 +72,23 @@ def test_measure_fixed_repeats_and_feed_per_model(feeds):
                               warmup=1, repeats=7, time_budget_s=None)
     assert [s.n for s in stats] == [7, 7]
     assert measure_latencies([], feeds) == []
+
+
+def count_runs(rewarm: bool, tmp_path, feeds) -> int:
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / f"p{int(rewarm)}")
+    sess = ort.InferenceSession(matmul_chain([8]).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    assert timed_run(sess, feeds, rewarm) > 0
+    events = json.load(open(sess.end_profiling()))
+    return sum(1 for e in events if e.get("name") == "model_run")
+
+
+def test_timed_run_rewarms_with_one_untimed_run(tmp_path, feeds):
+    # a model timed right after another runs with the other's data in the caches: one untimed run
+    # first (module docstring of profiling/timing.py)
+    assert count_runs(False, tmp_path, feeds) == 1
+    assert count_runs(True, tmp_path, feeds) == 2
 
 
 def test_measure_errors(feeds):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from onnxprune.profiling.latency_fit import (Presence, associate_dims, fit_node, fit_presence, fit_time, fit_total,
+from onnxprune.profiling.latency_fit import (Presence, associate_dims, fit_node, fit_presence, fit_time, fit_total, plain_map,
                                              padded)
 from onnxprune.profiling.median_ci import measure_until_stable, median_ci, summarize
 from onnxprune.profiling.node_profile import parse_profile, stable_keys
@@ -94,6 +94,29 @@ def test_fit_total_fixed_part():
     sums = np.linspace(5, 50, 20)
     fixed, scale = fit_total(sums, 0.7 + 1.02 * sums)
     assert fixed == pytest.approx(0.7, abs=1e-6) and scale == pytest.approx(1.02, abs=1e-6)
+
+
+def test_plain_map_is_affine_not_a_ratio():
+    # profiling adds ~4 ms of per-node events at every width: plain = 0.97 * (profiled - 4.1)
+    rng = np.random.default_rng(3)
+    prof = np.array([19.8, 15.7, 15.1, 7.8, 13.8, 11.8, 13.9, 13.3, 6.2, 11.7, 15.8])
+    plain = 0.97 * (prof - 4.1) * (1 + 0.01 * rng.standard_normal(len(prof)))
+    plain[4] *= 1.4  # one design timed while the machine was busy
+    a, b = plain_map(prof, plain)
+    assert b == pytest.approx(0.97, abs=0.05) and a == pytest.approx(-0.97 * 4.1, abs=0.5)
+    narrow = 5.0
+    assert (a + b * narrow) / (0.97 * (narrow - 4.1)) - 1 == pytest.approx(0, abs=0.35)
+    ratio = np.median(plain / prof)
+    assert ratio * narrow > 3 * 0.97 * (narrow - 4.1)  # what the ratio map predicted: 3x+ too slow
+
+
+def test_plain_map_falls_back_to_the_ratio():
+    prof = np.array([10.0, 10.2, 9.9, 10.1])
+    assert plain_map(prof, 0.8 * prof) == (0.0, pytest.approx(0.8))  # no spread to fit a slope
+    assert plain_map(prof[:3] * [1, 2, 3], 0.8 * prof[:3]) == (0.0, pytest.approx(np.median(0.8 / np.array([1, 2, 3]))))
+    prof = np.linspace(5, 20, 8)
+    a, b = plain_map(prof, 3.0 * prof)  # an implausible slope: the median ratio
+    assert (a, b) == (0.0, pytest.approx(3.0))
 
 
 def test_median_ci_brackets_the_median():

@@ -31,13 +31,13 @@ import numpy as np
 from onnxprune.analysis.graph import random_feeds
 from onnxprune.analysis.groups import Analysis, ChannelGroup
 from onnxprune.planning.ratio import keep_every_member
-from onnxprune.profiling.latency_fit import NodeModel, Presence, TimeFit, fit_node, fit_time, fit_total
+from onnxprune.profiling.latency_fit import NodeModel, Presence, TimeFit, fit_node, fit_time, fit_total, plain_map
 from onnxprune.profiling.latency_table import default_cache_dir, keep_order, top_width_kept
 from onnxprune.profiling.node_profile import ProfiledRun, profile_nodes, side_by_side, wall_clock
 from onnxprune.profiling.segments import SegmentMap, segment_groups, segment_map
 from onnxprune.transform.rewrite import rewrite
 
-MODEL_VERSION = 5  # 3: forms chosen by cross-validation; 4: joint NCHWc regime; 5: alignment regimes at 4 too
+MODEL_VERSION = 6  # 6: profiled -> plain by an affine map, not a ratio; 3: forms chosen by cross-validation; 4: joint NCHWc regime; 5: alignment regimes at 4 too
 HELD_OUT_RANGE = (0.3, 1.0)
 PLAIN_EVERY = 4  # every 4th design is also timed without profiling, to take profiling's overhead out
 
@@ -246,8 +246,15 @@ def measure_design(analysis: Analysis, groups: list[ChannelGroup], n_designs: in
         kept = design_kept(analysis, groups, widths)
         model = analysis.view.model if i == 0 else rewrite(analysis, kept)
         runs.append(profile_nodes(model, feeds, provider=provider, threads=threads, time_cap_s=per_design))
-        if i % PLAIN_EVERY == 1:
-            plain[i] = wall_clock(model, feeds, provider=provider, threads=threads, time_cap_s=per_design / 2).median_ms
+        if i == 0:
+            plain[0] = wall_clock(model, feeds, provider=provider, threads=threads, time_cap_s=per_design).median_ms
+        elif i % PLAIN_EVERY == 1:
+            # beside the unpruned model, as a budget's check and `profile --check` measure: the ratio
+            # to it, times its time alone (drift cancels; the residue of the other model's cache
+            # footprint, a few % on narrow models, is then in the fit too)
+            b, m = side_by_side([analysis.view.model, model], feeds, provider=provider, threads=threads,
+                                time_cap_s=per_design)
+            plain[i] = plain[0] * m.median_ms / b.median_ms
         rows.append([len(kept[g.id]) for g in groups])
         if i >= 8 and time.perf_counter() - t0 > time_cap_s:
             break
@@ -325,9 +332,9 @@ def fit_model(data: DesignData, analysis: Analysis, groups: list[ChannelGroup], 
     fixed, scale = fit_total(sums, walls)
     # profiled runs are slower (per-node events): map them onto the unprofiled times measured beside
     idx = sorted(data.plain_ms)
-    if idx:  # a ratio, by median: robust to a design timed while the machine was busy
-        r = float(np.median([data.plain_ms[i] / data.runs[i].wall.median_ms for i in idx]))
-        fixed, scale = r * fixed, r * scale
+    if idx:
+        a, b = plain_map(walls[idx], np.array([data.plain_ms[i] for i in idx]) / lam[idx])
+        fixed, scale = a + b * fixed, b * scale
     m = OpLatencyModel(group_ids=[g.id for g in groups], group_sizes={g.id: g.size for g in groups}, nodes=nodes,
                        fixed_ms=fixed, scale=scale, baseline_ms=float(walls[0]), n_designs=len(data.runs), **meta)
     if idx:

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from onnxprune.model.external import has_external, on_disk
 from onnxprune.model.runtime import SessionPurpose, ort_session, session_options
 from onnxprune.profiling.median_ci import MedianCI, measure_until_stable, summarize
-from onnxprune.profiling.timing import LatencyError, fit_feed, resolve_providers
+from onnxprune.profiling.timing import LatencyError, fit_feed, resolve_providers, timed_run
 
 GENERATED_NAME = re.compile(r"_token_\d+|^(ReorderInput|ReorderOutput)(_|$)|^$")
 KERNEL_SUFFIX = "_kernel_time"
@@ -159,8 +159,8 @@ def wall_clock(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], *, 
 def side_by_side(models: list[onnx.ModelProto | bytes], feeds: dict[str, np.ndarray], *, provider: str = "cpu",
                  threads: int | None = None, rel_halfwidth: float = 0.02, time_cap_s: float = 4.0,
                  warmup: int = 3) -> list[MedianCI]:
-    """Time models in rounds (each runs once per round, order rotated, as profiling/timing.py does
-    so drift hits all alike) until every median's 95% CI is within ``rel_halfwidth`` or the cap."""
+    """Time models in rounds (each runs once per round, order rotated and re-warmed, as
+    profiling/timing.py does, so drift hits all alike) until every median's 95% CI is within ``rel_halfwidth`` or the cap."""
     purpose = SessionPurpose(timing=True, threads=threads)
     sessions = [ort_session(m, purpose, providers=resolve_providers(provider), what="model") for m in models]
     run_feeds = [{i.name: fit_feed(feeds[i.name], i.shape) for i in s.get_inputs()} for s in sessions]
@@ -172,9 +172,7 @@ def side_by_side(models: list[onnx.ModelProto | bytes], feeds: dict[str, np.ndar
     while True:
         for j in range(len(sessions)):
             k = (r + j) % len(sessions)
-            t = time.perf_counter()
-            sessions[k].run(None, run_feeds[k])
-            samples[k].append((time.perf_counter() - t) * 1e3)
+            samples[k].append(timed_run(sessions[k], run_feeds[k], rewarm=len(sessions) > 1) * 1e3)
         r += 1
         if r >= 7 and r % 4 == 0:
             stats = [summarize(s, rel_halfwidth) for s in samples]
