@@ -47,13 +47,14 @@ TRANSFORMERS = ("vit", "bert")
 OPT_IN_MIN_MACS = 0.05
 
 
-def run_case(path: Path, budget: float, cache: Path, threads, transformer: bool) -> dict:
+def run_case(path: Path, budget: float, cache: Path, threads, transformer: bool,
+             knapsack_value: str = "lamp") -> dict:
     """One budget. Transformers prune heads and the residual stream too (--heads --embed-dim: MLP
     neurons alone cannot reach 0.6x). A refusal under the default x0.2 MACs floor is recorded, and
     the case rerun as a user who asks for that little would (--min-macs 0.05)."""
     t0, load_before = time.perf_counter(), load_avg()
     kw = dict(budget=f"{budget}x", scorer="sp-lamp", latency=False, cache_dir=str(cache), threads=threads,
-              heads=transformer, embed_dim=transformer)
+              heads=transformer, embed_dim=transformer, knapsack_value=knapsack_value)
     refused = None
     try:
         try:
@@ -72,7 +73,7 @@ def run_case(path: Path, budget: float, cache: Path, threads, transformer: bool)
     macs_ratio = res.report.pruned.macs / res.report.baseline.macs
     speedup = b.baseline / b.measured
     info = b.latency_model_info or {}
-    return dict(budget=budget, load_before=load_before, load_after=load_avg(),
+    return dict(budget=budget, knapsack_value=knapsack_value, load_before=load_before, load_after=load_avg(),
                 refused_at_default_min_macs=refused, budget_ms=b.budget, baseline_ms=b.baseline, iterations=its, solves=len(its),
                 first_measured_over_budget=its[0]["measured"] / b.budget,
                 first_predicted_over_measured=its[0]["predicted"] / its[0]["measured"],
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--budgets", nargs="*", type=float, default=[0.8, 0.6, 0.4])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--knapsack-value", default="lamp", help="prune(knapsack_value=...): lamp (default) or members")
     ap.add_argument("--resume", action="store_true", help="skip cases already in --out; keep their entries")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="latency-model cache (default: a fresh temporary one, so each model's build is timed)")
@@ -125,7 +127,8 @@ def main() -> None:
                 print(f"{name} {b}x: in {args.out.name} already (--resume)")
                 continue
             path, source = model_path(name)
-            c = dict(model=name, source=source, **run_case(path, b, cache, args.threads, name in TRANSFORMERS))
+            c = dict(model=name, source=source, **run_case(path, b, cache, args.threads, name in TRANSFORMERS,
+                                                                 args.knapsack_value))
             cases.append(c)
             report_case(c)
             cases.sort(key=lambda c: (MODELS.index(c["model"]) if c["model"] in MODELS else len(MODELS), -c["budget"]))

@@ -91,6 +91,14 @@ def test_timed_run_rewarms_with_one_untimed_run(tmp_path, feeds):
     assert count_runs(True, tmp_path, feeds) == 2
 
 
+def test_measure_stops_when_the_medians_are_known(feeds):
+    models = [matmul_chain([8]), matmul_chain([16])]
+    loose = measure_latencies(models, feeds, warmup=1, time_budget_s=None, rel_halfwidth=0.5)
+    assert [s.n for s in loose] == [8, 8]  # a 50% interval is reached at the first check
+    full = measure_latencies(models, feeds, warmup=1, time_budget_s=None, min_time_s=0.0)
+    assert all(s.n >= 50 for s in full)  # without it, the fixed round count
+
+
 def test_measure_errors(feeds):
     with pytest.raises(LatencyError, match="no feed for input"):
         measure_latencies([matmul_chain([8])], {"z": feeds["x"]}, repeats=1)

@@ -125,9 +125,11 @@ class LatencyMeter:
     threads: int | None = None
     latency_cmd: str | None = None
 
-    def medians(self, models: list[onnx.ModelProto], time_budget_s: float) -> list[float]:
+    def medians(self, models: list[onnx.ModelProto], time_budget_s: float,
+                rel_halfwidth: float | None = None) -> list[float]:
         return measure_medians(models, self.feeds, provider=self.provider, threads=self.threads,
-                               time_budget_s=time_budget_s, latency_cmd=self.latency_cmd)
+                               time_budget_s=time_budget_s, latency_cmd=self.latency_cmd,
+                               rel_halfwidth=rel_halfwidth)
 
 
 class LatencyCosts(Protocol):
@@ -259,7 +261,8 @@ class LatencyObjective:
 
     def evaluate(self, kept: dict[int, np.ndarray]) -> float:
         cand = rewrite(self.analysis, kept)
-        base_ms, ms = self.meter.medians([self.meter.reference, cand], time_budget_s=8.0)
+        # until both medians are known within 2% (issue #11), or 8 s
+        base_ms, ms = self.meter.medians([self.meter.reference, cand], time_budget_s=8.0, rel_halfwidth=0.02)
         return ms * self.baseline / base_ms if self.relative else ms
 
 

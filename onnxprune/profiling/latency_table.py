@@ -189,13 +189,16 @@ def _time_group(analysis: Analysis, g: ChannelGroup, base_model, feeds, timing: 
 
 
 def measure_medians(models, feeds, *, provider: str, threads: int | None, time_budget_s: float,
-                    latency_cmd: str | None = None, min_time_s: float | None = None) -> list[float]:
+                    latency_cmd: str | None = None, min_time_s: float | None = None,
+                    rel_halfwidth: float | None = None) -> list[float]:
     """Median latency (ms) of each model: side by side in one ONNX Runtime process (a child
     process: a native crash of ONNX Runtime on a model raises NativeCrash instead of ending the
     tool), or one `--latency-cmd` run per model on the user's device."""
     if latency_cmd:
         return [measure_with_command(latency_cmd, m) for m in models]
     timing = dict(min_time_s=min_time_s) if min_time_s is not None else {}
+    if rel_halfwidth is not None:
+        timing["rel_halfwidth"] = rel_halfwidth
     try:
         # external data (absolute paths, model/external.py): the proto itself, ORT loads it from a scratch folder
         stats = run_isolated(measure_latencies, [m if has_external(m) else m.SerializeToString() for m in models], feeds,

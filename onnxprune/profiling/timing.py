@@ -37,6 +37,7 @@ import onnxruntime as ort
 
 from onnxprune.errors import OnnxPruneError, first_line
 from onnxprune.model.runtime import SessionPurpose, ort_session
+from onnxprune.profiling.median_ci import summarize
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -134,7 +135,7 @@ def fit_feed(arr: np.ndarray, declared) -> np.ndarray:
 def measure_latencies(models: list, feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]], *,
                       provider: str = "cpu", threads: int | None = None, warmup: int = 5,
                       repeats: int | None = None, min_time_s: float = 1.0, max_repeats: int = 200,
-                      time_budget_s: float | None = 10.0) -> list[LatencyStats]:
+                      time_budget_s: float | None = 10.0, rel_halfwidth: float | None = None) -> list[LatencyStats]:
     """Time several models side by side in one process; stats come back in the order given.
 
     ``feeds``: one input dict for all models, or one per model (extra entries are ignored).
@@ -144,6 +145,9 @@ def measure_latencies(models: list, feeds: dict[str, np.ndarray] | list[dict[str
     ``time_budget_s`` bounds the whole call (warm-up included): rounds stop when it is spent, but
     at least 3 rounds are always timed (with fewer, a median means little) -- so a model slower
     than a third of the budget overruns it. ``None`` disables the bound.
+    ``rel_halfwidth``: also stop (after at least 8 rounds) once every model's median has a 95%
+    confidence interval within that fraction of it: a quiet machine needs few rounds, a busy one
+    gets the rounds the bounds allow.
 
     Each sample is ``time.perf_counter()`` around one ``session.run`` with numpy inputs: on GPU
     providers that includes the host<->device copies, i.e. the latency a numpy caller sees.
@@ -196,6 +200,9 @@ def measure_latencies(models: list, feeds: dict[str, np.ndarray] | list[dict[str
             k = (r + j) % m
             samples[k].append(timed_run(sessions[k], run_feeds[k], rewarm=m > 1))
         if r >= 2 and over_budget():
+            break
+        if rel_halfwidth and r >= 7 and r % 4 == 3 and all(
+                summarize(np.array(x) * 1e3, rel_halfwidth).converged for x in samples):
             break
     return [LatencyStats.from_samples(np.array(s) * 1e3) for s in samples]
 
