@@ -46,9 +46,9 @@ if __name__ == "__main__":
     ARGS = parse_args()
 
 import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 
 from common import load_avg, read_results  # noqa: E402
-from latency_accuracy import accuracy  # noqa: E402
 from onnxprune.api import (Plan, baseline_stats, calibrate_and_score, compensate, config_from_keywords,  # noqa: E402
                            load_and_analyze, rewrite_and_check, verify)
 from onnxprune.errors import OnnxPruneError  # noqa: E402
@@ -57,6 +57,13 @@ from onnxprune.planning.ratio import keep_every_member, select_by_ratio  # noqa:
 from onnxprune.report.stats import model_stats  # noqa: E402
 from onnxprune.report.summary import Progress  # noqa: E402
 from onnxprune.transform.rewrite import rewrite  # noqa: E402
+
+
+def accuracy(model, x, y) -> float:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    pred = np.concatenate([sess.run(None, {name: x[i:i + 64]})[0].argmax(1) for i in range(0, len(x), 64)])
+    return float((pred == y).mean())
 
 
 class Case:
@@ -91,12 +98,16 @@ class Case:
                               original=self.loaded.original, knapsack_value=value)
         return res.kept
 
-    def evaluate(self, kept: dict, test) -> dict:
+    def build(self, kept: dict):
+        """The rewritten model of ``kept``, checked against the mask oracle, compensated."""
         plan_ = Plan(kept)
         rw = rewrite_and_check(self.loaded, plan_, self.progress)
         verify(self.loaded, plan_, rw.model, self.progress)  # raises on a mismatch with the mask oracle
         comp = compensate(self.loaded, self.scored, plan_, rw.model, self.config, self.progress)
-        model = comp.model if comp.applied else rw.model
+        return comp.model if comp.applied else rw.model
+
+    def evaluate(self, kept: dict, test) -> dict:
+        model = self.build(kept)
         widths = {g.id: len(kept[g.id]) if g.id in kept else g.size for g in self.loaded.analysis.prunable_groups}
         return dict(accuracy=accuracy(model, *test), macs=model_stats(model, self.loaded.input_shapes).macs / self.base,
                     widths={g.name: [widths[g.id], g.size] for g in self.loaded.analysis.prunable_groups})

@@ -1,5 +1,6 @@
-"""--knapsack-value energy: each channel's share of its consumers' output energy, summed over the
-consumers (scoring/energy.py), computed by hand on a small graph."""
+"""--knapsack-value energy: per consumer, the share of its output energy each channel carries
+(scoring/energy.py); a width's value is the log of the share each consumer keeps, summed over the
+consumers. Computed by hand on a small graph."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,10 @@ W2 = np.array([[1.0, 0.0, 1.0 / 3.0], [0.0, 1.0, 0.0]])  # consumer 1 (out x in)
 W3 = np.array([[2.0, 0.5, 0.0]])                         # consumer 2: column norms^2 4, 1/4, 0
 # consumer 1: var x col = 1, 4, 1 (total 6) -> shares 1/6, 4/6, 1/6
 # consumer 2: var x col = 4, 1, 0 (total 5) -> shares 0.8, 0.2, 0
-EXPECTED = np.array([1 / 6 + 0.8, 4 / 6 + 0.2, 1 / 6])
+SHARES = np.array([[1 / 6, 4 / 6, 1 / 6], [0.8, 0.2, 0.0]])
+# kept in vbp's order (channel 2, then 1, then 0): consumer 1 keeps 1/6, 5/6, 1; consumer 2 keeps 0 (the
+# floor 1e-6), 0.2, 1
+EXPECTED = np.array([np.log(1 / 6) + np.log(1e-6), np.log(5 / 6) + np.log(0.2), 0.0])
 
 
 def two_consumers():
@@ -39,19 +43,18 @@ def scored(scorer="vbp"):
     return a, score_groups(a, scorer, context=ctx)
 
 
-def test_energy_shares_are_summed_over_consumers():
+def test_energy_value_sums_the_log_kept_share_over_consumers():
     a, scores = scored()
     g = group_at(a, "w1", 0)
     np.testing.assert_allclose(scores[g.id], SD ** 2, rtol=1e-6)  # vbp: the variances
-    np.testing.assert_allclose(scores.energy[g.id], EXPECTED, rtol=1e-6)
+    np.testing.assert_allclose(scores.energy[g.id], SHARES, rtol=1e-6, atol=1e-12)
     (c,) = group_choices([g], scores, value="energy")
-    # kept in vbp's order (channel 2, then 1, then 0); item i keeps the top i+1
     np.testing.assert_array_equal(c.order, [2, 1, 0])
-    np.testing.assert_allclose(c.values, np.cumsum(EXPECTED[[2, 1, 0]]), rtol=1e-6)
-    assert c.values[-1] == pytest.approx(2.0)  # two consumers: a whole group is worth 2
-    # LAMP would price the top channel at 1 of 1 + 4/13 + 1/14; energy says it carries 1/6 of 2
+    np.testing.assert_allclose(c.values, EXPECTED, rtol=1e-6, atol=1e-12)
+    # the highest-variance channel alone starves consumer 2: keeping it alone is worth far less
+    # than LAMP says (LAMP prices the top channel at 1 of 1 + 4/13 + 1/14 by the variances alone)
     lamp = group_choices([g], scores)[0].values
-    assert lamp[0] / lamp[-1] > 0.6 and c.values[0] / c.values[-1] < 0.1
+    assert lamp[0] / lamp[-1] > 0.6 and c.values[0] < -15
 
 
 def test_energy_value_needs_activation_statistics():

@@ -61,7 +61,7 @@ def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], rou
         lamp[g.frozen] = lamp.max() + 1.0  # frozen first in order; their value is a constant offset
         order = keep_order(g, lamp)
         if value == "energy":
-            vals = np.cumsum(channel_values(g, s, scores, value)[order])
+            vals = energy_values(g, s, scores, order)
         else:
             vals = cumulative_keep_values(lamp)
         widths = allowed_widths(g, round_to)
@@ -70,18 +70,21 @@ def group_choices(groups: list[ChannelGroup], scores: dict[int, np.ndarray], rou
     return out
 
 
-def channel_values(g: ChannelGroup, s: np.ndarray, scores, value: str) -> np.ndarray:
-    """Per-channel knapsack values for ``energy``: the shares of the consumers' output energy each
-    channel carries, summed over its consumers (scoring/energy.py; ``vbp`` computes them). A group
-    whose consumers have no constant weight (attention's MatMuls) gets its channels' shares of the
-    group's score total (it counts as one consumer)."""
+ENERGY_FLOOR = 1e-6  # a consumer left with less of its output energy than this counts as this (log 0)
+
+
+def energy_values(g: ChannelGroup, s: np.ndarray, scores, order: np.ndarray) -> np.ndarray:
+    """``energy``: for the top i+1 channels of ``order``, sum over the group's consumers of the log of
+    the share of the consumer's output energy they keep (scoring/energy.py). A group whose consumers
+    have no constant weight (attention's MatMuls) counts as one consumer of its score shares."""
     energy = getattr(scores, "energy", None)
     if energy is None:
-        raise OnnxPruneError(f"knapsack value {value!r} needs activation statistics: use --scorer vbp")
+        raise OnnxPruneError("knapsack value 'energy' needs activation statistics: use --scorer vbp")
     e = energy.get(g.id)
     if e is None:
-        return s / max(float(s.sum()), 1e-300)
-    return np.asarray(e, dtype=np.float64)
+        e = (s / max(float(s.sum()), 1e-300))[None, :]
+    kept = np.cumsum(np.asarray(e, dtype=np.float64)[:, order], axis=1)
+    return np.log(np.maximum(kept, ENERGY_FLOOR)).sum(0)
 
 
 def align_widths(choices: list[GroupChoices], block: int, min_size: int) -> None:

@@ -10,11 +10,18 @@ k carries (channels taken as uncorrelated) is
 
     e_c,k = var_k ||W_c[:, k]||^2 / sum_j var_j ||W_c[:, j]||^2
 
-and a channel's value is the sum over the consumers that read it, sum_c e_c,k. Removing a set R
-costs the summed shares sum_c sum_{k in R} e_c,k: every consumer counts once, whatever its layer's
-scale, so a channel of a residual stream read by five convs is worth five times a channel read by
-one, and removing the same share of a flat group costs every consumer alike. ``--compensate
-lstsq`` then restores part of the removed energy (what the kept channels predict of it).
+The knapsack value of keeping the set K of a group is the log of the share each consumer keeps,
+summed over the group's consumers:
+
+    V(K) = sum_c log( sum_{k in K} e_c,k )
+
+Every consumer counts once, whatever its layer's scale, so a residual stream read by five convs
+weighs five times a group read by one. The log is LAMP's own form: SP-LAMP's cumulative scores
+sum_u s_u / sum_{v >= u} s_v are a first-order sum of -log of the share kept (for n flat channels,
+keeping w costs H_n - H_w ~ log(n / w)), and as with LAMP, emptying a group costs without bound.
+A linear value (sum of the shares, no log) was tried first and emptied a MobileNetV2 layer
+(benchmarks/knapsack_value.py). ``--compensate lstsq`` then restores part of the removed energy
+(what the kept channels predict of it).
 """
 from __future__ import annotations
 
@@ -48,10 +55,10 @@ def consumer_column_energies(analysis: Analysis, space, out_scales: dict) -> lis
 
 
 def channel_energy_shares(analysis: Analysis, group: ChannelGroup, stats: dict, out_scales: dict) -> np.ndarray | None:
-    """sum_c e_c,k per canonical channel of ``group`` over its consumers (module docstring); None
-    where no consumer has a constant weight (attention's MatMuls of two activations)."""
+    """e_c,k for every consumer c (rows) and canonical channel k of ``group`` (module docstring);
+    each row sums to 1. None where no consumer has a constant weight (attention's MatMuls)."""
     members = {(m.tensor, m.axis): m for m in group.members}
-    total, found = np.zeros(group.size), False
+    rows = []
     for sp, st in stats.items():
         if sp not in members or analysis.space_group.get(sp) != group.id:
             continue
@@ -61,6 +68,5 @@ def channel_energy_shares(analysis: Analysis, group: ChannelGroup, stats: dict, 
                 continue
             e = np.bincount(members[sp].index_map, weights=var * col, minlength=group.size)
             if e.sum() > 0:
-                total += e / e.sum()
-                found = True
-    return total if found else None
+                rows.append(e / e.sum())
+    return np.array(rows) if rows else None
