@@ -10,8 +10,9 @@ split: models/trained/vision.load_eval). Same scorer and compensation everywhere
 Per model and latency budget b in 0.7x / 0.5x:
 1. latency budget: `prune(budget="bx")` (op-level latency model, coupled knapsack, closed loop),
    once per knapsack value in --values (`lamp`, the default, and `energy`);
-2. uniform ratio: a grid of models whose MACs are 0.7-1.5x the budget model's (the ratio found by
-   bisection on MACs, which need no timing); MACs budget: `--macs` budgets on the same grid;
+2. uniform ratio: a grid of 6 models whose MACs run in geometric steps from 0.75x the least to
+   1.35x the most MACs of the budget models (the ratio found by bisection on MACs, which need no
+   timing); MACs budget: `--macs` budgets on the same grid;
    every one rewritten, checked against the mask oracle, compensated, its test accuracy measured;
 3. one side-by-side timing of the original, the budget models and every grid model (one process,
    order rotated each round);
@@ -51,11 +52,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--budgets", nargs="*", type=float, default=[0.7, 0.5])
     ap.add_argument("--values", nargs="*", default=["lamp", "energy"], help="the latency budget's knapsack values")
-    ap.add_argument("--grid", nargs="*", type=float, default=[0.7, 0.85, 1.0, 1.2, 1.5],
-                    help="MACs of the uniform / MACs-budget models, x the first budget model's MACs")
+    ap.add_argument("--grid", type=int, default=6, help="uniform / MACs-budget models per method")
+    ap.add_argument("--span", nargs=2, type=float, default=[0.75, 1.35], metavar=("LO", "HI"),
+                    help="their MACs: geometric steps from LO x the least to HI x the most MACs of the budget models")
     ap.add_argument("--min-macs", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latency_accuracy.json")
     ap.add_argument("--resume", action="store_true", help="skip cases already in --out; keep their entries")
+    ap.add_argument("--table", action="store_true", help="print the README table of --out and exit")
     return ap.parse_args()
 
 
@@ -64,6 +67,8 @@ if __name__ == "__main__":
 
 
 import onnxprune  # noqa: E402
+import numpy as np  # noqa: E402
+
 from common import load_avg, read_results  # noqa: E402
 from knapsack_value import Case, accuracy  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
@@ -128,10 +133,10 @@ def budget_models(path: str, b: float, kw: dict, values: list[str], test) -> dic
     return out
 
 
-def grid_models(case: Case, base_macs: float, grid: list[float], test) -> dict:
+def grid_models(case: Case, macs: list[float], args, test) -> dict:
     out = {"ratio": [], "macs": []}
-    for f in grid:
-        m = min(base_macs * f, 0.98)
+    for m in np.geomspace(min(macs) * args.span[0], min(max(macs) * args.span[1], 0.98), args.grid):
+        m = float(m)
         r, kept = uniform_at(case, m)
         for method, k, knob in (("ratio", kept, r), ("macs", macs_at(case, m), m)):
             model = case.build(k)
@@ -149,7 +154,7 @@ def run_case(name: str, b: float, calib: str, test, cache: str, args) -> dict:
     if not ok:
         raise OnnxPruneError("; ".join(budgets[v]["error"] for v in args.values))
     case = Case(name, calib)
-    grid = grid_models(case, budgets[ok[0]]["macs"], args.grid, test)
+    grid = grid_models(case, [budgets[v]["macs"] for v in ok], args, test)
     orig = onnxprune.prune(path, ratio=0.0, verify=False, latency=False, heads=vit, embed_dim=vit).model
     models = [orig] + [budgets[v]["model"] for v in ok] + [p["model"] for meth in ("ratio", "macs") for p in grid[meth]]
     feed = {orig.graph.input[0].name: test[0][:1]}
@@ -190,7 +195,39 @@ def wins(cases: list[dict], value: str) -> tuple[int, int]:
     return n, len(done)
 
 
+def table(cases: list[dict], values: list[str]) -> str:
+    """Markdown: per case and knapsack value, the budget model's accuracy (ms) and the uniform and
+    MACs-budget accuracy interpolated at its latency (the bracketing grid latencies)."""
+    rows = ["| model | budget | value | latency budget: acc (ms, MACs) | uniform ratio at that latency | "
+            "MACs budget at that latency | wins |", "|---|---|---|---|---|---|---|"]
+    for c in cases:
+        head = f"| {c['model']} ({c['original']['accuracy']:.3f}, {c['original']['ms']:.2f} ms) | {c['budget']}x"
+        for v in values:
+            r = c["budgets"].get(v)
+            if r is None:
+                continue
+            if "error" in r:
+                rows.append(f"{head} | {v} | refused: {r['error']} | | | |")
+                continue
+            eq = r["at_equal_latency"]
+            cells = []
+            for meth in ("ratio", "macs"):
+                e = eq[meth]
+                where = "nearest, not bracketed" if e["extrapolated"] else f"{e['bracket'][0]:.2f}-{e['bracket'][1]:.2f} ms"
+                cells.append(f"{e['accuracy']:.3f} ({where})")
+            win = r["accuracy"] > max(eq[m]["accuracy"] for m in ("ratio", "macs"))
+            rows.append(f"{head} | {v} | {r['accuracy']:.3f} ({r['ms']:.2f} ms, x{r['macs']:.2f}) | {cells[0]} | "
+                        f"{cells[1]} | {'yes' if win else 'no'} |")
+    return "\n".join(rows)
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.table:
+        cases = [c for c in read_results(args.out, "cases") if "error" not in c]
+        print(table(cases, args.values))
+        for v in args.values:
+            print(f"{v}: wins in %d of %d cases" % wins(cases, v))
+        return
     import vision  # models/trained (torch): the calibration file and the test split
 
     todo = [(m, b) for m in args.models for b in args.budgets]
