@@ -1,14 +1,26 @@
 """Shared by the benchmark scripts: repository paths and the on-demand full-size exports."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = ROOT / "models" / "onnx" / "full"  # full-size exports, never committed
+TRAINED = ROOT / "models" / "trained"  # trained digits models (+ their eval split helpers)
+TRAINED_MODELS = ("resnet", "mobilenetv2", "convnext", "vit")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(TRAINED) not in sys.path:  # last: its vision/text/train modules never shadow another script's imports
+    sys.path.append(str(TRAINED))
+
+
+def trained_models_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a benchmark over the trained digits models, with ``--models``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(TRAINED_MODELS))
+    return ap
 
 
 def ensure_full_model(name: str, exporter: str = "ts") -> Path:

@@ -22,20 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(HERE), str(ROOT / "models" / "trained")]
-MODELS = ("resnet", "mobilenetv2", "convnext", "vit")
+from common import ROOT, trained_models_parser  # noqa: E402  (puts ROOT, models/trained on sys.path)
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap = trained_models_parser(__doc__)
     ap.add_argument("--macs", nargs="*", type=float, default=[0.5, 0.25])
     ap.add_argument("--values", nargs="*", default=["lamp", "members", "energy"])
     ap.add_argument("--out", type=Path, default=HERE / "results" / "knapsack_value.json")

@@ -37,19 +37,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(HERE), str(ROOT / "models" / "trained")]
-MODELS = ("resnet", "mobilenetv2", "convnext", "vit")
+from common import ROOT, trained_models_parser  # noqa: E402  (puts ROOT, models/trained on sys.path)
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap = trained_models_parser(__doc__)
     ap.add_argument("--budgets", nargs="*", type=float, default=[0.7, 0.5])
     ap.add_argument("--values", nargs="*", default=["lamp", "energy"], help="the latency budget's knapsack values")
     ap.add_argument("--grid", type=int, default=6, help="uniform / MACs-budget models per method")

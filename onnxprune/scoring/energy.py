@@ -28,30 +28,14 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analysis.groups import Analysis, ChannelGroup
-from onnxprune.analysis.rules import rule_for
-from onnxprune.scoring.recon import consumer_weight
+from onnxprune.scoring.recon import consumer_weights
 
 
 def consumer_column_energies(analysis: Analysis, space, out_scales: dict) -> list[np.ndarray]:
     """Per group-1 consumer with a constant weight that reads ``space``: the squared norm of the
     weight column of every input position (rows scaled by the BN after the consumer)."""
-    view = analysis.view
-    tensor, axis = space
-    out = []
-    for k, res in analysis.node_results.items():
-        if space not in res.mixes:
-            continue
-        node = view.nodes[k]
-        rule = rule_for(node)
-        target = rule.compensation_target(node, view, tensor, axis) if rule is not None else None
-        if target is None or target.groups != 1 or node.input[target.weight_input] not in view.consts:
-            continue
-        W = consumer_weight(view, node, target)
-        scale = out_scales.get(node.input[target.weight_input])
-        if scale is not None and len(scale) == W.shape[0]:
-            W = W * scale.reshape((-1,) + (1,) * (W.ndim - 1))
-        out.append(np.square(np.moveaxis(W, 1, 0).reshape(W.shape[1], -1)).sum(1))
-    return out
+    return [np.square(np.moveaxis(W, 1, 0).reshape(W.shape[1], -1)).sum(1)
+            for W in consumer_weights(analysis, space, out_scales, const_only=True)]
 
 
 def channel_energy_shares(analysis: Analysis, group: ChannelGroup, stats: dict, out_scales: dict) -> np.ndarray | None:

@@ -70,12 +70,12 @@ def consumer_output_scales(analysis: Analysis) -> dict[str, np.ndarray]:
     return out
 
 
-def consumer_rows(analysis: Analysis, space, out_scales: dict | None = None) -> np.ndarray | None:
-    """Rows (out x taps, P) of every group-1 consumer reading ``space``, each output row scaled by
-    the BN after the consumer where ``out_scales`` has one; None if there is none."""
+def consumer_weights(analysis: Analysis, space, out_scales: dict | None = None, const_only: bool = False):
+    """The weight (out, in, taps...) of every group-1 consumer reading ``space``, each output row
+    scaled by the BN after the consumer where ``out_scales`` has one (``const_only``: only consumers
+    whose weight is an initializer)."""
     view = analysis.view
     t, a = space
-    rows = []
     for k, res in analysis.node_results.items():
         if space not in res.mixes:
             continue
@@ -84,11 +84,19 @@ def consumer_rows(analysis: Analysis, space, out_scales: dict | None = None) -> 
         target = rule.compensation_target(node, view, t, a) if rule is not None else None
         if target is None or target.groups != 1:
             continue
+        if const_only and node.input[target.weight_input] not in view.consts:
+            continue
         W = consumer_weight(view, node, target)
         scale = (out_scales or {}).get(node.input[target.weight_input])
         if scale is not None and len(scale) == W.shape[0]:
             W = W * scale.reshape((-1,) + (1,) * (W.ndim - 1))
-        rows.append(np.moveaxis(W, 1, -1).reshape(-1, W.shape[1]))
+        yield W
+
+
+def consumer_rows(analysis: Analysis, space, out_scales: dict | None = None) -> np.ndarray | None:
+    """Rows (out x taps, P) of every group-1 consumer reading ``space``, each output row scaled by
+    the BN after the consumer where ``out_scales`` has one; None if there is none."""
+    rows = [np.moveaxis(W, 1, -1).reshape(-1, W.shape[1]) for W in consumer_weights(analysis, space, out_scales)]
     return np.concatenate(rows) if rows else None
 
 
