@@ -48,7 +48,7 @@ OPT_IN_MIN_MACS = 0.05
 
 
 def run_case(path: Path, budget: float, cache: Path, threads, transformer: bool,
-             knapsack_value: str = "lamp") -> dict:
+             knapsack_value: str | None = None) -> dict:
     """One budget. Transformers prune heads and the residual stream too (--heads --embed-dim: MLP
     neurons alone cannot reach 0.6x). A refusal under the default x0.2 MACs floor is recorded, and
     the case rerun as a user who asks for that little would (--min-macs 0.05)."""
@@ -73,7 +73,7 @@ def run_case(path: Path, budget: float, cache: Path, threads, transformer: bool,
     macs_ratio = res.report.pruned.macs / res.report.baseline.macs
     speedup = b.baseline / b.measured
     info = b.latency_model_info or {}
-    return dict(budget=budget, knapsack_value=knapsack_value, load_before=load_before, load_after=load_avg(),
+    return dict(budget=budget, knapsack_value=res.report.budget.knapsack_value, load_before=load_before, load_after=load_avg(),
                 refused_at_default_min_macs=refused, budget_ms=b.budget, baseline_ms=b.baseline, iterations=its, solves=len(its),
                 first_measured_over_budget=its[0]["measured"] / b.budget,
                 first_predicted_over_measured=its[0]["predicted"] / its[0]["measured"],
@@ -110,7 +110,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--budgets", nargs="*", type=float, default=[0.8, 0.6, 0.4])
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--knapsack-value", default="lamp", help="prune(knapsack_value=...): lamp (default) or members")
+    ap.add_argument("--knapsack-value", default=None, choices=["lamp", "members", "energy"],
+                    help="prune(knapsack_value=...); default: onnxprune's default (members)")
     ap.add_argument("--resume", action="store_true", help="skip cases already in --out; keep their entries")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="latency-model cache (default: a fresh temporary one, so each model's build is timed)")

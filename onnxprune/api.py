@@ -192,7 +192,7 @@ def plan(loaded: LoadedModel, scored: Scored, config: PruneConfig, progress: Pro
                                global_rank=t.global_rank, round_to=t.round_to)
         return Plan(keep_every_member(analysis.groups, kept, scored.scores))
     plan_kw = dict(original=loaded.original, provider=rt.provider, threads=rt.threads, round_to=t.round_to,
-                   knapsack_value=t.knapsack_value, latency_model=rt.latency_model, cache_dir=rt.cache_dir,
+                   knapsack_value=t.value, latency_model=rt.latency_model, cache_dir=rt.cache_dir,
                    min_macs=t.min_macs,
                    use_cache=rt.use_cache, latency_cmd=rt.latency_cmd, progress=progress)
     try:
@@ -266,7 +266,7 @@ def budget_report(plan_: Plan, config: PruneConfig) -> BudgetReport | None:
         # a sum of per-group deltas can fall below zero where latency is not additive (tiny,
         # overhead-bound models): no prediction then, the loop measured
         predicted=res.predicted if res.predicted > 0 else None, measured=res.measured, met=res.met,
-        iterations=res.iterations, round_to=t.round_to, stages=t.stages, knapsack_value=t.knapsack_value,
+        iterations=res.iterations, round_to=t.round_to, stages=t.stages, knapsack_value=t.value,
         latency_model=latency_model, **info)
     if not res.met:
         raise OnnxPruneError(
@@ -414,8 +414,9 @@ def prune(model, config: PruneConfig | None = None, *, progress: Progress | None
     ("50%", "1.2G", "3M") or ``peak_memory`` ("3.6MB", "50%"): a group knapsack over LAMP-normalized
     scores (use ``scorer="sp-lamp"`` for the paper's method) with a measured, cached, position-aware
     latency table (``latency_model="macs"`` for an analytic estimate), then a closed loop on the
-    written model (``knapsack_value="members"`` weights each group's values by its number of weight
-    members: better accuracy without fine-tuning, see planning/choices.group_choices). ``round_to``
+    written model. The knapsack keeps most of ``knapsack_value``: "members" (the default) weights each
+    group's values by its number of weight members (more accuracy without fine-tuning), "lamp" is the
+    paper's plain sum, "energy" (vbp) the consumers' output energy; see planning/choices.group_choices. ``round_to``
     keeps channel counts at multiples of N (or "auto": widest width of each measured latency step);
     ``stages`` reaches the budget in k steps, re-scoring and re-measuring on the model pruned so far
     (SP-LAMP Sec. 3.3).

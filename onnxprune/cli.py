@@ -90,12 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--macs", metavar="M", help="MACs budget: 50%%, 0.5x or 1.2G / 300M")
     p.add_argument("--params", metavar="P", help="parameter budget: 50%%, 0.5x or 3M / 500K")
     p.add_argument("--peak-memory", metavar="B", help="peak activation memory budget: 3.6MB, 512KiB or 50%%")
-    p.add_argument("--knapsack-value", choices=["lamp", "members", "energy"], default="lamp",
-                   help="budgets: what the knapsack keeps most of. lamp (default): the SP-LAMP paper's sum of "
-                        "LAMP-normalized scores; members: each group's values times its number of weight members "
-                        "(residual streams count for every layer they feed: better accuracy without fine-tuning); "
-                        "energy (--scorer vbp): each channel's share of every consumer's output energy, summed "
-                        "over its consumers")
+    p.add_argument("--knapsack-value", choices=["lamp", "members", "energy"], default=None,
+                   help="budgets: what the knapsack keeps most of. members (default): each group's LAMP-normalized "
+                        "values times its number of weight members (residual streams count for every layer they "
+                        "feed: more accuracy without fine-tuning); lamp: the SP-LAMP paper's sum of LAMP-normalized "
+                        "scores; energy (--scorer vbp): each channel's share of every consumer's output energy, "
+                        "summed over its consumers")
     p.add_argument("--round-to", type=_round_to, default=None, metavar="N|auto",
                    help="keep channel counts at multiples of N (hardware-friendly widths); 'auto': with a "
                         "latency budget, keep the widest width of each measured latency step")

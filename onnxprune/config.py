@@ -13,7 +13,7 @@ import numpy as np
 from onnxprune.errors import OnnxPruneError
 from onnxprune.model.shapes import parse_input_shapes
 from onnxprune.planning.budget import BudgetSpec, parse_budget_spec
-from onnxprune.planning.choices import KNAPSACK_VALUES
+from onnxprune.planning.choices import DEFAULT_KNAPSACK_VALUE, KNAPSACK_VALUES
 from onnxprune.scoring.calibration import COMPENSATE_CHOICES, parse_preprocess
 from onnxprune.scoring.registry import NEEDS_CALIB, SCORERS
 
@@ -31,8 +31,13 @@ class TargetConfig:
     budget: BudgetSpec | None = None
     round_to: int | str | None = None
     stages: int = 1
-    knapsack_value: str = "lamp"
+    knapsack_value: str | None = None  # None: DEFAULT_KNAPSACK_VALUE for a budget
     min_macs: float = 0.2  # a latency budget refuses a result with fewer MACs than this share (issue #11)
+
+    @property
+    def value(self) -> str:
+        """The budget knapsack's value: the one asked for, else the default."""
+        return self.knapsack_value or DEFAULT_KNAPSACK_VALUE
 
 
 @dataclass(frozen=True)
@@ -146,9 +151,9 @@ def _check_target(t: TargetConfig) -> None:
         raise OnnxPruneError(f"stages must be an integer >= 1, got {t.stages!r}")
     if t.stages > 1 and t.budget is None:
         raise OnnxPruneError("--stages applies to budgets, not to --ratio")
-    if t.knapsack_value not in KNAPSACK_VALUES:
+    if t.knapsack_value is not None and t.knapsack_value not in KNAPSACK_VALUES:
         raise OnnxPruneError(f"knapsack value must be one of {', '.join(KNAPSACK_VALUES)}, got {t.knapsack_value!r}")
-    if t.knapsack_value != "lamp" and t.budget is None:
+    if t.knapsack_value is not None and t.budget is None:
         raise OnnxPruneError("--knapsack-value applies to budgets (--budget, --macs, --params, --peak-memory)")
     if not (isinstance(t.min_macs, (int, float)) and 0.0 <= t.min_macs <= 1.0):
         raise OnnxPruneError(f"--min-macs must be a share in [0, 1], got {t.min_macs!r}")
@@ -212,7 +217,7 @@ def config_from_keywords(*, ratio: float | None = None, ratio_dw: float | None =
                          per_position: bool = False, seed: int = 0, budget=None, macs=None, params=None,
                          peak_memory=None, round_to=None, latency_model: str | None = None, cache_dir=None,
                          use_cache: bool = True, latency_cmd: str | None = None, batch: int | None = None,
-                         stages: int = 1, knapsack_value: str = "lamp", min_macs: float = 0.2) -> PruneConfig:
+                         stages: int = 1, knapsack_value: str | None = None, min_macs: float = 0.2) -> PruneConfig:
     """The keyword options of ``onnxprune.prune`` as a validated PruneConfig (a ratio of 0.3 when
     neither a ratio nor a budget is given)."""
     spec = budget_spec(budget, macs, params, peak_memory)

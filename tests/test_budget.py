@@ -248,6 +248,24 @@ def test_knapsack_value_members_weights_groups_by_their_weight_members():
         config_from_keywords(ratio=0.3, knapsack_value="members", **kw)
 
 
+def test_budget_knapsack_value_defaults_to_members_and_the_report_says_so():
+    """A budget without --knapsack-value solves the members-weighted knapsack (the default since it
+    kept more accuracy at equal latency, README Budgets) and records it; --ratio records none."""
+    import onnxprune
+
+    path = str(ROOT / "models" / "onnx" / "resnet18.ts.onnx")
+    kw = dict(macs="50%", verify=False, latency=False)
+    default = onnxprune.prune(path, **kw)
+    members = onnxprune.prune(path, knapsack_value="members", **kw)
+    lamp = onnxprune.prune(path, knapsack_value="lamp", **kw)
+    assert default.report.budget.knapsack_value == "members"
+    assert lamp.report.budget.knapsack_value == "lamp"
+    widths = {r: {g: len(k) for g, k in res.kept.items()} for r, res in
+              (("default", default), ("members", members), ("lamp", lamp))}
+    assert widths["default"] == widths["members"]
+    assert widths["default"] != widths["lamp"]  # the two objectives keep different widths here
+
+
 def overhead_bound_timer(model: str, fixed_ms: float) -> str:
     """A --latency-cmd whose "latency" is deterministic: `fixed_ms` of overhead plus the rest in
     proportion to the candidate's file size (its weights), 1 ms for `model` itself. No timing noise,

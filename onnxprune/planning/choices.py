@@ -14,6 +14,9 @@ from onnxprune.scoring.lamp import cumulative_keep_values, sp_lamp_scores
 from onnxprune.scoring.registry import is_lamp_normalized
 
 KNAPSACK_VALUES = ("lamp", "members", "energy")
+# a budget's default: members kept more test accuracy at equal measured latency in 6 of 8 cases, the
+# paper's lamp in 2 (README, Budgets; benchmarks/latency_accuracy.py)
+DEFAULT_KNAPSACK_VALUE = "members"
 
 
 @dataclass
