@@ -93,8 +93,10 @@ def test_timed_run_rewarms_with_one_untimed_run(tmp_path, feeds):
 
 def test_measure_stops_when_the_medians_are_known(feeds):
     models = [matmul_chain([8]), matmul_chain([16])]
-    loose = measure_latencies(models, feeds, warmup=1, time_budget_s=None, rel_halfwidth=0.5)
-    assert [s.n for s in loose] == [8, 8]  # a 50% interval is reached at the first check
+    # any interval within 10x the median is reached at the first check (8 rounds). At 50%, one
+    # interrupted run of a microsecond model among 8 (the CI spans min..max) failed it on a quiet machine
+    loose = measure_latencies(models, feeds, warmup=1, time_budget_s=None, rel_halfwidth=10.0)
+    assert [s.n for s in loose] == [8, 8]
     full = measure_latencies(models, feeds, warmup=1, time_budget_s=None, min_time_s=0.0)
     assert all(s.n >= 50 for s in full)  # without it, the fixed round count
 

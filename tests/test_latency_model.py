@@ -187,6 +187,33 @@ def test_fixture_end_to_end_structure(tmp_path):
     assert len(points) == 2 and all(p.measured_ms > 0 and np.isfinite(p.predicted_ms) for p in points)
 
 
+def test_plan_designs_are_knapsack_plans_and_timed_plain(tmp_path):
+    """The build's second phase measures the knapsack's own plans on a first fit: each within its
+    level of the predicted unpruned latency, at the default alignment, and each timed plain."""
+    from onnxprune.api import analyze_model
+    from onnxprune.planning.choices import ALIGN_BLOCK, ALIGN_MIN_SIZE
+    from onnxprune.profiling.latency_model import measure_and_fit, plan_widths
+
+    analysis = analyze_model(str(FIXTURES / "resnet18.ts.onnx"))
+    groups = analysis.prunable_groups[:6]
+    m, data = measure_and_fit(analysis, groups, threads=1, n_designs=9, n_plans=3, time_cap_s=10, key="t")
+    assert len(data.runs) == 12 and data.widths.shape == (12, 6)
+    assert {9, 10, 11} <= set(data.plain_ms) and not data.typical[9:].any()
+    assert m.n_designs == 12
+    full = m.predict({})
+    plans = plan_widths(m, analysis, groups, 4, seed=1)
+    targets = [t for t, _ in plans]
+    predicted = [m.predict(w) for _, w in plans]
+    assert targets[0] == pytest.approx(0.9 * full) and all(a > b for a, b in zip(targets, targets[1:]))
+    for (target, w), p in zip(plans, predicted):
+        assert p <= target * (1 + 1e-9)
+        for g in groups:
+            assert 1 <= w[g.id] <= g.size
+            if g.size >= ALIGN_MIN_SIZE:
+                assert w[g.id] % ALIGN_BLOCK == 0 or w[g.id] in (g.size, max(1, int(g.frozen.sum())))
+    assert predicted[0] > predicted[-1]
+
+
 def test_alignment_regime_is_learned():
     """ORT runs a conv in NCHWc when its input width is a multiple of 8: a different cost there."""
     rng = np.random.default_rng(8)
@@ -284,3 +311,39 @@ def test_depthwise_fast_path_at_multiples_of_4():
     assert fit.align_block == 4
     held = np.arange(14, 97, dtype=float)[:, None]
     assert np.median(np.abs(fit.predict(held) / truth(held) - 1)) < 0.05
+
+
+def test_width_correction_recovers_a_planted_linear_term_and_refuses_noise():
+    from onnxprune.profiling.latency_fit import width_correction
+    rng = np.random.default_rng(0)
+    n = 30
+    u = rng.uniform(0.2, 1.0, size=(n, 2))
+    X = np.column_stack([np.ones(n), u])
+    mapped = 5.0 + 10.0 * u.mean(1)
+    full = 15.0
+    planted = np.array([0.02, 0.05, -0.08])
+    plain = mapped + full * X @ planted + rng.normal(0, 0.01, n)
+    c = width_correction(plain, mapped, X, full)
+    assert c is not None and np.allclose(c, planted, atol=0.01)
+    # nothing but noise: left-out designs are not predicted better, so no correction
+    assert width_correction(mapped * (1 + rng.normal(0, 0.02, n)), mapped, X, full) is None
+    assert width_correction(plain[:8], mapped[:8], X[:8], full) is None  # too few designs for 3 terms
+
+
+def test_width_correction_is_in_the_solver_terms(tmp_path):
+    """A model with a width correction: predict() and the terms the coupled knapsack sums agree."""
+    from onnxprune.profiling.latency_fit import NodeModel, Presence, TimeFit
+    from onnxprune.profiling.latency_model import OpLatencyModel
+
+    node = NodeModel("n", "segment", (0, 1), Presence(), TimeFit(blocks=(1, 1), coef=(0.5, 0.01, 0.02, 0.0), pairs=True))
+    m = OpLatencyModel(key="k", provider="cpu", threads=None, input_shapes={}, group_ids=[7, 9],
+                       group_sizes={7: 16, 9: 32}, nodes=[node], fixed_ms=1.0, scale=1.0, baseline_ms=2.0,
+                       width_ms={7: 0.03, 9: -0.01})
+    w = {7: 5, 9: 20}
+    base = OpLatencyModel(**{**m.__dict__, "width_ms": {}})
+    assert m.predict(w) == pytest.approx(base.predict(w) + 0.03 * 5 - 0.01 * 20)
+    terms = m.terms()
+    total = m.fixed_ms + sum(float(t.fn(*[w[g] for g in t.groups])) for t in terms)
+    assert total == pytest.approx(m.predict(w))
+    again = OpLatencyModel.from_json(json.loads(json.dumps(m.to_json())))
+    assert again.predict(w) == pytest.approx(m.predict(w))

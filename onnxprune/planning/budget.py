@@ -12,8 +12,8 @@ import numpy as np
 
 from onnxprune.analysis.groups import Analysis
 from onnxprune.errors import OnnxPruneError
-from onnxprune.planning.choices import (GroupChoices, align_widths, format_metric, group_choices, kept_for,
-                                        kept_fractions, solve_budget)
+from onnxprune.planning.choices import (ALIGN_BLOCK, ALIGN_MIN_SIZE, GroupChoices, align_widths, format_metric,
+                                        group_choices, kept_for, kept_fractions, solve_budget)
 from onnxprune.planning.coupled import CoupledInstance, solve_coupled_knapsack
 from onnxprune.planning.objectives import (LatencyObjective, MacsShareLatencyCosts, MeasuredLatencyCosts, Objective,
                                            OpModelLatencyCosts, PeakMemoryObjective, latency_meter, macs_objective,
@@ -296,7 +296,6 @@ def meet_objective(choices: list[GroupChoices], objective: Objective, baseline: 
 
 
 LATENCY_MODELS = ("op", "table", "macs")
-ALIGN_BLOCK, ALIGN_MIN_SIZE = 8, 32
 NOISE_FLOOR = 0.02  # medians are measured to a 95% CI of +-2% at best (profiling/median_ci.py)
 
 

@@ -17,6 +17,7 @@ KNAPSACK_VALUES = ("lamp", "members", "energy")
 # a budget's default: members kept more test accuracy at equal measured latency in 6 of 8 cases, the
 # paper's lamp in 2 (README, Budgets; benchmarks/latency_accuracy.py)
 DEFAULT_KNAPSACK_VALUE = "members"
+ALIGN_BLOCK, ALIGN_MIN_SIZE = 8, 32  # with the op-level model, widths are multiples of 8 in groups of >= 32 (align_widths)
 
 
 @dataclass

@@ -660,3 +660,18 @@ def _lagrangian_search(st: "_State", best: "_Best", budget: float, lam0: float, 
             else:
                 lo, lo_choice = mid, list(st.cur)
     return lo_choice, hi_choice, hi, evals
+
+
+def op_model_instance(model, choices, scale: float = 1.0) -> CoupledInstance:
+    """The coupled knapsack over ``choices``' items (planning/choices.py GroupChoices) priced by an
+    op-level latency model (profiling/latency_model.py: ``fixed_ms`` and ``terms()``): one dense table
+    per model term, indexed by the item index of each group it touches (ms times ``scale``)."""
+    index = {c.group.id: k for k, c in enumerate(choices)}
+    fixed, terms = scale * model.fixed_ms, []
+    for t in model.terms():
+        if not t.groups:
+            fixed += scale * float(np.sum(t.fn()))
+            continue
+        grids = np.meshgrid(*[choices[index[g]].widths.astype(np.float64) for g in t.groups], indexing="ij")
+        terms.append(CostTerm(tuple(index[g] for g in t.groups), scale * np.asarray(t.fn(*grids))))
+    return CoupledInstance([c.values for c in choices], terms, fixed)

@@ -18,7 +18,7 @@ import onnx
 from onnxprune.analysis.graph import random_feeds
 from onnxprune.analysis.groups import Analysis
 from onnxprune.planning.choices import GroupChoices, snap_to_steps
-from onnxprune.planning.coupled import CostTerm, CoupledInstance
+from onnxprune.planning.coupled import CoupledInstance, op_model_instance
 from onnxprune.profiling.cost import macs_terms, params_terms, peak_memory, peak_terms, scaled_total
 from onnxprune.profiling.latency_model import OpLatencyModel, build_latency_model
 from onnxprune.profiling.latency_table import build_latency_table, measure_medians
@@ -211,17 +211,8 @@ class OpModelLatencyCosts:
         return self.baseline_ci.median_ms
 
     def instance(self, choices: list[GroupChoices]) -> CoupledInstance:
-        """The coupled knapsack over ``choices``' items: one dense table per model term, indexed
-        by the item index of each group it touches (absolute ms, scaled like :meth:`price`)."""
-        index = {c.group.id: k for k, c in enumerate(choices)}
-        fixed, terms = self.scale * self.model.fixed_ms, []
-        for t in self.model.terms():
-            if not t.groups:
-                fixed += self.scale * float(np.sum(t.fn()))
-                continue
-            grids = np.meshgrid(*[choices[index[g]].widths.astype(np.float64) for g in t.groups], indexing="ij")
-            terms.append(CostTerm(tuple(index[g] for g in t.groups), self.scale * np.asarray(t.fn(*grids))))
-        return CoupledInstance([c.values for c in choices], terms, fixed)
+        """The coupled knapsack over ``choices``' items (absolute ms, scaled like :meth:`price`)."""
+        return op_model_instance(self.model, choices, self.scale)
 
 
 @dataclass
