@@ -22,7 +22,7 @@ Per model and latency budget b in 0.7x / 0.5x:
    the final models were timed again); the grid is timed once, beside the budget model.
 
 Fairness: (2) keeps widths aligned as the latency budget does (multiples of 8 in groups of >= 32
-channels, the nearest multiple: planning/budget.py ALIGN_BLOCK / ALIGN_MIN_SIZE): an unaligned width
+channels, the nearest multiple: planning/choices.py ALIGN_BLOCK / ALIGN_MIN_SIZE): an unaligned width
 falls off ORT's NCHWc path and can be slower than a wider aligned one. The ViT prunes heads and its
 residual stream (--heads --embed-dim) in all three. `--min-macs` (default 0.05 here, the CLI's is
 0.2) lets ConvNeXt reach 0.5x, where it needs MACs x0.05. The load averages are recorded. Timing:
@@ -68,7 +68,8 @@ import numpy as np  # noqa: E402
 from common import load_avg, read_results  # noqa: E402
 from knapsack_value import Case, accuracy  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
-from onnxprune.planning.budget import ALIGN_BLOCK, ALIGN_MIN_SIZE, parse_budget_spec, plan_for_budget  # noqa: E402
+from onnxprune.planning.budget import parse_budget_spec, plan_for_budget  # noqa: E402
+from onnxprune.planning.choices import ALIGN_BLOCK, ALIGN_MIN_SIZE  # noqa: E402
 from onnxprune.planning.ratio import keep_every_member, round_kept_counts, select_by_ratio  # noqa: E402
 from onnxprune.profiling.timing import measure_latencies  # noqa: E402
 

@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from onnxprune.analysis.graph import random_feeds  # noqa: E402
 from onnxprune.api import analyze_model  # noqa: E402
-from onnxprune.planning.budget import ALIGN_BLOCK, ALIGN_MIN_SIZE  # noqa: E402
+from onnxprune.planning.choices import ALIGN_BLOCK, ALIGN_MIN_SIZE  # noqa: E402
 from onnxprune.planning.ratio import keep_every_member, round_kept_counts, select_by_ratio  # noqa: E402
 from onnxprune.profiling.cost import node_macs  # noqa: E402
 from onnxprune.profiling.node_profile import profile_nodes, side_by_side  # noqa: E402
