@@ -255,10 +255,16 @@ class _Meter:
     provider: str
     threads: int | None
     per_design_s: float
-    feeds: dict = field(default_factory=dict)
+    feeds: dict = field(init=False)
 
     def __post_init__(self):
         self.feeds = random_feeds(self.analysis.view, seed=0)
+
+    @classmethod
+    def for_design(cls, analysis: Analysis, provider: str, threads: int | None, n_designs: int,
+                   time_cap_s: float) -> "_Meter":
+        """Each design gets its share of 60% of the cap (at least 0.4 s)."""
+        return cls(analysis, provider, threads, max(0.4, 0.6 * time_cap_s / max(n_designs, 1)))
 
     def measure(self, data: DesignData, widths: dict[int, int], groups: list[ChannelGroup], plain: bool,
                 typical: bool) -> None:
@@ -291,7 +297,7 @@ def measure_design(analysis: Analysis, groups: list[ChannelGroup], n_designs: in
                    threads: int | None, time_cap_s: float, seed: int = 0, progress=None) -> DesignData:
     """Rewrite and profile every design point; stops early (>= 8 designs) when ``time_cap_s`` is spent."""
     t0 = time.perf_counter()
-    meter = _Meter(analysis, provider, threads, max(0.4, 0.6 * time_cap_s / max(n_designs, 1)))
+    meter = _Meter.for_design(analysis, provider, threads, n_designs, time_cap_s)
     data = DesignData(np.zeros((0, len(groups))), [], np.zeros(0, dtype=bool))
     for i, widths in enumerate(design_widths(groups, n_designs, seed)):
         if progress is not None:
@@ -307,8 +313,8 @@ def plan_widths(model: "OpLatencyModel", analysis: Analysis, groups: list[Channe
     """(target ms, widths) where budgets' plans lie: the coupled knapsack's solutions on the model
     itself, at ``n`` targets from 0.9x to 0.3x of its unpruned prediction (or to just above the
     cheapest plan), each with other random channel scores (LAMP-normalized, times the group's
-    members, as the default knapsack value) and the default alignment. Plans cut a few groups to their floor and keep others whole, at multiples
-    of 8: random assignments rarely go there, and the model fitted on them alone was 6-14% off at
+    members, as the default knapsack value) and the default alignment. Plans cut a few groups to
+    their floor and keep others whole, at multiples of 8: random assignments rarely go there, and the model fitted on them alone was 6-14% off at
     the first solves of the budget benchmark (ViT, BERT, ResNet-50 at 0.4-0.6x) while within 5% on
     random widths."""
     rng = np.random.default_rng(seed + 7)
@@ -326,7 +332,7 @@ def plan_widths(model: "OpLatencyModel", analysis: Analysis, groups: list[Channe
         level = 0.9 - (0.9 - min(0.9, max(PLAN_LOWEST, 1.05 * lowest))) * k / max(n - 1, 1)
         sol = solve_coupled_knapsack(instance, level * full, restarts=1)
         if sol.feasible:
-                out.append((level * full, {c.group.id: int(c.widths[i]) for c, i in zip(choices, sol.choice)}))
+            out.append((level * full, {c.group.id: int(c.widths[i]) for c, i in zip(choices, sol.choice)}))
     return out
 
 
@@ -463,7 +469,7 @@ def measure_and_fit(analysis: Analysis, groups: list[ChannelGroup], *, provider:
     meta = dict(provider=provider, threads=threads, input_shapes=analysis.view.input_shapes, **meta)
     m = fit_model(data, analysis, groups, **meta)
     if n_plans:
-        meter = _Meter(analysis, provider, threads, max(0.4, 0.6 * time_cap_s / max(n_designs, 1)))
+        meter = _Meter.for_design(analysis, provider, threads, n_designs, time_cap_s)
         for _, widths in plan_widths(m, analysis, groups, n_plans, seed):
             meter.measure(data, widths, groups, plain=True, typical=False)
         m = fit_model(data, analysis, groups, **meta)
