@@ -48,9 +48,9 @@ def _no_latency(p):
 def _latency_table_args(p):
     p.add_argument("--latency-cmd", metavar="CMD", help="time candidates with a command, e.g. "
                    "'ssh board ./bench {model}'; it prints 'latency_ms: X' (see README)")
-    p.add_argument("--cache-dir", metavar="DIR", help="latency table cache (default $ONNXPRUNE_CACHE/latency, else ~/.cache/onnxprune/latency)")
+    p.add_argument("--cache-dir", metavar="DIR", help="latency model cache (default $ONNXPRUNE_CACHE/latency, else ~/.cache/onnxprune/latency)")
     p.add_argument("--no-cache", action="store_true",
-                   help="neither read nor store the latency table cache: measure it afresh for this run only")
+                   help="neither read nor store the latency model cache: measure it afresh for this run only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,11 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the mask-oracle check")
     _no_latency(p)
     _common(p)
-    pr = sub.add_parser("profile", help="build (or show the cached) per-group latency table")
+    pr = sub.add_parser("profile", help="build (or show the cached) latency model that --budget uses")
     pr.add_argument("input")
     _latency_table_args(pr)
-    pr.add_argument("--rebuild", action="store_true", help="measure the table afresh even if cached, and store it")
-    pr.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    pr.add_argument("--latency-model", choices=["op", "table"], default=None,
+                    help="op (default): the op-level model a latency budget uses; table: the per-group table "
+                         "(the default with --latency-cmd)")
+    pr.add_argument("--rebuild", action="store_true", help="measure the model afresh even if cached, and store it")
+    pr.add_argument("--json", metavar="FILE", help="write the model (or table) as JSON")
     pr.add_argument("--check", type=int, default=None, metavar="K",
                     help="build the op-level latency model and measure K held-out random width assignments "
                          "(0.3-1.0 of each group), printing predicted next to measured")

@@ -12,12 +12,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from onnxprune.profiling.latency_model import build_latency_model, check_summary
 from onnxprune.analysis.groups import check_something_to_prune
 from onnxprune.api import analyze_model, prune, unused_flag_notes
 from onnxprune.config import PruneConfig, config_from_keywords
 from onnxprune.errors import OnnxPruneError
 from onnxprune.model.load import check_not_input_file, custom_ops, same_path
+from onnxprune.planning.budget import resolve_latency_model
+from onnxprune.planning.choices import ALIGN_BLOCK, ALIGN_MIN_SIZE
 from onnxprune.model.save import StagedOutputs, check_output_file, stage_model, staged_bytes
 from onnxprune.profiling.cost import uncounted_mac_nodes
 from onnxprune.profiling.latency_table import build_latency_table, default_cache_dir
@@ -161,20 +165,30 @@ def group_lines(groups, verbose: bool) -> list[str]:
     return lines
 
 
+def build_op_model(args, a, groups, cache: Path, rt):
+    """The op-level latency model a latency budget uses, built or read from the cache as `profile`'s
+    --no-cache / --rebuild say."""
+    args.progress.start("profile", f"(op-level model, {len(groups)} groups, {rt.provider})")
+    return build_latency_model(a, groups, provider=rt.provider, threads=rt.threads, cache_dir=cache,
+                               use_cache=not args.no_cache, rebuild=args.rebuild, progress=args.progress)
+
+
+def op_model_source(model) -> str:
+    return "from cache" if model.from_cache else f"built in {model.build_s:.1f}s from {model.n_designs} designs"
+
+
 def check_latency_model(args, a, groups, cache: Path, rt) -> int:
     """`profile --check K`: build (or load) the op-level latency model, then measure K held-out random
     width assignments side by side with the unpruned model and print predicted next to measured."""
     if args.check < 1:
         raise OnnxPruneError(f"--check needs a number of assignments >= 1, got {args.check}")
-    args.progress.start("profile", f"(op-level model, {len(groups)} groups, {rt.provider})")
-    model = build_latency_model(a, groups, provider=rt.provider, threads=rt.threads, cache_dir=cache,
-                                use_cache=not (args.no_cache or args.rebuild), progress=args.progress)
+    model = build_op_model(args, a, groups, cache, rt)
     args.progress.start("check", f"({args.check} random assignments)")
     points = model.check(a, args.check)
     args.progress.done()
     summary = check_summary(points)
-    src = "from cache" if model.from_cache else f"built in {model.build_s:.1f}s from {model.n_designs} designs"
-    lines = [f"{args.input}: op-level latency model ({src}), {rt.provider}, inputs {a.view.input_shapes}",
+    lines = [f"{args.input}: op-level latency model ({op_model_source(model)}), {rt.provider}, "
+             f"inputs {a.view.input_shapes}",
              f"  {'#':>3}  {'predicted ms':>12}  {'measured ms':>11}  {'95% CI':>17}  {'error':>7}  "
              f"{'speed-up pred/meas':>18}"]
     for i, p in enumerate(points):
@@ -189,9 +203,53 @@ def check_latency_model(args, a, groups, cache: Path, rt) -> int:
     return 0
 
 
+SHOWN_FRACTIONS = (0.75, 0.5, 0.25)  # `profile`: each group alone at these shares of its channels
+
+
+def aligned_width(size: int, fraction: float) -> int:
+    """`fraction` of `size` channels, at a multiple of ALIGN_BLOCK where a budget aligns widths."""
+    w = max(1, int(round(size * fraction)))
+    if size >= ALIGN_MIN_SIZE:
+        w = max(ALIGN_BLOCK, ALIGN_BLOCK * round(w / ALIGN_BLOCK))
+    return w
+
+
+def show_op_model(args, a, groups, cache: Path, rt) -> int:
+    """`profile` with the op-level model (a budget's default): build or read it, then print its
+    baseline, fixed part and in-sample error, and per group what it predicts with that group alone
+    narrowed (aligned widths, as a budget keeps them)."""
+    t0 = time.perf_counter()
+    model = build_op_model(args, a, groups, cache, rt)
+    wall = time.perf_counter() - t0
+    args.progress.done()
+    if args.json:
+        write_json_output(args.json, dict(model.to_json(), wall_s=wall, groups={g.id: g.name for g in groups},
+                                          run=run_info(args.command_line).to_dict()))
+    full = model.predict({})
+    fit = np.abs(np.asarray(model.fit_rel_errors, dtype=np.float64))
+    lo, hi = model.baseline_ci_ms
+    lines = [f"{args.input}: op-level latency model for {len(groups)} groups ({op_model_source(model)}), "
+             f"{rt.provider}, inputs {a.view.input_shapes}",
+             f"  unpruned: measured {model.baseline_ms:.3f} ms (95% CI {lo:.3f}-{hi:.3f}), predicted {full:.3f} ms "
+             f"(a budget scales predictions to the unpruned model it measures), constant term {model.fixed_ms:+.3f} ms",
+             (f"  fit on the designs timed plain: median |error| {100 * np.median(fit):.1f}%, "
+              f"p90 {100 * np.percentile(fit, 90):.1f}% ({fit.size} designs)") if fit.size else
+             "  fit: no design was timed plain",
+             f"  {'id':>3}  {'group':<40} {'ch':>5}  predicted ms with the group alone at "
+             + " / ".join(f"{f:.0%}" for f in SHOWN_FRACTIONS) + " of its channels"]
+    for g in groups:
+        pts = " / ".join(f"{w}: {model.predict({g.id: w}):.3f}"
+                         for w in (aligned_width(g.size, f) for f in SHOWN_FRACTIONS))
+        lines.append(f"  {g.id:>3}  {g.name[:40]:<40} {g.size:>5}  {pts}")
+    lines.append(f"  how well it predicts: onnxprune profile {args.input} --check K")
+    print("\n".join(lines))
+    return 0
+
+
 def profile_command(args) -> int:
-    """Build (or show the cached) latency table. --no-cache: neither read nor store it, as under
-    `prune`; --rebuild: measure afresh and store it."""
+    """Build (or show the cached) latency model a budget would use: the op-level model, or with
+    --latency-model table (the default with --latency-cmd) the per-group table. --no-cache: neither
+    read nor store it, as under `prune`; --rebuild: measure afresh and store it."""
     cfg = analysis_config(args)
     if args.json:
         check_side_output(args.json, args.input, "--json")
@@ -199,13 +257,18 @@ def profile_command(args) -> int:
     if cache.exists() and not cache.is_dir():
         raise OnnxPruneError(f"latency cache folder is a file: {cache}")
     if args.no_cache and args.rebuild:
-        raise OnnxPruneError("--rebuild stores the table in the cache that --no-cache keeps away: give one of them")
+        raise OnnxPruneError("--rebuild stores the model in the cache that --no-cache keeps away: give one of them")
+    kind = resolve_latency_model(args.latency_model, args.latency_cmd)
+    if args.check is not None and kind != "op":
+        raise OnnxPruneError("--check measures the op-level latency model: leave out --latency-model table")
     ac, rt = cfg.analysis, cfg.runtime
     a = analyze_model(args.input, input_shapes=ac.input_shapes, exclude=ac.exclude, heads=ac.heads,
                       embed_dim=ac.embed_dim, batch=ac.batch, progress=args.progress)
     groups = a.prunable_groups
     if args.check is not None:
         return check_latency_model(args, a, groups, cache, rt)
+    if kind == "op":
+        return show_op_model(args, a, groups, cache, rt)
     args.progress.start("profile", f"({len(groups)} groups, {rt.provider})")
     t0 = time.perf_counter()
     table = build_latency_table(a, groups, provider=rt.provider, threads=rt.threads, cache_dir=cache,

@@ -479,12 +479,13 @@ def measure_and_fit(analysis: Analysis, groups: list[ChannelGroup], *, provider:
 def build_latency_model(analysis: Analysis, groups: list[ChannelGroup], *, provider: str = "cpu",
                         threads: int | None = None, n_designs: int = 40, time_cap_s: float = 100.0,
                         cache_dir: Path | None = None, use_cache: bool = True, progress=None,
-                        seed: int = 0) -> OpLatencyModel:
-    """Measure (or load from the cache) and fit the op-level latency model of ``groups``."""
+                        seed: int = 0, rebuild: bool = False) -> OpLatencyModel:
+    """Measure (or load from the cache) and fit the op-level latency model of ``groups``.
+    ``use_cache=False``: neither read nor store it; ``rebuild``: measure afresh and store it."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = model_key(analysis, groups, provider, threads, n_designs)
     path = cache_dir / f"{key}.json"
-    if use_cache and path.exists():
+    if use_cache and not rebuild and path.exists():
         cached = load_cached(path, groups)
         if cached is not None:
             return cached
@@ -494,7 +495,7 @@ def build_latency_model(analysis: Analysis, groups: list[ChannelGroup], *, provi
     base = wall_clock(analysis.view.model, random_feeds(analysis.view, seed=0), provider=provider, threads=threads)
     m.baseline_ms, m.baseline_ci_ms = base.median_ms, (base.lo_ms, base.hi_ms)
     m.build_s = time.perf_counter() - t0
-    if use_cache:
+    if use_cache or rebuild:
         save_model(m, path)
     return m
 
