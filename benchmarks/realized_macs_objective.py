@@ -10,7 +10,9 @@ beside the unpruned model (the budget's own verification):
   every group's relative cut alike, so it sits near uniform pruning;
 - ``macs-kept``: no scores at all, the value of a width is the MACs it keeps, linear in the width with
   the neighbours' widths taken from the previous solve (4 solves). This is the objective the target
-  itself rewards; its plans are not meant to be used (groups fall to a few channels).
+  itself rewards; its plans are not meant to be used (groups fall to a few channels);
+- ``macs-kept-floor``: the same with every group kept at >= --floor of its channels (default 0.25),
+  so no layer is emptied.
 
 The two extra objectives exist only here: the script swaps ``onnxprune.planning.budget.group_choices``
 for a wrapper that rescales the values. Run on a quiet machine (the dev box has 2 cores):
@@ -35,14 +37,16 @@ sys.path.insert(0, str(HERE))
 from common import load_avg  # noqa: E402
 from latency_model import model_path  # noqa: E402
 
-OBJECTIVES = ("members", "macs-share", "macs-kept")
+OBJECTIVES = ("members", "macs-share", "macs-kept", "macs-kept-floor")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", default=["resnet50", "convnext"])
     ap.add_argument("--budget", type=float, default=0.6)
-    ap.add_argument("--iterations", type=int, default=4, help="solves of macs-kept")
+    ap.add_argument("--iterations", type=int, default=4, help="solves of macs-kept and macs-kept-floor")
+    ap.add_argument("--floor", type=float, default=0.25, help="macs-kept-floor: least kept share of every group")
+    ap.add_argument("--objectives", nargs="*", default=list(OBJECTIVES), choices=OBJECTIVES)
     ap.add_argument("--cache-dir", type=Path, default=None, help="latency-model cache (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "realized_macs_objective.json")
     args = ap.parse_args()
@@ -74,6 +78,9 @@ def main() -> None:
                     for c in out:
                         m = per_channel_macs(c.group, fractions)
                         c.values = c.values * m * c.group.size if objective == "macs-share" else c.widths * m
+                        if objective == "macs-kept-floor":
+                            ok = (c.widths >= args.floor * c.group.size) | (c.widths == c.widths.max())
+                            c.widths, c.values = c.widths[ok], c.values[ok]
                     return out
                 budget_mod.group_choices = choices
                 try:
@@ -94,11 +101,13 @@ def main() -> None:
                 rows.append(row)
                 return kept
 
-            run("members", {})
-            run("macs-share", {})
-            fractions = {}
-            for _ in range(args.iterations):
-                fractions = run("macs-kept", fractions)
+            for objective in args.objectives:
+                if objective in ("members", "macs-share"):
+                    run(objective, {})
+                    continue
+                fractions = {}
+                for _ in range(args.iterations):
+                    fractions = run(objective, fractions)
     args.out.write_text(json.dumps(dict(budget=args.budget, results=rows), indent=1) + "\n")
     print(f"wrote {args.out}")
 
