@@ -1,6 +1,7 @@
 """Budgets: parsing, knapsack items, the closed loop (pure), and exact analytic budgets end to end."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from onnxprune import OnnxPruneError, prune
 from onnxprune.analysis.groups import ChannelGroup
 from onnxprune.planning.budget import meet_budget, parse_budget_spec
 from onnxprune.planning.choices import group_choices, kept_for
+from onnxprune.profiling.latency_model import OpLatencyModel
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2 = str(ROOT / "models" / "onnx" / "mobilenetv2.ts.onnx")
@@ -307,6 +309,24 @@ def test_op_latency_model_budget_reports_each_solve(tmp_path):
     assert 0.0 < b.macs_fraction <= 1.0
     assert res.report.verification["passed"]
     assert list(tmp_path.glob("opmodel-*.json"))  # cached for the next run
+    # the model's own fit to the designs it timed unprofiled, which the summary shows where it is loose
+    cached = OpLatencyModel.from_json(json.loads(next(tmp_path.glob("opmodel-*.json")).read_text()))
+    fit = np.median(np.abs(cached.fit_rel_errors))
+    assert info["fit_designs"] >= 5 and info["fit_median_abs_error"] == pytest.approx(fit, abs=1e-4)
+
+
+def test_the_summary_says_when_the_latency_model_fits_loosely():
+    from onnxprune.report.records import BudgetReport
+    from onnxprune.report.summary import LOOSE_FIT, _budget_lines
+
+    def lines(fit):
+        return _budget_lines(BudgetReport(
+            metric="latency", spec="0.8x", budget=0.5, baseline=0.63, predicted=0.4, measured=0.49, met=True,
+            iterations=[], round_to=None, stages=1, knapsack_value="members", latency_model="op",
+            latency_model_info=dict(fit_median_abs_error=fit, fit_designs=29)))
+    assert len(lines(LOOSE_FIT / 2)) == 1
+    loose = lines(0.139)
+    assert len(loose) == 2 and "to 13.9% (median over 29 designs" in loose[1]
 
 
 def test_an_unreachable_budget_names_the_flags_that_would_reach_further():

@@ -131,7 +131,18 @@ def _budget_lines(bd: BudgetReport) -> list[str]:
              f"{len(bd.iterations)} solve(s){', latency table from cache' if bd.table_cached else ''})"]
     if bd.method:
         lines.append(f"budget method: {bd.method}")
+    fit = (bd.latency_model_info or {}).get("fit_median_abs_error")
+    if fit is not None and fit > LOOSE_FIT:
+        lines.append(f"latency model: fits this model's unprofiled timings to {100 * fit:.1f}% (median over "
+                     f"{bd.latency_model_info.get('fit_designs')} designs; above {100 * LOOSE_FIT:.0f}%: its solves "
+                     f"lean on the closed loop's measurements)")
     return lines
+
+
+# the op-level model's in-sample error above which the summary says the prediction is loose: the five
+# benchmark nets fit within 0.5-2.5% (benchmarks/results/latency_model.json); sub-millisecond models, where ORT's per-node
+# profiling overhead is several times the kernels' time, fit to 10-15%
+LOOSE_FIT = 0.05
 
 
 METRIC_LABELS = {"latency": "latency", "macs": "MACs", "params": "params", "peak_memory": "peak memory"}
