@@ -32,7 +32,6 @@ from dataclasses import replace
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -58,16 +57,10 @@ def model_path(name: str) -> tuple[Path, str]:
 
 def build(analysis, args):
     """What build_latency_model does without the cache, keeping the design data: (model, data, build s)."""
-    from onnxprune.analysis.graph import random_feeds  # heavy imports here, not at the top: --help stays fast
-    from onnxprune.profiling.latency_model import measure_and_fit
-    from onnxprune.profiling.node_profile import wall_clock
-    groups = analysis.prunable_groups
-    t0 = time.perf_counter()
-    model, data = measure_and_fit(analysis, groups, provider="cpu", threads=args.threads, n_designs=args.designs,
-                                  time_cap_s=args.time_cap, key="benchmark")
-    base = wall_clock(analysis.view.model, random_feeds(analysis.view, seed=0), threads=args.threads)
-    model.baseline_ms, model.baseline_ci_ms = base.median_ms, (base.lo_ms, base.hi_ms)
-    return model, data, time.perf_counter() - t0
+    from onnxprune.profiling.latency_model import measure_model  # heavy import here: --help stays fast
+    model, data = measure_model(analysis, analysis.prunable_groups, provider="cpu", threads=args.threads,
+                                n_designs=args.designs, time_cap_s=args.time_cap, key="benchmark")
+    return model, data, model.build_s
 
 
 def heldout_designs(data, analysis, groups, cv: bool, folds: int = 5) -> dict:

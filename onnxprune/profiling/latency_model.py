@@ -489,15 +489,25 @@ def build_latency_model(analysis: Analysis, groups: list[ChannelGroup], *, provi
         cached = load_cached(path, groups)
         if cached is not None:
             return cached
-    t0 = time.perf_counter()
-    m, _ = measure_and_fit(analysis, groups, provider=provider, threads=threads, n_designs=n_designs,
-                           time_cap_s=time_cap_s, seed=seed, progress=progress, key=key)
-    base = wall_clock(analysis.view.model, random_feeds(analysis.view, seed=0), provider=provider, threads=threads)
-    m.baseline_ms, m.baseline_ci_ms = base.median_ms, (base.lo_ms, base.hi_ms)
-    m.build_s = time.perf_counter() - t0
+    m, _ = measure_model(analysis, groups, provider=provider, threads=threads, n_designs=n_designs,
+                         time_cap_s=time_cap_s, seed=seed, progress=progress, key=key)
     if use_cache or rebuild:
         save_model(m, path)
     return m
+
+
+def measure_model(analysis: Analysis, groups: list[ChannelGroup], *, provider: str, threads: int | None,
+                  n_designs: int, time_cap_s: float, seed: int = 0, progress=None,
+                  key: str = "") -> tuple[OpLatencyModel, DesignData]:
+    """Measure and fit the model (no cache), with the unpruned model's plain baseline and the build
+    time; also returns the design data (benchmarks/latency_model.py refits it)."""
+    t0 = time.perf_counter()
+    m, data = measure_and_fit(analysis, groups, provider=provider, threads=threads, n_designs=n_designs,
+                              time_cap_s=time_cap_s, seed=seed, progress=progress, key=key)
+    base = wall_clock(analysis.view.model, random_feeds(analysis.view, seed=0), provider=provider, threads=threads)
+    m.baseline_ms, m.baseline_ci_ms = base.median_ms, (base.lo_ms, base.hi_ms)
+    m.build_s = time.perf_counter() - t0
+    return m, data
 
 
 def save_model(m: OpLatencyModel, path: Path) -> None:
