@@ -73,6 +73,17 @@ def test_meet_budget_closed_loop_corrects_a_biased_cost_model():
     assert len(res.iterations) > 1
 
 
+def test_next_target_takes_the_smaller_of_the_two_one_point_steps():
+    from onnxprune.planning.budget import next_target
+    # off by a constant (a small net: 13 ms slower than predicted at every width): the ratio of savings
+    # (6 measured for 19 predicted) would aim at 18.8 and cut far too deep; moving by the miss aims at 47
+    assert next_target([(60.0, 73.0)], 79.0, 60.0) == pytest.approx(47.0)
+    # savings larger than predicted: the ratio's step (to 92.5) is the smaller one
+    assert next_target([(90.0, 80.0)], 100.0, 85.0) == pytest.approx(92.5)
+    # two points: the secant through them
+    assert next_target([(60.0, 73.0), (47.0, 61.0)], 79.0, 60.0) == pytest.approx(47.0 - 1.0 * 13 / 12)
+
+
 def test_first_latency_solve_aims_inside_the_band():
     """An exact cost model, and a measurement that reads 3% slow (noise, load): solving for the
     budget itself lands the first try over it; aiming at the band's middle (0.95x) lands it inside."""
