@@ -38,7 +38,7 @@ from onnxprune.planning.coupled import op_model_instance, solve_coupled_knapsack
 from onnxprune.planning.ratio import keep_every_member
 from onnxprune.profiling.latency_fit import (NodeModel, Presence, TimeFit, fit_node, fit_time, fit_total, plain_map,
                                              width_correction)
-from onnxprune.profiling.latency_table import default_cache_dir, keep_order, top_width_kept
+from onnxprune.profiling.latency_table import default_cache_dir, keep_order, structure_digest, top_width_kept
 from onnxprune.profiling.node_profile import ProfiledRun, profile_nodes, side_by_side, wall_clock
 from onnxprune.profiling.segments import SegmentMap, segment_groups, segment_map
 from onnxprune.transform.rewrite import rewrite
@@ -230,7 +230,7 @@ def design_kept(analysis: Analysis, groups: list[ChannelGroup], widths: dict[int
 
 def model_key(analysis: Analysis, groups: list[ChannelGroup], provider: str, threads, n_designs: int) -> str:
     h = hashlib.sha256()
-    h.update(analysis.view.model.SerializeToString(deterministic=True))
+    structure_digest(h, analysis.view.model)
     h.update(json.dumps(dict(v=MODEL_VERSION, provider=provider, threads=threads, n=n_designs,
                              shapes=analysis.view.input_shapes, groups=[(g.id, g.size) for g in groups]),
                         sort_keys=True).encode())

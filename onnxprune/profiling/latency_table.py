@@ -4,7 +4,7 @@ A group's latency contribution at width w is measured on the WHOLE model with on
 to its top w channels, timed side by side with the unpruned model in one process: residual
 connections and the layer's position are in the number, unlike HALP's per-layer tables. Widths are
 sampled (full, 7/8 ... 1/8, one channel) and linearly interpolated in between. Tables are cached
-on disk, keyed by the model's content, runtime settings and input shapes.
+on disk, keyed by the model's structure (structure_digest), runtime settings and input shapes.
 """
 from __future__ import annotations
 
@@ -16,18 +16,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto
 
 from onnxprune.analysis.groups import Analysis, ChannelGroup
 from onnxprune.errors import OnnxPruneError
 from onnxprune.analysis.graph import random_feeds
-from onnxprune.model.external import has_external
+from onnxprune.model.external import has_external, read_tensor
 from onnxprune.model.runtime import NativeCrash, run_isolated
 from onnxprune.planning.ratio import keep_every_member
 from onnxprune.profiling.latency_cmd import measure_with_command
 from onnxprune.profiling.timing import measure_latencies
 from onnxprune.transform.rewrite import rewrite
 
-TABLE_VERSION = 3  # 3: candidates keep a channel in every member (as a final prune does)
+TABLE_VERSION = 4  # 4: keyed by the model's structure, not its weights' bytes; 3: candidates keep a channel in every member (as a final prune does)
 SAMPLE_FRACTIONS = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 
 
@@ -83,9 +85,55 @@ def sample_widths(size: int, n_frozen: int = 0) -> list[int]:
     return sorted(w for w in ws if lo <= w <= size)
 
 
+# tensors up to this many elements are hashed with their values: float ones (a Resize's scales, an
+# epsilon held as a tensor), integer ones (shapes, axes, indices); larger ones, the weights (int8
+# quantized ones too), by name, type and shape only
+SMALL_TENSOR, SMALL_INT_TENSOR = 64, 4096
+
+
+def structure_digest(h, model: onnx.ModelProto) -> None:
+    """Feed ``h`` what the model's latency depends on: its nodes, inputs, outputs, opsets, and its
+    tensors (initializers, Constant values) by name, type and shape, with their values where they
+    are integers (shapes, axes, indices) or small. Not the weights' bytes nor where external data
+    lives: a model spilled to a random scratch file at load, moved, or retrained with the same
+    architecture keeps its cached latency model."""
+    g = model.graph
+    for part in [*model.opset_import, *g.input, *g.output]:
+        h.update(part.SerializeToString(deterministic=True))
+    for n in g.node:
+        tensors = [a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+        h.update(_with_tensors_as_shapes(n).SerializeToString(deterministic=True) if tensors else
+                 n.SerializeToString(deterministic=True))
+        for t in tensors:
+            _digest_tensor(h, t)
+    for t in sorted(g.initializer, key=lambda t: t.name):  # loading external data may reorder them
+        _digest_tensor(h, t)
+
+
+def _digest_tensor(h, t: TensorProto) -> None:
+    """Name, type and shape; the values too where the tensor is small (read from external data if
+    it lives there)."""
+    h.update(f"{t.name}|{t.data_type}|{list(t.dims)}".encode())
+    n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+    if n <= (SMALL_TENSOR if t.data_type in FLOAT_TYPES else SMALL_INT_TENSOR):
+        h.update(np.ascontiguousarray(read_tensor(t)).tobytes())
+
+
+def _with_tensors_as_shapes(node: onnx.NodeProto) -> onnx.NodeProto:
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    for a in out.attribute:
+        if a.type == onnx.AttributeProto.TENSOR:
+            a.t.CopyFrom(TensorProto(name=a.t.name, data_type=a.t.data_type, dims=a.t.dims))
+    return out
+
+
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
 def table_key(analysis: Analysis, groups: list[ChannelGroup], provider: str, threads, extra: str = "") -> str:
     h = hashlib.sha256()
-    h.update(analysis.view.model.SerializeToString(deterministic=True))
+    structure_digest(h, analysis.view.model)
     h.update(json.dumps(dict(v=TABLE_VERSION, provider=provider, threads=threads,
                              shapes=analysis.view.input_shapes, groups=[(g.id, g.size) for g in groups],
                              extra=extra), sort_keys=True).encode())
