@@ -290,3 +290,18 @@ def test_ratio_applies_to_the_free_channels_of_a_partly_frozen_group():
     y = b.conv(b.op("Concat", [x, a], axis=1), 40, 4, k=1, name="mix")
     res = assert_prunes(b.model([y]), [("a_out", 1)], {"x": [2, 32, 8, 8]}, ratio=0.25)
     assert weight_shape(res.model, "a.weight")[0] == 6
+
+
+def test_shuffle_after_a_grouped_conv_keeps_the_per_group_piece():
+    """ShuffleNet v1: a grouped conv (4 groups of 4) then a channel shuffle. Its output is laid out
+    (group, channel in group), and the conv ties in-group positions across groups, so the Reshape's
+    per-group piece carries the channels (the conv rule's output_channel_groups says how many groups)."""
+    b = GraphBuilder()
+    h = stem(b, 16)
+    gc = b.op("Relu", [b.conv(h, 16, 16, group=4, name="gconv")])
+    r = b.op("Reshape", [gc, b.const([0, 4, 4, 8, 8])], name="shuffle_split")
+    t = b.op("Transpose", [r], perm=[0, 2, 1, 3, 4], name="shuffle_t")
+    s = b.op("Reshape", [t, b.const([0, 16, 8, 8])], name="shuffle_merge")
+    y = head(b, b.op("Relu", [b.conv(s, 16, 8, name="after")]), 8)
+    res = assert_prunes(b.model([y]), [("gconv_out", 1)], IMG, sizes=[4], shrinks=["gconv.weight", "after.weight"])
+    assert weight_shape(res.model, "gconv.weight")[0] == 8  # 2 of 4 in every group

@@ -209,6 +209,12 @@ class OpRule:
         """The channel spaces a depthwise node ties (input and output channels, NCHW axis 1)."""
         return [(node.input[0], 1), (node.output[0], 1)] if self.is_depthwise(node, view) else []
 
+    def output_channel_groups(self, node: onnx.NodeProto, view: GraphView) -> int | None:
+        """A grouped (not depthwise) layer: how many channel groups its output's channel axis holds,
+        laid out (group, channels per group); None for every other node. A Reshape that splits
+        that axis keeps the per-group piece as the channels (shape._split_preference)."""
+        return None
+
     def weight_roles(self, node: onnx.NodeProto, view: GraphView) -> list[WeightRole]:
         """The node's constant weight inputs and their channel axes, main weight first."""
         return []

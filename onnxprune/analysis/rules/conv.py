@@ -58,6 +58,11 @@ class Conv(OpRule):
     def is_depthwise(self, node, view):
         return conv_is_depthwise(node, view)
 
+    def output_channel_groups(self, node, view):
+        g = int(attr(node, "group", 1))
+        c = (view.shape(node.output[0]) or (0, 0))[1]
+        return g if 1 < g < c else None
+
     def weight_roles(self, node, view):
         return [WeightRole(1, 0, 1)] if node.input[1] in view.consts else []
 

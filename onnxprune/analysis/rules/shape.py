@@ -8,7 +8,7 @@ import numpy as np
 
 from onnxprune.analysis.graph import attr
 from .base import (Opaque, OpRule, RuleResult, align_blocks, block_pairs, broadcast_relate, norm_axis, read_ints,
-                   register)
+                   register, rule_for)
 from .gs_nodes import node_proto
 from .shape_entries import clamp_index, follow_entries, shape_op_range
 from .shape_targets import relate_shape_entries, rewrite_shape_entries
@@ -147,15 +147,15 @@ def _selection_axis(view, t, a, depth=0) -> bool:
 
 
 def _upstream_groups(view, t, depth=0):
-    """`group` of a grouped (not depthwise) Conv that produces `t` through channel-wise ops."""
+    """Channel groups of a grouped (not depthwise) layer that produces `t` through channel-wise ops
+    (its rule's output_channel_groups)."""
     k = view.producer.get(t)
     if k is None or depth > 6:
         return None
     n = view.nodes[k]
-    if n.op_type == "Conv":
-        g = int(attr(n, "group", 1))
-        c = (view.shape(n.output[0]) or (0, 0))[1]
-        return g if 1 < g < c else None
+    rule = rule_for(n)
+    if rule is not None and rule.layer:
+        return rule.output_channel_groups(n, view)
     if n.op_type in CHANNELWISE and all(i == n.input[0] or view.const(i) is not None for i in n.input[1:] if i):
         return _upstream_groups(view, n.input[0], depth + 1)
     return None
