@@ -138,8 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
 def with_command(argv: list[str]) -> list[str]:
     """`onnxprune IN OUT ...` means `onnxprune prune IN OUT ...`; a first word that is no file but
     close to a command is a typo (`analyse`), said as such rather than read as the input model."""
-    if not argv or argv[0] in COMMANDS or argv[0].startswith("-"):
+    if not argv or argv[0] in COMMANDS:
         return argv
+    if argv[0].startswith("-"):
+        # options first (`onnxprune --debug IN OUT ...`): still an implicit prune, unless a command
+        # word follows or the options are the top level's own (--help, --version)
+        top_level = argv[0] in ("-h", "--help", "--version")
+        return argv if top_level or any(a in COMMANDS for a in argv) else ["prune"] + argv
     first = argv[0]
     if not os.path.exists(first):
         close = difflib.get_close_matches(first.lower(), COMMANDS, n=1, cutoff=0.6)

@@ -223,6 +223,14 @@ def test_version_and_help_mention_implicit_prune():
     assert r.returncode == 0 and "onnxprune IN OUT" in r.stdout.replace("\n", " ")
 
 
+def test_options_before_the_input_are_still_an_implicit_prune(tmp_path):
+    src, out = conv_net(tmp_path / "in.onnx"), tmp_path / "out.onnx"
+    r = run_cli("--debug", src, out, "--ratio", "0.5", "--no-latency", "-q")
+    assert r.returncode == 0 and out.exists(), r.stderr
+    r = run_cli("-q", "analyze", src, "--no-latency")  # a command word after the options is not a prune
+    assert r.returncode == 2 and not (tmp_path / "analyze").exists()
+
+
 def test_sigterm_unwinds_cleanly(tmp_path):
     import signal
     import time
