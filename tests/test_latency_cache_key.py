@@ -90,3 +90,14 @@ def test_a_model_spilled_to_scratch_at_load_keeps_its_key(tmp_path, monkeypatch)
                  if external.is_external(t)]
     assert len(locations) == 2 and locations[0] != locations[1]  # two loads, two scratch files
     assert keys(path) == keys(path) == inline
+
+
+def test_string_tensors_are_hashed_by_value_not_by_address():
+    import hashlib
+    from onnxprune.profiling.latency_table import _digest_tensor
+
+    def digest(values):
+        h = hashlib.sha256()
+        _digest_tensor(h, helper.make_tensor("s", TensorProto.STRING, [len(values)], values))
+        return h.hexdigest()
+    assert digest([b"ab", b"cd"]) == digest([b"ab", b"cd"]) != digest([b"ab", b"ce"])

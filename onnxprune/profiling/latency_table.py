@@ -116,7 +116,9 @@ def _digest_tensor(h, t: TensorProto) -> None:
     h.update(f"{t.name}|{t.data_type}|{list(t.dims)}".encode())
     n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
     if n <= (SMALL_TENSOR if t.data_type in FLOAT_TYPES else SMALL_INT_TENSOR):
-        h.update(np.ascontiguousarray(read_tensor(t)).tobytes())
+        a = read_tensor(t)
+        # strings come back as objects, whose bytes would be pointers
+        h.update(repr(a.tolist()).encode() if a.dtype == object else np.ascontiguousarray(a).tobytes())
 
 
 def _with_tensors_as_shapes(node: onnx.NodeProto) -> onnx.NodeProto:
