@@ -134,8 +134,8 @@ def _budget_lines(bd: BudgetReport) -> list[str]:
     fit = (bd.latency_model_info or {}).get("fit_median_abs_error")
     if fit is not None and fit > LOOSE_FIT:
         lines.append(f"latency model: fits this model's unprofiled timings to {100 * fit:.1f}% (median over "
-                     f"{bd.latency_model_info.get('fit_designs')} designs; above {100 * LOOSE_FIT:.0f}%: its solves "
-                     f"lean on the closed loop's measurements)")
+                     f"{bd.latency_model_info.get('fit_designs')} designs), looser than {100 * LOOSE_FIT:.0f}%: "
+                     f"trust the measured latency over the predicted one")
     return lines
 
 
