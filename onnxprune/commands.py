@@ -260,7 +260,8 @@ def profile_command(args) -> int:
         raise OnnxPruneError("--rebuild stores the model in the cache that --no-cache keeps away: give one of them")
     kind = resolve_latency_model(args.latency_model, args.latency_cmd)
     if args.check is not None and kind != "op":
-        raise OnnxPruneError("--check measures the op-level latency model: leave out --latency-model table")
+        raise OnnxPruneError("--check measures the op-level latency model (ONNX Runtime's node profile): "
+                             "not with --latency-model table or --latency-cmd")
     ac, rt = cfg.analysis, cfg.runtime
     a = analyze_model(args.input, input_shapes=ac.input_shapes, exclude=ac.exclude, heads=ac.heads,
                       embed_dim=ac.embed_dim, batch=ac.batch, progress=args.progress)
