@@ -106,7 +106,7 @@ def run_one(name: str, args) -> dict:
     out = dict(model=name, source=source, load_before=load_before, load_after=load_avg(),
                groups=len(groups), build_s=build_s, n_designs=model.n_designs,
                baseline_ms=model.baseline_ms, fixed_ms=model.fixed_ms, scale=model.scale, **s,
-               in_sample_median_abs_rel_error=float(np.median(np.abs(model.fit_rel_errors))),
+               in_sample_median_abs_rel_error=model.fit_error()[0],
                points=[dict(predicted_ms=p.predicted_ms, measured_ms=p.measured_ms, lo_ms=p.measured_lo_ms,
                             hi_ms=p.measured_hi_ms, baseline_ms=p.baseline_ms,
                             predicted_baseline_ms=p.predicted_baseline_ms) for p in points])

@@ -12,17 +12,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from onnxprune.profiling.latency_model import build_latency_model, check_summary
 from onnxprune.analysis.groups import check_something_to_prune
 from onnxprune.api import analyze_model, prune, unused_flag_notes
 from onnxprune.config import PruneConfig, config_from_keywords
 from onnxprune.errors import OnnxPruneError
 from onnxprune.model.load import check_not_input_file, custom_ops, same_path
-from onnxprune.planning.budget import resolve_latency_model
-from onnxprune.planning.choices import ALIGN_BLOCK, ALIGN_MIN_SIZE
 from onnxprune.model.save import StagedOutputs, check_output_file, stage_model, staged_bytes
+from onnxprune.planning.budget import resolve_latency_model
+from onnxprune.planning.choices import aligned_width
 from onnxprune.profiling.cost import uncounted_mac_nodes
 from onnxprune.profiling.latency_table import build_latency_table, default_cache_dir
 from onnxprune.report.plot import check_plot_path, plot_report
@@ -206,14 +204,6 @@ def check_latency_model(args, a, groups, cache: Path, rt) -> int:
 SHOWN_FRACTIONS = (0.75, 0.5, 0.25)  # `profile`: each group alone at these shares of its channels
 
 
-def aligned_width(size: int, fraction: float) -> int:
-    """`fraction` of `size` channels, at a multiple of ALIGN_BLOCK where a budget aligns widths."""
-    w = max(1, int(round(size * fraction)))
-    if size >= ALIGN_MIN_SIZE:
-        w = max(ALIGN_BLOCK, ALIGN_BLOCK * round(w / ALIGN_BLOCK))
-    return w
-
-
 def show_op_model(args, a, groups, cache: Path, rt) -> int:
     """`profile` with the op-level model (a budget's default): build or read it, then print its
     baseline, fixed part and in-sample error, and per group what it predicts with that group alone
@@ -226,14 +216,14 @@ def show_op_model(args, a, groups, cache: Path, rt) -> int:
         write_json_output(args.json, dict(model.to_json(), wall_s=wall, groups={g.id: g.name for g in groups},
                                           run=run_info(args.command_line).to_dict()))
     full = model.predict({})
-    fit = np.abs(np.asarray(model.fit_rel_errors, dtype=np.float64))
+    fit = model.fit_error()
     lo, hi = model.baseline_ci_ms
     lines = [f"{args.input}: op-level latency model for {len(groups)} groups ({op_model_source(model)}), "
              f"{rt.provider}, inputs {a.view.input_shapes}",
              f"  unpruned: measured {model.baseline_ms:.3f} ms (95% CI {lo:.3f}-{hi:.3f}), predicted {full:.3f} ms "
              f"(a budget scales predictions to the unpruned model it measures), constant term {model.fixed_ms:+.3f} ms",
-             (f"  fit on the designs timed plain: median |error| {100 * np.median(fit):.1f}%, "
-              f"p90 {100 * np.percentile(fit, 90):.1f}% ({fit.size} designs)") if fit.size else
+             (f"  fit on the designs timed plain: median |error| {100 * fit[0]:.1f}%, "
+              f"p90 {100 * fit[1]:.1f}% ({len(model.fit_rel_errors)} designs)") if fit else
              "  fit: no design was timed plain",
              f"  {'id':>3}  {'group':<40} {'ch':>5}  predicted ms with the group alone at "
              + " / ".join(f"{f:.0%}" for f in SHOWN_FRACTIONS) + " of its channels"]

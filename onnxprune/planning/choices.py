@@ -105,6 +105,15 @@ def align_widths(choices: list[GroupChoices], block: int, min_size: int) -> None
                 c.costs = c.costs[keep]
 
 
+def aligned_width(size: int, fraction: float) -> int:
+    """`fraction` of `size` channels, at the nearest multiple of ALIGN_BLOCK in a group that
+    align_widths restricts (>= ALIGN_MIN_SIZE channels)."""
+    w = max(1, int(round(size * fraction)))
+    if size >= ALIGN_MIN_SIZE:
+        w = max(ALIGN_BLOCK, ALIGN_BLOCK * round(w / ALIGN_BLOCK))
+    return w
+
+
 def kept_for(choices: list[GroupChoices], pick: list[int]) -> dict[int, np.ndarray]:
     kept = {}
     for c, i in zip(choices, pick):

@@ -204,22 +204,17 @@ class OpModelLatencyCosts:
         for c in choices:
             rows = [{c.group.id: int(w)} for w in c.widths]
             c.costs = self.scale * (self.model.predict_matrix(self.model.width_matrix(rows)) - full)
+        fit = self.model.fit_error()
         self.info = dict(latency_model="op", latency_model_info=dict(
             key=self.model.key, cached=self.model.from_cache, build_s=round(self.model.build_s, 2),
             designs=self.model.n_designs, predicted_unpruned_ms=round(full, 4), scale=round(self.scale, 4),
             baseline_ci_ms=[round(self.baseline_ci.lo_ms, 4), round(self.baseline_ci.hi_ms, 4)],
-            fit_median_abs_error=fit_median_abs_error(self.model), fit_designs=len(self.model.fit_rel_errors)))
+            fit_median_abs_error=round(fit[0], 4) if fit else None, fit_designs=len(self.model.fit_rel_errors)))
         return self.baseline_ci.median_ms
 
     def instance(self, choices: list[GroupChoices]) -> CoupledInstance:
         """The coupled knapsack over ``choices``' items (absolute ms, scaled like :meth:`price`)."""
         return op_model_instance(self.model, choices, self.scale)
-
-
-def fit_median_abs_error(model: OpLatencyModel) -> float | None:
-    """Median |predicted / measured - 1| of the model over the designs it timed unprofiled."""
-    errs = np.abs(np.asarray(model.fit_rel_errors, dtype=np.float64))
-    return round(float(np.median(errs)), 4) if errs.size else None
 
 
 @dataclass

@@ -119,6 +119,12 @@ class OpLatencyModel:
         linear = w @ np.array([self.width_ms.get(g, 0.0) for g in self.group_ids]) if self.width_ms else 0.0
         return self.fixed_ms + self.scale * total + linear
 
+    def fit_error(self) -> tuple[float, float] | None:
+        """Median and 90th percentile of |predicted / measured - 1| over the designs it timed
+        unprofiled (in-sample); None if none was."""
+        errs = np.abs(np.asarray(self.fit_rel_errors, dtype=np.float64))
+        return (float(np.median(errs)), float(np.percentile(errs, 90))) if errs.size else None
+
     def predict(self, widths: dict[int, int]) -> float:
         """Latency in ms at these widths ({group id: kept channels}; missing groups at full size)."""
         return float(self.predict_matrix(self.width_matrix(widths))[0])
@@ -314,9 +320,9 @@ def plan_widths(model: "OpLatencyModel", analysis: Analysis, groups: list[Channe
     itself, at ``n`` targets from 0.9x to 0.3x of its unpruned prediction (or to just above the
     cheapest plan), each with other random channel scores (LAMP-normalized, times the group's
     members, as the default knapsack value) and the default alignment. Plans cut a few groups to
-    their floor and keep others whole, at multiples of 8: random assignments rarely go there, and the model fitted on them alone was 6-14% off at
-    the first solves of the budget benchmark (ViT, BERT, ResNet-50 at 0.4-0.6x) while within 5% on
-    random widths."""
+    their floor and keep others whole, at multiples of 8: random assignments rarely go there, and
+    the model fitted on them alone was 6-14% off at the first solves of the budget benchmark (ViT,
+    BERT, ResNet-50 at 0.4-0.6x) while within 5% on random widths."""
     rng = np.random.default_rng(seed + 7)
     full, out = model.predict({}), []
     lowest = None
